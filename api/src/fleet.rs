@@ -1,0 +1,334 @@
+//! Fleet and fleet-autoscaler specs, as operators write them in YAML.
+//!
+//! A [`FleetConfig`] file is what embedded mode runs: one or more fleets, each with its
+//! regions, and optionally an autoscaler per fleet. [`FleetConfig::from_yaml`] parses and
+//! validates; every error names the field at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// One file: the fleets to run and their autoscalers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetConfig {
+    pub fleets: Vec<FleetSpec>,
+    #[serde(default)]
+    pub autoscalers: Vec<FleetAutoscalerSpec>,
+}
+
+/// A named set of identical game servers, sized per region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetSpec {
+    pub name: String,
+    /// Worlds one server hosts at once.
+    #[serde(default = "defaults::world_capacity")]
+    pub world_capacity: u32,
+    /// Client connections one server accepts at once.
+    #[serde(default = "defaults::player_capacity")]
+    pub player_capacity: u32,
+    /// Players one world holds (the Convex design capped worlds at 30).
+    #[serde(default = "defaults::world_player_capacity")]
+    pub world_player_capacity: u32,
+    /// Labels every server of the fleet starts with.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub template: GameServerTemplate,
+    #[serde(default)]
+    pub health: HealthSpec,
+    pub regions: Vec<RegionSpec>,
+}
+
+/// How to start one game server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GameServerTemplate {
+    /// Program and arguments. A bare program name is looked up next to the running
+    /// binary first, then on `PATH`.
+    pub command: Vec<String>,
+    /// Extra environment for the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Health checking, as Agones' `health` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthSpec {
+    /// How often the SDK pings.
+    #[serde(default = "defaults::period_seconds")]
+    pub period_seconds: u32,
+    /// Missed periods before the server is marked Unhealthy.
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    /// Grace after scheduling before the first ping is due.
+    #[serde(default = "defaults::initial_delay_seconds")]
+    pub initial_delay_seconds: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            period_seconds: defaults::period_seconds(),
+            failure_threshold: defaults::failure_threshold(),
+            initial_delay_seconds: defaults::initial_delay_seconds(),
+        }
+    }
+}
+
+impl HealthSpec {
+    /// How long after the last ping a server is declared Unhealthy.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.period_seconds) * u64::from(self.failure_threshold))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionSpec {
+    pub name: String,
+    /// Servers to run when no autoscaler manages the fleet (and the starting point when one does).
+    #[serde(default)]
+    pub replicas: u32,
+}
+
+/// Scales one fleet, each of its regions on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetAutoscalerSpec {
+    pub fleet: String,
+    /// Written `policy: { buffer: {...} }` (one key naming the policy).
+    #[serde(with = "serde_norway::with::singleton_map")]
+    pub policy: AutoscalerPolicy,
+    /// How long scale-down waits after the last scale-up need (stabilisation window).
+    #[serde(default = "defaults::scale_down_delay", with = "humantime_serde")]
+    pub scale_down_delay: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum AutoscalerPolicy {
+    Buffer(BufferPolicy),
+}
+
+/// Keep `free_world_slots` world slots free in every region, within min/max replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BufferPolicy {
+    pub free_world_slots: u32,
+    #[serde(default)]
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+}
+
+mod defaults {
+    pub fn world_capacity() -> u32 {
+        10
+    }
+    pub fn player_capacity() -> u32 {
+        300
+    }
+    pub fn world_player_capacity() -> u32 {
+        30
+    }
+    pub fn period_seconds() -> u32 {
+        2
+    }
+    pub fn failure_threshold() -> u32 {
+        3
+    }
+    pub fn initial_delay_seconds() -> u32 {
+        10
+    }
+    pub fn scale_down_delay() -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
+}
+
+/// Desired replicas per (fleet, region): what the autoscaler decides and the controller
+/// realises.
+pub type DesiredReplicas = BTreeMap<(String, String), u32>;
+
+/// A spec that parsed but does not make sense; `field` is a path such as `fleets[0].regions`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), message: message.into() }
+}
+
+/// Names (fleets, regions, servers, worlds) are DNS-label-like so they are safe in URLs,
+/// Redis keys and Kubernetes object names.
+pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(invalid(field, "must be 1 to 63 characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(invalid(field, "may hold only a-z, 0-9 and '-'"));
+    }
+    Ok(())
+}
+
+impl FleetConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: FleetConfig = serde_norway::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn fleet(&self, name: &str) -> Option<&FleetSpec> {
+        self.fleets.iter().find(|f| f.name == name)
+    }
+
+    pub fn autoscaler(&self, fleet: &str) -> Option<&FleetAutoscalerSpec> {
+        self.autoscalers.iter().find(|a| a.fleet == fleet)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.fleets.is_empty() {
+            return Err(invalid("fleets", "at least one fleet is required"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, fleet) in self.fleets.iter().enumerate() {
+            fleet.validate(&format!("fleets[{i}]"))?;
+            if !names.insert(fleet.name.as_str()) {
+                return Err(invalid(format!("fleets[{i}].name"), format!("duplicate fleet {:?}", fleet.name)));
+            }
+        }
+        let mut scaled = BTreeSet::new();
+        for (i, scaler) in self.autoscalers.iter().enumerate() {
+            let field = format!("autoscalers[{i}]");
+            if !names.contains(scaler.fleet.as_str()) {
+                return Err(invalid(format!("{field}.fleet"), format!("no fleet named {:?}", scaler.fleet)));
+            }
+            if !scaled.insert(scaler.fleet.as_str()) {
+                return Err(invalid(format!("{field}.fleet"), "a fleet may have one autoscaler"));
+            }
+            match &scaler.policy {
+                AutoscalerPolicy::Buffer(b) if b.min_replicas > b.max_replicas => {
+                    return Err(invalid(format!("{field}.policy.buffer.minReplicas"), "must not exceed maxReplicas"));
+                }
+                AutoscalerPolicy::Buffer(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FleetSpec {
+    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+        check_name(&format!("{field}.name"), &self.name)?;
+        for (value, name) in [
+            (self.world_capacity, "worldCapacity"),
+            (self.player_capacity, "playerCapacity"),
+            (self.world_player_capacity, "worldPlayerCapacity"),
+            (self.health.period_seconds, "health.periodSeconds"),
+            (self.health.failure_threshold, "health.failureThreshold"),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{field}.{name}"), "must be at least 1"));
+            }
+        }
+        if self.template.command.first().is_none_or(|c| c.is_empty()) {
+            return Err(invalid(format!("{field}.template.command"), "must name a program"));
+        }
+        if self.regions.is_empty() {
+            return Err(invalid(format!("{field}.regions"), "at least one region is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            check_name(&format!("{field}.regions[{i}].name"), &region.name)?;
+            if !seen.insert(region.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.regions[{i}].name"),
+                    format!("duplicate region {:?}", region.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+fleets:
+  - name: town
+    worldCapacity: 20
+    template:
+      command: [gaia-gameserver]
+    health: { periodSeconds: 1, failureThreshold: 3 }
+    regions:
+      - { name: eu-west, replicas: 1 }
+      - { name: us-east, replicas: 1 }
+autoscalers:
+  - fleet: town
+    policy:
+      buffer: { freeWorldSlots: 8, minReplicas: 1, maxReplicas: 4 }
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let config = FleetConfig::from_yaml(EXAMPLE).unwrap();
+        let town = config.fleet("town").unwrap();
+        assert_eq!(town.world_capacity, 20);
+        assert_eq!(town.player_capacity, 300);
+        assert_eq!(town.world_player_capacity, 30);
+        assert_eq!(town.health.timeout(), std::time::Duration::from_secs(3));
+        assert_eq!(town.health.initial_delay_seconds, 10);
+        let scaler = config.autoscaler("town").unwrap();
+        assert_eq!(scaler.scale_down_delay, std::time::Duration::from_secs(30));
+        assert_eq!(
+            scaler.policy,
+            AutoscalerPolicy::Buffer(BufferPolicy { free_world_slots: 8, min_replicas: 1, max_replicas: 4 })
+        );
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../../examples/fleet.yaml");
+        let config = FleetConfig::from_yaml(text).unwrap();
+        assert!(config.fleets.iter().all(|f| f.regions.len() >= 2));
+    }
+
+    fn err(text: &str) -> String {
+        FleetConfig::from_yaml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_name = EXAMPLE.replace("name: town", "name: Town_1");
+        assert_eq!(err(&bad_name), "fleets[0].name: may hold only a-z, 0-9 and '-'");
+        let dup = EXAMPLE.replace("us-east", "eu-west");
+        assert_eq!(err(&dup), "fleets[0].regions[1].name: duplicate region \"eu-west\"");
+        let zero = EXAMPLE.replace("worldCapacity: 20", "worldCapacity: 0");
+        assert_eq!(err(&zero), "fleets[0].worldCapacity: must be at least 1");
+        let orphan = EXAMPLE.replace("- fleet: town", "- fleet: city");
+        assert_eq!(err(&orphan), "autoscalers[0].fleet: no fleet named \"city\"");
+        let minmax = EXAMPLE.replace("minReplicas: 1", "minReplicas: 9");
+        assert_eq!(err(&minmax), "autoscalers[0].policy.buffer.minReplicas: must not exceed maxReplicas");
+        let empty_cmd = EXAMPLE.replace("[gaia-gameserver]", "[]");
+        assert_eq!(err(&empty_cmd), "fleets[0].template.command: must name a program");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let typo = EXAMPLE.replace("worldCapacity", "worldCapacty");
+        assert!(err(&typo).contains("unknown field `worldCapacty`"), "{}", err(&typo));
+    }
+}

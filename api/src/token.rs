@@ -1,0 +1,120 @@
+//! Join tokens: what the allocator signs and the game server checks.
+//!
+//! A token is `base64url(json claims) "." base64url(HMAC-SHA256(key, first part))`. The
+//! allocator and the game servers of one deployment share the key. A token names the
+//! world, the server and the player, and expires; the game server refuses a token for
+//! another server, an expired one, or one whose signature does not match.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinClaims {
+    pub world_id: String,
+    pub server: String,
+    pub player_id: String,
+    /// Unix time in milliseconds after which the token is refused.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("join token is malformed")]
+    Malformed,
+    #[error("join token signature does not match")]
+    BadSignature,
+    #[error("join token has expired")]
+    Expired,
+    #[error("join token is for another server")]
+    WrongServer,
+}
+
+/// The shared secret. Debug does not print it.
+#[derive(Clone)]
+pub struct TokenKey(Vec<u8>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self(secret.into())
+    }
+
+    fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes keys of any length; this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        mac.update(payload);
+        mac
+    }
+
+    pub fn sign(&self, claims: &JoinClaims) -> String {
+        // Serialising a struct of strings and integers cannot fail.
+        let json = serde_json::to_vec(claims).unwrap_or_default();
+        let payload = URL_SAFE_NO_PAD.encode(json);
+        let signature = URL_SAFE_NO_PAD.encode(self.mac(payload.as_bytes()).finalize().into_bytes());
+        format!("{payload}.{signature}")
+    }
+
+    /// Checks signature, expiry and that the token is meant for `server`.
+    pub fn verify(&self, token: &str, server: &str, now_ms: u64) -> Result<JoinClaims, TokenError> {
+        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        // verify_slice compares in constant time.
+        self.mac(payload.as_bytes()).verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: JoinClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.expires_at_ms <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        if claims.server != server {
+            return Err(TokenError::WrongServer);
+        }
+        Ok(claims)
+    }
+}
+
+/// Unix time in milliseconds, as tokens and leases carry it.
+pub fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> JoinClaims {
+        JoinClaims { world_id: "w1".into(), server: "s1".into(), player_id: "p1".into(), expires_at_ms: 1_000 }
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = TokenKey::new("secret");
+        let token = key.sign(&claims());
+        assert_eq!(key.verify(&token, "s1", 999), Ok(claims()));
+    }
+
+    #[test]
+    fn refusals() {
+        let key = TokenKey::new("secret");
+        let token = key.sign(&claims());
+        assert_eq!(key.verify(&token, "s1", 1_000), Err(TokenError::Expired));
+        assert_eq!(key.verify(&token, "s2", 0), Err(TokenError::WrongServer));
+        assert_eq!(TokenKey::new("other").verify(&token, "s1", 0), Err(TokenError::BadSignature));
+        assert_eq!(key.verify("no-dot", "s1", 0), Err(TokenError::Malformed));
+        assert_eq!(key.verify("a.b!", "s1", 0), Err(TokenError::Malformed));
+        // A payload edited after signing no longer matches its signature.
+        let (_, sig) = token.split_once('.').unwrap();
+        let mut forged = claims();
+        forged.expires_at_ms = u64::MAX;
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        assert_eq!(key.verify(&format!("{forged_payload}.{sig}"), "s1", 0), Err(TokenError::BadSignature));
+    }
+}

@@ -1,0 +1,37 @@
+use gaia_api::gameserver::IllegalTransition;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no game server named {0:?}")]
+    NotFound(String),
+    #[error("no fleet named {0:?}")]
+    FleetNotFound(String),
+    #[error("no world {world:?} on game server {server:?}")]
+    WorldNotFound { server: String, world: String },
+    #[error("game server {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
+    #[error("registry backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl RegistryError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::FleetNotFound(_) => "fleet_not_found",
+            Self::WorldNotFound { .. } => "world_not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::Conflict(_) => "conflict",
+            Self::IllegalTransition(_) => "illegal_transition",
+            Self::NoCapacity(_) => "no_capacity",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}

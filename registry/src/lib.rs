@@ -1,0 +1,106 @@
+//! The registry: live state of game servers, worlds and leases.
+//!
+//! [`Registry`] is the one interface every component uses (allocator, SDK endpoints,
+//! controller, autoscaler). [`MemoryRegistry`] keeps it in this process; a Redis backend
+//! shares it between processes (allocator issue). Allocation is one atomic operation per
+//! fleet: [`choose`] picks the server (a pure function), and the backend takes the slot and
+//! records the lease under the same lock (or script), so a slot is never handed out twice.
+//!
+//! Start with [`Registry`], then [`choose`], then [`memory`].
+
+mod choose;
+mod error;
+pub mod memory;
+
+use async_trait::async_trait;
+use gaia_api::allocation::{AllocationRequest, Lease};
+use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+
+pub use choose::choose;
+pub use error::RegistryError;
+pub use memory::{MemoryRegistry, RegistryConfig};
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Where an allocation put a world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub world_id: String,
+    pub player_id: String,
+    /// The server as it was right after the allocation.
+    pub server: GameServer,
+    /// Set when the allocation took a new world slot.
+    pub lease: Option<Lease>,
+}
+
+/// Something that changed, for components that react (the autoscaler, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryEvent {
+    /// A world slot was taken in this fleet and region.
+    Allocated { fleet: String, region: String },
+    /// A world slot was given back (world ended, lease expired, server gone).
+    Released { fleet: String, region: String },
+    /// A server changed state.
+    StateChanged { name: String, fleet: String, region: String, state: GameServerState },
+}
+
+/// What one [`Registry::sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Worlds whose lease ran out before a player joined.
+    pub expired_leases: Vec<String>,
+    /// Servers marked Unhealthy for missing their health pings.
+    pub unhealthy: Vec<String>,
+    /// Terminal records removed after the tombstone time.
+    pub removed: Vec<String>,
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Creates a record (the controller schedules a server). Fails if the name exists.
+    async fn schedule(&self, server: GameServer) -> Result<GameServer>;
+
+    /// SDK `register`: the server's process is up and listening at `req.address`. Takes an
+    /// existing Scheduled record (fleet and region must match) or creates one.
+    async fn register(&self, name: &str, req: RegisterRequest) -> Result<GameServer>;
+
+    /// Moves a server to `to` (SDK ready/reserve/shutdown, controller Unhealthy/Draining).
+    /// Illegal moves are refused with [`RegistryError::IllegalTransition`]. Entering a
+    /// terminal state frees the server's worlds and leases.
+    async fn transition(&self, name: &str, to: GameServerState) -> Result<GameServer>;
+
+    /// SDK health ping.
+    async fn health(&self, name: &str) -> Result<()>;
+
+    async fn set_label(&self, name: &str, key: &str, value: &str) -> Result<GameServer>;
+
+    async fn set_players(&self, name: &str, players: u32) -> Result<()>;
+
+    /// The server loaded `world_id` and its first player joined: the lease is confirmed
+    /// and the slot no longer expires.
+    async fn world_started(&self, name: &str, world_id: &str) -> Result<()>;
+
+    /// The world ended on that server: its slot is free again.
+    async fn world_ended(&self, name: &str, world_id: &str) -> Result<()>;
+
+    /// One atomic allocation: for `req.world_id` that a server holds, where it lives;
+    /// otherwise a new world slot on the server [`choose`] picks, held by a lease.
+    /// [`RegistryError::NoCapacity`] when nothing fits.
+    async fn allocate(&self, req: &AllocationRequest) -> Result<Placement>;
+
+    async fn get(&self, name: &str) -> Result<GameServer>;
+
+    /// All servers, or those of one fleet, sorted by name.
+    async fn list(&self, fleet: Option<&str>) -> Result<Vec<GameServer>>;
+
+    /// Forgets a server (the controller removed its process). Its worlds are freed.
+    async fn remove(&self, name: &str) -> Result<()>;
+
+    /// Expires leases, marks servers that stopped pinging Unhealthy, removes old
+    /// terminal records. Called on a timer by whoever runs the registry.
+    async fn sweep(&self) -> Result<SweepReport>;
+
+    /// Changes from now on. A slow receiver loses the oldest events (broadcast semantics)
+    /// and should re-read state with [`Registry::list`].
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent>;
+}
