@@ -18,7 +18,7 @@ use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
 
 pub use choose::choose;
 pub use error::RegistryError;
-pub use memory::{MemoryRegistry, RegistryConfig};
+pub use memory::{MemoryRegistry, RegistryConfig, run_sweeper};
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 

@@ -1,0 +1,504 @@
+//! The in-memory registry: one process (embedded mode, tests).
+//!
+//! State is split per fleet, each behind its own mutex, so allocations in one fleet never
+//! wait on another and an allocation is atomic: choose, take the slot and record the lease
+//! happen under one lock, with no await in between. A second map finds a server's fleet
+//! by name. Time is `tokio::time::Instant`, so leases and health timeouts can be tested on
+//! tokio's paused clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use gaia_api::allocation::{AllocationRequest, Lease};
+use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_api::token::unix_ms;
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::{Placement, Registry, RegistryError, RegistryEvent, Result, SweepReport, choose};
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// How long an allocation holds its slot before the first player must have joined.
+    pub lease_ttl: Duration,
+    /// How long a Shutdown/Unhealthy/Error record stays visible before it is removed.
+    pub tombstone_ttl: Duration,
+    /// Events buffered per subscriber before the oldest are dropped.
+    pub event_capacity: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { lease_ttl: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(60), event_capacity: 4096 }
+    }
+}
+
+struct Entry {
+    record: GameServer,
+    /// Last health ping or registration; scheduling time before either.
+    last_seen: Instant,
+    /// Whether the process has spoken at all (the initial delay applies until it has).
+    spoken: bool,
+    /// When the record entered its current state.
+    since: Instant,
+}
+
+struct World {
+    server: String,
+    /// Unconfirmed allocation: the slot returns at the deadline unless a player joins.
+    lease: Option<(Lease, Instant)>,
+}
+
+#[derive(Default)]
+struct Fleet {
+    servers: BTreeMap<String, Entry>,
+    worlds: HashMap<String, World>,
+    idempotent: HashMap<String, (Placement, Instant)>,
+}
+
+pub struct MemoryRegistry {
+    config: RegistryConfig,
+    fleets: DashMap<String, Arc<Mutex<Fleet>>>,
+    /// Server name -> fleet name.
+    fleet_of: DashMap<String, String>,
+    events: broadcast::Sender<RegistryEvent>,
+}
+
+impl MemoryRegistry {
+    pub fn new(config: RegistryConfig) -> Self {
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        Self { config, fleets: DashMap::new(), fleet_of: DashMap::new(), events }
+    }
+
+    fn fleet(&self, name: &str) -> Option<Arc<Mutex<Fleet>>> {
+        self.fleets.get(name).map(|f| Arc::clone(&f))
+    }
+
+    fn fleet_or_create(&self, name: &str) -> Arc<Mutex<Fleet>> {
+        Arc::clone(&self.fleets.entry(name.to_string()).or_default())
+    }
+
+    /// The fleet holding server `name`.
+    fn fleet_of(&self, name: &str) -> Result<Arc<Mutex<Fleet>>> {
+        let fleet = self.fleet_of.get(name).map(|f| f.clone()).ok_or_else(|| RegistryError::NotFound(name.into()))?;
+        self.fleet(&fleet).ok_or_else(|| RegistryError::NotFound(name.into()))
+    }
+
+    /// Runs `f` on server `name` under its fleet's lock, then publishes the events it made.
+    fn with_server<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Fleet, &mut Vec<RegistryEvent>) -> Result<T>,
+    ) -> Result<T> {
+        let fleet = self.fleet_of(name)?;
+        let mut events = Vec::new();
+        let result = {
+            let mut fleet = fleet.lock();
+            if !fleet.servers.contains_key(name) {
+                return Err(RegistryError::NotFound(name.into()));
+            }
+            f(&mut fleet, &mut events)
+        };
+        self.publish(events);
+        result
+    }
+
+    fn publish(&self, events: Vec<RegistryEvent>) {
+        for event in events {
+            // No subscriber is fine.
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+fn entry<'a>(fleet: &'a mut Fleet, name: &str) -> Result<&'a mut Entry> {
+    fleet.servers.get_mut(name).ok_or_else(|| RegistryError::NotFound(name.into()))
+}
+
+fn state_changed(record: &GameServer) -> RegistryEvent {
+    RegistryEvent::StateChanged {
+        name: record.name.clone(),
+        fleet: record.fleet.clone(),
+        region: record.region.clone(),
+        state: record.state,
+    }
+}
+
+fn released(record: &GameServer) -> RegistryEvent {
+    RegistryEvent::Released { fleet: record.fleet.clone(), region: record.region.clone() }
+}
+
+fn set_state(entry: &mut Entry, to: GameServerState, now: Instant, events: &mut Vec<RegistryEvent>) {
+    if entry.record.state != to {
+        entry.record.state = to;
+        entry.since = now;
+        events.push(state_changed(&entry.record));
+    }
+}
+
+impl Fleet {
+    /// Gives back one world slot on `server`; an Allocated server with no world left is
+    /// Ready again.
+    fn release_slot(&mut self, server: &str, now: Instant, events: &mut Vec<RegistryEvent>) {
+        if let Some(entry) = self.servers.get_mut(server) {
+            entry.record.worlds = entry.record.worlds.saturating_sub(1);
+            events.push(released(&entry.record));
+            if entry.record.worlds == 0 && entry.record.state == GameServerState::Allocated {
+                set_state(entry, GameServerState::Ready, now, events);
+            }
+        }
+    }
+
+    /// Takes one world slot on `server`; a Ready server becomes Allocated.
+    fn take_slot(&mut self, server: &str, now: Instant, events: &mut Vec<RegistryEvent>) {
+        if let Some(entry) = self.servers.get_mut(server) {
+            entry.record.worlds += 1;
+            events.push(RegistryEvent::Allocated {
+                fleet: entry.record.fleet.clone(),
+                region: entry.record.region.clone(),
+            });
+            if entry.record.state == GameServerState::Ready {
+                set_state(entry, GameServerState::Allocated, now, events);
+            }
+        }
+    }
+
+    /// Forgets every world and answer that points at `server` (it is gone or terminal).
+    fn drop_worlds_of(&mut self, server: &str) -> usize {
+        let before = self.worlds.len();
+        self.worlds.retain(|_, w| w.server != server);
+        self.idempotent.retain(|_, (p, _)| p.server.name != server);
+        before - self.worlds.len()
+    }
+
+    /// Moves `name` to `to` through the lifecycle rules; terminal states free its worlds.
+    fn transition(
+        &mut self,
+        name: &str,
+        to: GameServerState,
+        now: Instant,
+        events: &mut Vec<RegistryEvent>,
+    ) -> Result<GameServer> {
+        let entry = entry(self, name)?;
+        let mut to = entry.record.state.transition(to)?;
+        // "Ready" from a server that still hosts worlds means ready for more: it stays
+        // Allocated, which is Ready-and-hosting.
+        if to == GameServerState::Ready && entry.record.worlds > 0 {
+            to = GameServerState::Allocated;
+        }
+        set_state(entry, to, now, events);
+        if to.is_terminal() {
+            let freed = entry.record.worlds;
+            entry.record.worlds = 0;
+            let record = entry.record.clone();
+            self.drop_worlds_of(name);
+            events.extend((0..freed).map(|_| released(&record)));
+            return Ok(record);
+        }
+        Ok(entry.record.clone())
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn schedule(&self, server: GameServer) -> Result<GameServer> {
+        let fleet = self.fleet_or_create(&server.fleet);
+        let now = Instant::now();
+        {
+            let mut fleet = fleet.lock();
+            if self.fleet_of.contains_key(&server.name) {
+                return Err(RegistryError::AlreadyExists(server.name));
+            }
+            self.fleet_of.insert(server.name.clone(), server.fleet.clone());
+            let entry = Entry { record: server.clone(), last_seen: now, spoken: false, since: now };
+            fleet.servers.insert(server.name.clone(), entry);
+        }
+        self.publish(vec![state_changed(&server)]);
+        Ok(server)
+    }
+
+    async fn register(&self, name: &str, req: RegisterRequest) -> Result<GameServer> {
+        if !self.fleet_of.contains_key(name) {
+            let mut server =
+                GameServer::scheduled(name, &req.fleet, &req.region, req.world_capacity, req.player_capacity);
+            server.labels = req.labels.clone();
+            server.health = req.health;
+            // A concurrent register of the same name lost the race: fall through to update.
+            match self.schedule(server).await {
+                Ok(_) | Err(RegistryError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.with_server(name, |fleet, _| {
+            let entry = entry(fleet, name)?;
+            let record = &mut entry.record;
+            if record.fleet != req.fleet || record.region != req.region {
+                return Err(RegistryError::Conflict(format!(
+                    "game server {name:?} is scheduled in fleet {:?} region {:?}, not {:?}/{:?}",
+                    record.fleet, record.region, req.fleet, req.region
+                )));
+            }
+            if record.state.is_terminal() {
+                return Err(RegistryError::Conflict(format!("game server {name:?} is {}", record.state)));
+            }
+            record.address = Some(req.address);
+            record.labels.extend(req.labels);
+            entry.last_seen = Instant::now();
+            entry.spoken = true;
+            Ok(entry.record.clone())
+        })
+    }
+
+    async fn transition(&self, name: &str, to: GameServerState) -> Result<GameServer> {
+        self.with_server(name, |fleet, events| fleet.transition(name, to, Instant::now(), events))
+    }
+
+    async fn health(&self, name: &str) -> Result<()> {
+        self.with_server(name, |fleet, _| {
+            let entry = entry(fleet, name)?;
+            if entry.record.state.is_terminal() {
+                return Err(RegistryError::Conflict(format!("game server {name:?} is {}", entry.record.state)));
+            }
+            entry.last_seen = Instant::now();
+            entry.spoken = true;
+            Ok(())
+        })
+    }
+
+    async fn set_label(&self, name: &str, key: &str, value: &str) -> Result<GameServer> {
+        self.with_server(name, |fleet, _| {
+            let entry = entry(fleet, name)?;
+            entry.record.labels.insert(key.to_string(), value.to_string());
+            Ok(entry.record.clone())
+        })
+    }
+
+    async fn set_players(&self, name: &str, players: u32) -> Result<()> {
+        self.with_server(name, |fleet, _| {
+            entry(fleet, name)?.record.players = players;
+            Ok(())
+        })
+    }
+
+    async fn world_started(&self, name: &str, world_id: &str) -> Result<()> {
+        self.with_server(name, |fleet, events| {
+            match fleet.worlds.get_mut(world_id) {
+                Some(world) if world.server == name => {
+                    world.lease = None;
+                    Ok(())
+                }
+                Some(world) => Err(RegistryError::Conflict(format!(
+                    "world {world_id:?} belongs to game server {:?}, not {name:?}",
+                    world.server
+                ))),
+                None => {
+                    // The lease ran out just before the first player arrived, but the
+                    // world now runs here: count it again rather than lose track of it.
+                    if entry(fleet, name)?.record.state.is_terminal() {
+                        return Err(RegistryError::Conflict(format!("game server {name:?} is terminal")));
+                    }
+                    fleet.worlds.insert(world_id.to_string(), World { server: name.to_string(), lease: None });
+                    fleet.take_slot(name, Instant::now(), events);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    async fn world_ended(&self, name: &str, world_id: &str) -> Result<()> {
+        self.with_server(name, |fleet, events| {
+            // Ending a world twice (an SDK retry) is not an error.
+            if fleet.worlds.get(world_id).is_some_and(|w| w.server == name) {
+                fleet.worlds.remove(world_id);
+                fleet.idempotent.retain(|_, (p, _)| p.world_id != world_id);
+                fleet.release_slot(name, Instant::now(), events);
+            }
+            Ok(())
+        })
+    }
+
+    async fn allocate(&self, req: &AllocationRequest) -> Result<Placement> {
+        let fleet = self.fleet(&req.fleet).ok_or_else(|| RegistryError::FleetNotFound(req.fleet.clone()))?;
+        let now = Instant::now();
+        let mut events = Vec::new();
+        let placement = {
+            let mut fleet = fleet.lock();
+            allocate_locked(&mut fleet, req, now, self.config.lease_ttl, &mut events)
+        };
+        self.publish(events);
+        placement
+    }
+
+    async fn get(&self, name: &str) -> Result<GameServer> {
+        self.with_server(name, |fleet, _| Ok(entry(fleet, name)?.record.clone()))
+    }
+
+    async fn list(&self, fleet: Option<&str>) -> Result<Vec<GameServer>> {
+        let fleets: Vec<Arc<Mutex<Fleet>>> = match fleet {
+            Some(name) => self.fleet(name).into_iter().collect(),
+            None => self.fleets.iter().map(|f| Arc::clone(f.value())).collect(),
+        };
+        let mut servers: Vec<GameServer> = fleets
+            .iter()
+            .flat_map(|f| f.lock().servers.values().map(|e| e.record.clone()).collect::<Vec<_>>())
+            .collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(servers)
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        self.with_server(name, |fleet, events| {
+            if let Some(entry) = fleet.servers.remove(name) {
+                fleet.drop_worlds_of(name);
+                events.extend((0..entry.record.worlds).map(|_| released(&entry.record)));
+            }
+            Ok(())
+        })?;
+        self.fleet_of.remove(name);
+        Ok(())
+    }
+
+    async fn sweep(&self) -> Result<SweepReport> {
+        let now = Instant::now();
+        let mut report = SweepReport::default();
+        let fleets: Vec<Arc<Mutex<Fleet>>> = self.fleets.iter().map(|f| Arc::clone(f.value())).collect();
+        for fleet in fleets {
+            let mut events = Vec::new();
+            {
+                let mut fleet = fleet.lock();
+                sweep_fleet(&mut fleet, now, &self.config, &mut report, &mut events);
+            }
+            self.publish(events);
+        }
+        for name in &report.removed {
+            self.fleet_of.remove(name);
+        }
+        Ok(report)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
+    }
+}
+
+fn allocate_locked(
+    fleet: &mut Fleet,
+    req: &AllocationRequest,
+    now: Instant,
+    lease_ttl: Duration,
+    events: &mut Vec<RegistryEvent>,
+) -> Result<Placement> {
+    if let Some(key) = &req.idempotency_key
+        && let Some((placement, expires)) = fleet.idempotent.get(key)
+        && *expires > now
+    {
+        return Ok(placement.clone());
+    }
+    let player_id = req.player_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+    // Joining a world that a live server holds: tell where it is; no new slot.
+    if let Some(world_id) = &req.world_id
+        && let Some(world) = fleet.worlds.get(world_id)
+        && let Some(entry) = fleet.servers.get(&world.server)
+    {
+        let server = &entry.record;
+        if server.state == GameServerState::Draining {
+            return Err(RegistryError::NoCapacity(format!("world {world_id:?} is on a draining server")));
+        }
+        return Ok(Placement {
+            world_id: world_id.clone(),
+            player_id,
+            server: server.clone(),
+            lease: world.lease.as_ref().map(|(lease, _)| lease.clone()),
+        });
+    }
+
+    let name = choose(fleet.servers.values().map(|e| &e.record), req).map(|s| s.name.clone()).ok_or_else(|| {
+        let regions = if req.regions.is_empty() { "any region".to_string() } else { req.regions.join(", ") };
+        RegistryError::NoCapacity(format!("no game server of fleet {:?} in {regions} has a free world slot", req.fleet))
+    })?;
+    fleet.take_slot(&name, now, events);
+    let entry = entry(fleet, &name)?;
+    entry.record.labels.extend(req.metadata.labels.clone());
+    let world_id = req.world_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let lease =
+        Lease { id: uuid::Uuid::new_v4().simple().to_string(), expires_at_ms: unix_ms(SystemTime::now() + lease_ttl) };
+    let placement =
+        Placement { world_id: world_id.clone(), player_id, server: entry.record.clone(), lease: Some(lease.clone()) };
+    fleet.worlds.insert(world_id, World { server: name, lease: Some((lease, now + lease_ttl)) });
+    if let Some(key) = &req.idempotency_key {
+        fleet.idempotent.insert(key.clone(), (placement.clone(), now + lease_ttl));
+    }
+    Ok(placement)
+}
+
+fn sweep_fleet(
+    fleet: &mut Fleet,
+    now: Instant,
+    config: &RegistryConfig,
+    report: &mut SweepReport,
+    events: &mut Vec<RegistryEvent>,
+) {
+    let expired: Vec<(String, String)> = fleet
+        .worlds
+        .iter()
+        .filter(|(_, w)| w.lease.as_ref().is_some_and(|(_, deadline)| *deadline <= now))
+        .map(|(id, w)| (id.clone(), w.server.clone()))
+        .collect();
+    for (world_id, server) in expired {
+        fleet.worlds.remove(&world_id);
+        fleet.release_slot(&server, now, events);
+        report.expired_leases.push(world_id);
+    }
+    fleet.idempotent.retain(|_, (_, expires)| *expires > now);
+
+    let silent: Vec<String> = fleet
+        .servers
+        .values()
+        .filter(|e| !e.record.state.is_terminal())
+        .filter(|e| {
+            let health = &e.record.health;
+            let grace =
+                if e.spoken { Duration::ZERO } else { Duration::from_secs(health.initial_delay_seconds.into()) };
+            now >= e.last_seen + grace + health.timeout()
+        })
+        .map(|e| e.record.name.clone())
+        .collect();
+    for name in silent {
+        if fleet.transition(&name, GameServerState::Unhealthy, now, events).is_ok() {
+            tracing::warn!(server = %name, "missed its health pings; marked Unhealthy");
+            report.unhealthy.push(name);
+        }
+    }
+
+    let old: Vec<String> = fleet
+        .servers
+        .values()
+        .filter(|e| e.record.state.is_terminal() && e.since + config.tombstone_ttl <= now)
+        .map(|e| e.record.name.clone())
+        .collect();
+    for name in old {
+        fleet.servers.remove(&name);
+        report.removed.push(name);
+    }
+}
+
+/// Sweeps `registry` every `every` until `shutdown`.
+pub async fn run_sweeper(registry: Arc<dyn Registry>, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = registry.sweep().await {
+                    tracing::warn!(error = %e, "registry sweep failed");
+                }
+            }
+        }
+    }
+}
