@@ -1,5 +1,6 @@
 //! Behaviour of the in-memory registry through the `Registry` trait. Written against
 //! `Arc<dyn Registry>` so the Redis backend can run the same cases.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::collections::HashSet;
 use std::sync::Arc;
