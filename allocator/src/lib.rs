@@ -1,1 +1,284 @@
-//! placeholder
+//! The control-plane HTTP API.
+//!
+//! One axum router serves matchmakers (`POST /v1/allocations`), game servers' SDK calls
+//! (`/v1/gameservers/{name}/...`), reads of the fleet (`GET /v1/gameservers`) and the
+//! operational endpoints (`/livez`, `/readyz`, `/metrics`). Every handler is a thin shell
+//! over the [`Registry`]; errors become status codes in one place, [`ApiError`].
+//! Start with [`router`]; [`run`] serves it until shutdown.
+
+mod error;
+mod json;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gaia_api::allocation::{AllocationRequest, AllocationResponse};
+use gaia_api::fleet::check_name;
+use gaia_api::gameserver::{GameServer, GameServerState, PlayerCountRequest, RegisterRequest, SetLabelRequest};
+use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_registry::Registry;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+use json::JsonBody;
+pub use metrics::Metrics;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Signs join tokens; game servers verify with the same secret.
+    pub join_secret: String,
+    /// Lifetime of a join token for a world that is already running (a new world's token
+    /// lives as long as its lease).
+    pub join_token_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { join_secret: String::new(), join_token_ttl: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    registry: Arc<dyn Registry>,
+    key: TokenKey,
+    token_ttl: Duration,
+    metrics: Arc<Metrics>,
+    /// Everything this process exports on /metrics.
+    prometheus: Arc<prometheus_client::registry::Registry>,
+}
+
+impl AppState {
+    /// `metrics` must be registered in `prometheus` (see [`Metrics::new`]).
+    pub fn new(
+        config: &Config,
+        registry: Arc<dyn Registry>,
+        metrics: Metrics,
+        prometheus: Arc<prometheus_client::registry::Registry>,
+    ) -> Self {
+        Self {
+            registry,
+            key: TokenKey::new(config.join_secret.as_bytes()),
+            token_ttl: config.join_token_ttl,
+            metrics: Arc::new(metrics),
+            prometheus,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let sdk = Router::new()
+        .route("/register", post(register))
+        .route("/ready", post(|s, p| to_state(s, p, GameServerState::Ready, "ready")))
+        .route("/reserve", post(|s, p| to_state(s, p, GameServerState::Reserved, "reserve")))
+        .route("/allocate", post(|s, p| to_state(s, p, GameServerState::Allocated, "allocate")))
+        .route("/shutdown", post(|s, p| to_state(s, p, GameServerState::Shutdown, "shutdown")))
+        .route("/health", post(health))
+        .route("/labels", put(set_label))
+        .route("/players", put(set_players))
+        .route("/worlds/{world}/started", post(world_started))
+        .route("/worlds/{world}/ended", post(world_ended));
+    Router::new()
+        .route("/v1/allocations", post(allocate))
+        .route("/v1/gameservers", get(list_servers))
+        .route("/v1/gameservers/{name}", get(get_server))
+        .nest("/v1/gameservers/{name}", sdk)
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "control-plane API listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn allocate(
+    State(s): State<AppState>,
+    body: Result<JsonBody<AllocationRequest>, ApiError>,
+) -> Result<Json<AllocationResponse>, ApiError> {
+    let started = Instant::now();
+    let result = allocate_inner(&s, body).await;
+    let label = metrics::ResultLabels { result: result.as_ref().map_or_else(ApiError::metric_label, |_| "ok") };
+    s.metrics.allocations.get_or_create(&label).inc();
+    s.metrics.allocation_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    result.map(Json)
+}
+
+async fn allocate_inner(
+    s: &AppState,
+    body: Result<JsonBody<AllocationRequest>, ApiError>,
+) -> Result<AllocationResponse, ApiError> {
+    let JsonBody(req) = body?;
+    req.validate()?;
+    let placement = s.registry.allocate(&req).await?;
+    let server = placement.server;
+    let address = server.address.ok_or_else(|| ApiError::NoAddress(server.name.clone()))?;
+    let expires_at_ms = match &placement.lease {
+        Some(lease) => lease.expires_at_ms,
+        None => unix_ms(SystemTime::now() + s.token_ttl),
+    };
+    let join_token = s.key.sign(&JoinClaims {
+        world_id: placement.world_id.clone(),
+        server: server.name.clone(),
+        player_id: placement.player_id.clone(),
+        expires_at_ms,
+    });
+    Ok(AllocationResponse {
+        world_id: placement.world_id,
+        player_id: placement.player_id,
+        fleet: server.fleet,
+        server: server.name,
+        region: server.region,
+        address,
+        join_token,
+        lease: placement.lease,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    fleet: Option<String>,
+}
+
+async fn list_servers(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<GameServer>>, ApiError> {
+    Ok(Json(s.registry.list(q.fleet.as_deref()).await?))
+}
+
+fn server_name(name: &str) -> Result<(), ApiError> {
+    check_name("name", name).map_err(ApiError::from)
+}
+
+async fn get_server(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<GameServer>, ApiError> {
+    server_name(&name)?;
+    Ok(Json(s.registry.get(&name).await?))
+}
+
+/// Counts an SDK call by result and passes its outcome on.
+fn sdk_call<T>(s: &AppState, call: &'static str, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    let label = metrics::SdkLabels { call, result: result.as_ref().map_or_else(ApiError::metric_label, |_| "ok") };
+    s.metrics.sdk_calls.get_or_create(&label).inc();
+    if let Err(e) = &result {
+        tracing::debug!(call, error = %e, "SDK call refused");
+    }
+    result
+}
+
+async fn register(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<JsonBody<RegisterRequest>, ApiError>,
+) -> Result<Json<GameServer>, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        let JsonBody(req) = body?;
+        check_name("fleet", &req.fleet)?;
+        check_name("region", &req.region)?;
+        Ok(s.registry.register(&name, req).await?)
+    }
+    .await;
+    sdk_call(&s, "register", result).map(Json)
+}
+
+async fn to_state(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    to: GameServerState,
+    call: &'static str,
+) -> Result<Json<GameServer>, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        Ok(s.registry.transition(&name, to).await?)
+    }
+    .await;
+    sdk_call(&s, call, result).map(Json)
+}
+
+async fn health(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        Ok(s.registry.health(&name).await?)
+    }
+    .await;
+    sdk_call(&s, "health", result).map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn set_label(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<JsonBody<SetLabelRequest>, ApiError>,
+) -> Result<Json<GameServer>, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        let JsonBody(req) = body?;
+        if req.key.is_empty() {
+            return Err(ApiError::BadRequest { field: Some("key".into()), message: "must not be empty".into() });
+        }
+        Ok(s.registry.set_label(&name, &req.key, &req.value).await?)
+    }
+    .await;
+    sdk_call(&s, "set_label", result).map(Json)
+}
+
+async fn set_players(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<JsonBody<PlayerCountRequest>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        let JsonBody(req) = body?;
+        Ok(s.registry.set_players(&name, req.players).await?)
+    }
+    .await;
+    sdk_call(&s, "set_players", result).map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn world_started(
+    State(s): State<AppState>,
+    Path((name, world)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        Ok(s.registry.world_started(&name, &world).await?)
+    }
+    .await;
+    sdk_call(&s, "world_started", result).map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn world_ended(
+    State(s): State<AppState>,
+    Path((name, world)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        Ok(s.registry.world_ended(&name, &world).await?)
+    }
+    .await;
+    sdk_call(&s, "world_ended", result).map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

@@ -14,7 +14,9 @@ fn matches(server: &GameServer, selector: &Selector) -> bool {
         Some(state) => server.state == state,
         None => server.state.is_allocatable(),
     };
+    // A server that has not registered its address cannot be joined.
     state_ok
+        && server.address.is_some()
         && server.free_world_slots() >= selector.min_free_worlds.unwrap_or(1).max(1)
         && server.free_player_slots() >= selector.min_free_players.unwrap_or(0)
         && selector.match_labels.iter().all(|(k, v)| server.labels.get(k) == Some(v))
@@ -62,6 +64,7 @@ mod tests {
 
     fn server(name: &str, region: &str, worlds: u32, state: GameServerState) -> GameServer {
         let mut s = GameServer::scheduled(name, "town", region, 4, 100);
+        s.address = Some(format!("ws://{name}/ws"));
         s.worlds = worlds;
         s.state = state;
         s
@@ -112,6 +115,13 @@ mod tests {
         // Only regions named are considered.
         assert_eq!(pick(&servers, &req(&["ap"], Strategy::Packed)), None);
         assert_eq!(pick(&servers, &req(&["sa"], Strategy::Packed)), None);
+    }
+
+    #[test]
+    fn servers_without_an_address_are_skipped() {
+        let mut unregistered = server("a", "eu", 0, Ready);
+        unregistered.address = None;
+        assert_eq!(pick(&[unregistered], &req(&[], Strategy::Packed)), None);
     }
 
     #[test]

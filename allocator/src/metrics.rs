@@ -1,0 +1,47 @@
+//! The allocator's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SdkLabels {
+    pub call: &'static str,
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    /// Allocations by result (`ok`, `no_capacity`, `bad_request`, ...).
+    pub allocations: Family<ResultLabels, Counter>,
+    /// Allocation latency inside the allocator, by result.
+    pub allocation_seconds: Family<ResultLabels, Histogram>,
+    /// SDK calls from game servers, by call and result.
+    pub sdk_calls: Family<SdkLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            allocations: Family::default(),
+            // 10 µs .. ~1.3 s
+            allocation_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1e-5, 2.0, 18))),
+            sdk_calls: Family::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("gaia_allocator");
+        registry.register("allocations", "Allocations by result", metrics.allocations.clone());
+        registry.register(
+            "allocation_duration_seconds",
+            "Time to answer an allocation, by result",
+            metrics.allocation_seconds.clone(),
+        );
+        registry.register("sdk_calls", "SDK calls from game servers, by call and result", metrics.sdk_calls.clone());
+        metrics
+    }
+}

@@ -1,0 +1,166 @@
+//! The control-plane API through `router()` with `oneshot`: no sockets needed.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use gaia_allocator::{AppState, Config, Metrics, router};
+use gaia_api::allocation::{AllocationResponse, ErrorBody};
+use gaia_api::gameserver::{GameServer, GameServerState};
+use gaia_api::token::{TokenKey, unix_ms};
+use gaia_registry::{MemoryRegistry, Registry};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const SECRET: &str = "test-secret";
+
+fn app() -> (axum::Router, Arc<dyn Registry>) {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Default::default()));
+    let mut prom = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::new(&mut prom);
+    let config = Config { join_secret: SECRET.into(), ..Default::default() };
+    (router(AppState::new(&config, Arc::clone(&registry), metrics, Arc::new(prom))), registry)
+}
+
+async fn call(app: &axum::Router, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value)
+}
+
+/// Registers and readies a server through the SDK endpoints.
+async fn ready_server(app: &axum::Router, name: &str, region: &str, worlds: u32) {
+    let body = json!({"fleet":"town","region":region,"address":format!("ws://127.0.0.1:9/{name}"),
+        "worldCapacity":worlds,"playerCapacity":100})
+    .to_string();
+    let (status, v) = call(app, Method::POST, &format!("/v1/gameservers/{name}/register"), &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = call(app, Method::POST, &format!("/v1/gameservers/{name}/ready"), "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "Ready");
+}
+
+fn error(v: &Value) -> ErrorBody {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn allocation_returns_address_and_a_token_the_server_accepts() {
+    let (app, _) = app();
+    ready_server(&app, "s1", "eu-west", 2).await;
+    ready_server(&app, "s2", "us-east", 2).await;
+    let (status, v) =
+        call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town","regions":["us-east","eu-west"]}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let resp: AllocationResponse = serde_json::from_value(v).unwrap();
+    assert_eq!((resp.server.as_str(), resp.region.as_str()), ("s2", "us-east"));
+    assert_eq!(resp.address, "ws://127.0.0.1:9/s2");
+    let lease = resp.lease.unwrap();
+    let claims = TokenKey::new(SECRET).verify(&resp.join_token, "s2", unix_ms(std::time::SystemTime::now())).unwrap();
+    assert_eq!(
+        (claims.world_id, claims.player_id, claims.expires_at_ms),
+        (resp.world_id, resp.player_id, lease.expires_at_ms)
+    );
+}
+
+#[tokio::test]
+async fn no_capacity_is_429_and_unknown_fleet_404() {
+    let (app, _) = app();
+    ready_server(&app, "s1", "eu-west", 1).await;
+    let (status, _) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error(&v).error.code, "no_capacity");
+    let (status, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"arena"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error(&v).error.code, "fleet_not_found");
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_naming_the_field() {
+    let (app, _) = app();
+    let cases = [
+        (r#"{"fleet":"town""#, None),
+        ("not json", None),
+        ("", None),
+        (r#"{"fleet":"town","regions":"eu"}"#, Some("regions")),
+        (r#"{"fleet":"town","strategy":"Sideways"}"#, Some("strategy")),
+        (r#"{"fleet":"town","selectors":[{"matchLabels":{"a":1}}]}"#, Some("selectors[0].matchLabels.a")),
+        (r#"{"fleet":"town","regoins":["eu"]}"#, None),
+        (r#"{"fleet":"town","regions":["eu","eu"]}"#, Some("regions[1]")),
+        (r#"{"fleet":"Town!"}"#, Some("fleet")),
+    ];
+    for (body, field) in cases {
+        let (status, v) = call(&app, Method::POST, "/v1/allocations", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let e = error(&v).error;
+        assert_eq!(e.code, "bad_request");
+        assert!(!e.message.is_empty());
+        if field.is_some() {
+            assert_eq!(e.field.as_deref(), field, "{body}: {v}");
+        }
+    }
+    // Unknown fields are named in the message.
+    let (_, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town","regoins":["eu"]}"#).await;
+    assert!(error(&v).error.message.contains("regoins"), "{v}");
+    // The process is still serving.
+    let (status, _) = call(&app, Method::GET, "/livez", "").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sdk_lifecycle_through_http() {
+    let (app, registry) = app();
+    ready_server(&app, "s1", "eu-west", 2).await;
+    let (_, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    let world = v["worldId"].as_str().unwrap().to_string();
+    let (status, _) = call(&app, Method::POST, &format!("/v1/gameservers/s1/worlds/{world}/started"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&app, Method::PUT, "/v1/gameservers/s1/players", r#"{"players":3}"#).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, v) = call(&app, Method::PUT, "/v1/gameservers/s1/labels", r#"{"key":"map","value":"town"}"#).await;
+    assert_eq!((status, v["labels"]["map"].as_str()), (StatusCode::OK, Some("town")));
+    let (status, _) = call(&app, Method::POST, "/v1/gameservers/s1/health", "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let s1: GameServer = registry.get("s1").await.unwrap();
+    assert_eq!((s1.state, s1.worlds, s1.players), (GameServerState::Allocated, 1, 3));
+
+    let (status, _) = call(&app, Method::POST, &format!("/v1/gameservers/s1/worlds/{world}/ended"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, v) = call(&app, Method::GET, "/v1/gameservers/s1", "").await;
+    assert_eq!((status, v["state"].as_str(), v["worlds"].as_u64()), (StatusCode::OK, Some("Ready"), Some(0)));
+
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/shutdown", "").await;
+    assert_eq!((status, v["state"].as_str()), (StatusCode::OK, Some("Shutdown")));
+    // Illegal transition: Shutdown is final.
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/ready", "").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(error(&v).error.code, "illegal_transition");
+    let (status, _) = call(&app, Method::POST, "/v1/gameservers/nobody/ready", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, v) = call(&app, Method::GET, "/v1/gameservers?fleet=town", "").await;
+    assert_eq!((status, v.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+}
+
+#[tokio::test]
+async fn metrics_count_allocations_by_result() {
+    let (app, _) = app();
+    ready_server(&app, "s1", "eu-west", 1).await;
+    call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains(r#"gaia_allocator_allocations_total{result="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"gaia_allocator_allocations_total{result="no_capacity"} 1"#), "{text}");
+}
