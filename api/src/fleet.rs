@@ -251,6 +251,13 @@ impl FleetSpec {
         let mut seen = BTreeSet::new();
         for (i, region) in self.regions.iter().enumerate() {
             check_name(&format!("{field}.regions[{i}].name"), &region.name)?;
+            // Server names are `{fleet}-{region}-{5 chars}` and must stay a valid name.
+            if self.name.len() + region.name.len() + 7 > 63 {
+                return Err(invalid(
+                    format!("{field}.regions[{i}].name"),
+                    "fleet and region names together must be at most 56 characters",
+                ));
+            }
             if !seen.insert(region.name.as_str()) {
                 return Err(invalid(
                     format!("{field}.regions[{i}].name"),
@@ -271,7 +278,7 @@ fleets:
   - name: town
     worldCapacity: 20
     template:
-      command: [gaia-gameserver]
+      command: [gaia, gameserver]
     health: { periodSeconds: 1, failureThreshold: 3 }
     regions:
       - { name: eu-west, replicas: 1 }
@@ -322,7 +329,12 @@ autoscalers:
         assert_eq!(err(&orphan), "autoscalers[0].fleet: no fleet named \"city\"");
         let minmax = EXAMPLE.replace("minReplicas: 1", "minReplicas: 9");
         assert_eq!(err(&minmax), "autoscalers[0].policy.buffer.minReplicas: must not exceed maxReplicas");
-        let empty_cmd = EXAMPLE.replace("[gaia-gameserver]", "[]");
+        let long = EXAMPLE.replace("us-east", &"r".repeat(53));
+        assert_eq!(
+            err(&long),
+            "fleets[0].regions[1].name: fleet and region names together must be at most 56 characters"
+        );
+        let empty_cmd = EXAMPLE.replace("[gaia, gameserver]", "[]");
         assert_eq!(err(&empty_cmd), "fleets[0].template.command: must name a program");
     }
 

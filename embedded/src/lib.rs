@@ -1,1 +1,148 @@
-//! placeholder
+//! Embedded mode: the whole control plane in one process, from one fleet YAML.
+//!
+//! [`run`] wires the in-memory registry, the allocator API (which also serves the
+//! game servers' SDK calls), the registry sweeper, the fleet autoscaler and the local
+//! controller, which starts game servers as child processes. No external service is
+//! needed. If any part stops, every part stops. On shutdown the controller stops its
+//! game servers first, so they can still tell the API goodbye, and the API stops last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gaia_api::fleet::FleetConfig;
+use gaia_registry::{MemoryRegistry, Registry, RegistryConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The fleet `gaia run` and `gaia loadgen` use when given no `--config`:
+/// examples/fleet.yaml, one AI-Town-style fleet in two regions.
+pub const EXAMPLE_FLEET: &str = include_str!("../../examples/fleet.yaml");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub fleets: FleetConfig,
+    /// Signs join tokens; handed to every game server. Random when empty.
+    pub join_secret: String,
+    pub registry: RegistryConfig,
+    /// How often leases and health are checked.
+    pub sweep_every: Duration,
+    pub controller_reconcile: Duration,
+}
+
+impl Config {
+    pub fn new(fleets: FleetConfig) -> Self {
+        Self {
+            fleets,
+            join_secret: String::new(),
+            registry: RegistryConfig::default(),
+            sweep_every: Duration::from_millis(250),
+            controller_reconcile: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("control-plane API: {0}")]
+    Api(std::io::Error),
+    #[error("controller: {0}")]
+    Controller(#[from] gaia_controller::ControllerError),
+    #[error("a component stopped unexpectedly: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Api(_) => "api",
+            Self::Controller(_) => "controller",
+            Self::Join(_) => "join",
+        }
+    }
+}
+
+/// Runs the embedded fleet on `listener` until `shutdown` (or until a part fails).
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    let url = format!("http://{}", listener.local_addr().map_err(Error::Api)?);
+    let join_secret = if config.join_secret.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        config.join_secret.clone()
+    };
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(config.registry.clone()));
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let allocator_metrics = gaia_allocator::Metrics::new(&mut prometheus);
+    let controller_metrics = Arc::new(gaia_controller::Metrics::new(&mut prometheus));
+    let autoscaler_metrics = Arc::new(gaia_fleet_autoscaler::Metrics::new(&mut prometheus));
+    let allocator_config = gaia_allocator::Config { join_secret: join_secret.clone(), ..Default::default() };
+    let state = gaia_allocator::AppState::new(
+        &allocator_config,
+        Arc::clone(&registry),
+        allocator_metrics,
+        Arc::new(prometheus),
+    );
+
+    // Every part runs under `parts`; the API under its own token so it outlives the
+    // controller's goodbyes.
+    let parts = shutdown.child_token();
+    let api_stop = CancellationToken::new();
+    let mut api = tokio::spawn(gaia_allocator::run(listener, state, api_stop.clone()));
+    let sweeper = tokio::spawn(gaia_registry::run_sweeper(Arc::clone(&registry), config.sweep_every, parts.clone()));
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::initial_desired(&config.fleets));
+    let autoscaler = tokio::spawn(gaia_fleet_autoscaler::run(
+        config.fleets.clone(),
+        Arc::clone(&registry),
+        desired_tx,
+        gaia_fleet_autoscaler::Settings { metrics: Some(autoscaler_metrics), ..Default::default() },
+        parts.clone(),
+    ));
+    let controller_config = gaia_controller::Config {
+        sdk_url: url.clone(),
+        join_secret,
+        reconcile_every: config.controller_reconcile,
+        metrics: Some(controller_metrics),
+        ..Default::default()
+    };
+    let mut controller = tokio::spawn(gaia_controller::run(
+        controller_config,
+        config.fleets.fleets.clone(),
+        Arc::clone(&registry),
+        desired_rx,
+        parts.clone(),
+    ));
+    tracing::info!(%url, fleets = config.fleets.fleets.len(), "embedded fleet running");
+
+    // Whichever ends first (shutdown, or a part failing) stops the rest.
+    let mut outcome: Result<(), Error> = Ok(());
+    let controller_done = tokio::select! {
+        _ = parts.cancelled() => None,
+        done = &mut controller => Some(done),
+        done = &mut api => {
+            outcome = match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Api(e)),
+                Err(e) => Err(e.into()),
+            };
+            None
+        }
+    };
+    parts.cancel();
+    let controller_result = match controller_done {
+        Some(done) => done,
+        None => controller.await,
+    };
+    if let Err(e) = controller_result.map_err(Error::from).and_then(|r| r.map_err(Error::from)) {
+        tracing::error!(error = %e, "controller failed");
+        outcome = outcome.and(Err(e));
+    }
+    api_stop.cancel();
+    if !api.is_finished() {
+        match api.await {
+            Ok(Err(e)) => outcome = outcome.and(Err(Error::Api(e))),
+            Err(e) => outcome = outcome.and(Err(e.into())),
+            Ok(Ok(())) => {}
+        }
+    }
+    let _ = tokio::join!(sweeper, autoscaler);
+    outcome
+}

@@ -1,1 +1,342 @@
-//! placeholder
+//! The Gaia Fleet game server: hosts worlds in memory, ticks them and streams deltas to
+//! clients over WebSocket.
+//!
+//! - [`town`]: the reference AI-Town-style world, a pure `tick(events) -> output`.
+//! - [`room`]: the runtime: one task per world, shared delta encoding, slow-reader drops.
+//! - [`conn`]: one client connection (Join with a token, inputs, close reasons).
+//! - this file: [`Config`] and [`run`], which binds the routes (`/ws`, `/livez`,
+//!   `/readyz`, `/metrics`), registers with the control plane through the SDK, reports
+//!   world starts/ends and player counts, and drains on shutdown.
+
+pub mod conn;
+pub mod metrics;
+pub mod room;
+pub mod town;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gaia_api::gameserver::RegisterRequest;
+use gaia_api::protocol::{MAX_CLIENT_FRAME, close};
+use gaia_api::token::TokenKey;
+use gaia_sdk::{Sdk, SdkError};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{Closing, Ctx};
+use crate::metrics::Metrics;
+use crate::room::{RoomConfig, Rooms, WorldEvent};
+use crate::town::TownConfig;
+
+/// Everything a game server is told. The controller sets these as `GAIA_*` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// This server's name in the registry.
+    #[arg(long, env = "GAIA_SERVER_NAME")]
+    pub name: String,
+    #[arg(long, env = "GAIA_FLEET", default_value = "town")]
+    pub fleet: String,
+    #[arg(long, env = "GAIA_REGION", default_value = "local")]
+    pub region: String,
+    /// Control-plane URL for the SDK. Unset: run standalone, telling nobody.
+    #[arg(long, env = "GAIA_SDK_URL")]
+    pub sdk_url: Option<String>,
+    /// Verifies join tokens; the allocator signs them with the same secret.
+    #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true)]
+    pub join_secret: String,
+    #[arg(long, env = "GAIA_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Host clients are told to connect to; defaults to the listen address's IP
+    /// (127.0.0.1 when that is unspecified).
+    #[arg(long, env = "GAIA_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    #[arg(long, env = "GAIA_WORLD_CAPACITY", default_value_t = 10)]
+    pub world_capacity: u32,
+    #[arg(long, env = "GAIA_PLAYER_CAPACITY", default_value_t = 300)]
+    pub player_capacity: u32,
+    #[arg(long, env = "GAIA_WORLD_PLAYER_CAPACITY", default_value_t = 30)]
+    pub world_player_capacity: u32,
+    #[arg(long, env = "GAIA_HEALTH_PERIOD_SECONDS", default_value_t = 2)]
+    pub health_period_seconds: u32,
+    #[arg(long, env = "GAIA_TICK_HZ", default_value_t = 10)]
+    pub tick_hz: u32,
+    /// Server-side bots in every world.
+    #[arg(long, env = "GAIA_BOTS_PER_WORLD", default_value_t = 5)]
+    pub bots_per_world: u16,
+    /// How long an empty world lives on before it ends and frees its slot.
+    #[arg(long, env = "GAIA_EMPTY_WORLD_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub empty_world_grace: Duration,
+    /// How long a new connection has to send Join.
+    #[arg(long, env = "GAIA_JOIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub join_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "gs-local".into(),
+            fleet: "town".into(),
+            region: "local".into(),
+            sdk_url: None,
+            join_secret: String::new(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            advertise_host: None,
+            world_capacity: 10,
+            player_capacity: 300,
+            world_player_capacity: 30,
+            health_period_seconds: 2,
+            tick_hz: 10,
+            bots_per_world: 5,
+            empty_world_grace: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("control plane: {0}")]
+    Sdk(#[from] SdkError),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Sdk(_) => "sdk",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+/// Where clients reach a server bound at `local`.
+pub fn address(local: SocketAddr, advertise_host: Option<&str>) -> String {
+    let host = match advertise_host {
+        Some(host) => host.to_string(),
+        None if local.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => local.ip().to_string(),
+    };
+    format!("ws://{host}:{}/ws", local.port())
+}
+
+#[derive(Clone)]
+struct AppState {
+    ctx: Arc<Ctx>,
+    /// One permit per connection; `player_capacity` of them.
+    slots: Arc<Semaphore>,
+    prometheus: Arc<prometheus_client::registry::Registry>,
+    tasks: TaskTracker,
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let permit = Arc::clone(&s.slots).try_acquire_owned();
+    let tasks = s.tasks.clone();
+    upgrade
+        // Client frames are small: a small read buffer keeps idle connections cheap.
+        .read_buffer_size(8 * 1024)
+        // Leave room above the protocol limit so oversized frames get our close reason.
+        .max_message_size(MAX_CLIENT_FRAME * 4)
+        .max_frame_size(MAX_CLIENT_FRAME * 4)
+        .on_upgrade(move |mut socket| {
+            tasks.track_future(async move {
+                let Ok(_permit) = permit else {
+                    let full = Closing {
+                        code: close::SERVER_FULL,
+                        reason: "server has no free connection slot".into(),
+                        label: "server_full",
+                    };
+                    conn::close_with(&mut socket, &s.ctx.metrics, full).await;
+                    return;
+                };
+                conn::serve(socket, s.ctx).await;
+            })
+        })
+}
+
+async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Runs a game server on `listener` until `shutdown`, then drains: clients are told
+/// the server is going away, worlds stop, and the control plane hears `shutdown`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.join_secret.is_empty() {
+        return Err(Error::Config("GAIA_JOIN_SECRET must not be empty".into()));
+    }
+    if config.tick_hz == 0 || config.tick_hz > 1000 {
+        return Err(Error::Config("GAIA_TICK_HZ must be 1 to 1000".into()));
+    }
+    let address = address(listener.local_addr()?, config.advertise_host.as_deref());
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut prometheus));
+    let (world_events, world_events_rx) = mpsc::unbounded_channel();
+    let room_config = RoomConfig {
+        tick: Duration::from_secs(1) / config.tick_hz,
+        max_players: config.world_player_capacity as usize,
+        max_worlds: config.world_capacity as usize,
+        empty_grace: config.empty_world_grace,
+        town: TownConfig { bots: config.bots_per_world, ..TownConfig::default() },
+        ..RoomConfig::default()
+    };
+    let rooms = Rooms::new(room_config.clone(), world_events, Arc::clone(&metrics), shutdown.clone());
+    let ctx = Arc::new(Ctx {
+        server_name: config.name.clone(),
+        key: TokenKey::new(config.join_secret.as_bytes()),
+        rooms: Arc::clone(&rooms),
+        metrics,
+        shutdown: shutdown.clone(),
+        join_timeout: config.join_timeout,
+        member_queue: room_config.member_queue,
+        players: Default::default(),
+    });
+    let tasks = TaskTracker::new();
+    let state = AppState {
+        ctx: Arc::clone(&ctx),
+        slots: Arc::new(Semaphore::new(config.player_capacity as usize)),
+        prometheus: Arc::new(prometheus),
+        tasks: tasks.clone(),
+    };
+
+    let sdk = match &config.sdk_url {
+        Some(url) => Some(connect(&config, url, &address).await?),
+        None => {
+            tracing::warn!("no GAIA_SDK_URL: running standalone, the control plane hears nothing");
+            None
+        }
+    };
+    let background = CancellationToken::new();
+    let mut reporters = Vec::new();
+    if let Some(sdk) = &sdk {
+        let period = Duration::from_secs(config.health_period_seconds.max(1).into());
+        reporters.push(sdk.spawn_health(period, background.clone()));
+        reporters.push(tokio::spawn(report_worlds(sdk.clone(), world_events_rx)));
+        reporters.push(tokio::spawn(report_players(sdk.clone(), Arc::clone(&ctx), period, background.clone())));
+    }
+    tracing::info!(name = %config.name, %address, "game server serving");
+
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    // Connections and worlds see the same token; give them a moment to say goodbye.
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        tasks.wait().await;
+        rooms.closed().await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("connections did not close within 5 s");
+    }
+    drop(rooms);
+    background.cancel();
+    if let Some(sdk) = &sdk {
+        match sdk.shutdown().await {
+            // Already Shutdown (the controller retired us) or gone: nothing to say.
+            Ok(_) | Err(SdkError::Refused { status: 404 | 409, .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "could not tell the control plane we shut down"),
+        }
+    }
+    for task in reporters {
+        task.abort();
+    }
+    served?;
+    Ok(())
+}
+
+/// Registers with the control plane and marks the server Ready. Retries for a while:
+/// the control plane may still be starting.
+async fn connect(config: &Config, url: &str, address: &str) -> Result<Sdk, Error> {
+    let sdk = Sdk::new(url, &config.name)?;
+    let req = RegisterRequest {
+        fleet: config.fleet.clone(),
+        region: config.region.clone(),
+        address: address.to_string(),
+        world_capacity: config.world_capacity,
+        player_capacity: config.player_capacity,
+        labels: Default::default(),
+        health: gaia_api::fleet::HealthSpec { period_seconds: config.health_period_seconds, ..Default::default() },
+    };
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        match sdk.register(&req).await {
+            Ok(_) => break,
+            Err(SdkError::Transport(e)) if attempt < 10 => {
+                tracing::warn!(error = %e, "control plane not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    sdk.ready().await?;
+    Ok(sdk)
+}
+
+/// Tells the control plane about world starts and ends, in order. A call that fails for
+/// lack of a connection is retried a few times: a lost `ended` would hold a slot.
+async fn report_worlds(sdk: Sdk, mut events: mpsc::UnboundedReceiver<WorldEvent>) {
+    while let Some(event) = events.recv().await {
+        for attempt in 1..=5u32 {
+            let result = match &event {
+                WorldEvent::Started(id) => sdk.world_started(id).await,
+                WorldEvent::Ended(id) => sdk.world_ended(id).await,
+            };
+            match result {
+                Ok(()) => break,
+                Err(SdkError::Transport(e)) if attempt < 5 => {
+                    tracing::warn!(?event, error = %e, "world report failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                Err(e) => {
+                    tracing::warn!(?event, error = %e, "world report refused");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reports the player count every `period` when it changed.
+async fn report_players(sdk: Sdk, ctx: Arc<Ctx>, period: Duration, stop: CancellationToken) {
+    let mut last = 0;
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = ctx.players.load(Ordering::Relaxed);
+        if now != last {
+            match sdk.set_players(now).await {
+                Ok(()) => last = now,
+                Err(e) => tracing::debug!(error = %e, "player count report failed"),
+            }
+        }
+    }
+}

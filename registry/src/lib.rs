@@ -69,6 +69,11 @@ pub trait Registry: Send + Sync + 'static {
     /// terminal state frees the server's worlds and leases.
     async fn transition(&self, name: &str, to: GameServerState) -> Result<GameServer>;
 
+    /// Scale-down: moves an idle server (Scheduled, Ready or Reserved with no world) to
+    /// Shutdown in one atomic step, so no allocation can land on it meanwhile. A server
+    /// that hosts a world is refused with [`RegistryError::Conflict`] and left as it is.
+    async fn retire(&self, name: &str) -> Result<GameServer>;
+
     /// SDK health ping.
     async fn health(&self, name: &str) -> Result<()>;
 

@@ -257,6 +257,20 @@ impl Registry for MemoryRegistry {
         self.with_server(name, |fleet, events| fleet.transition(name, to, Instant::now(), events))
     }
 
+    async fn retire(&self, name: &str) -> Result<GameServer> {
+        use GameServerState::*;
+        self.with_server(name, |fleet, events| {
+            let record = &entry(fleet, name)?.record;
+            if record.worlds > 0 || !matches!(record.state, Scheduled | Ready | Reserved) {
+                return Err(RegistryError::Conflict(format!(
+                    "game server {name:?} is {} with {} world(s); only an idle server is retired",
+                    record.state, record.worlds
+                )));
+            }
+            fleet.transition(name, Shutdown, Instant::now(), events)
+        })
+    }
+
     async fn health(&self, name: &str) -> Result<()> {
         self.with_server(name, |fleet, _| {
             let entry = entry(fleet, name)?;

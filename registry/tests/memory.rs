@@ -258,3 +258,22 @@ async fn concurrent_allocations_never_oversell() {
         assert_eq!(s.worlds, 10, "{} over or under filled", s.name);
     }
 }
+
+#[tokio::test]
+async fn retire_takes_only_idle_servers() {
+    let reg = registry();
+    ready(&reg, "busy", "eu", 1).await;
+    ready(&reg, "idle", "eu", 1).await;
+    reg.schedule(GameServer::scheduled("fresh", "town", "eu", 1, 1)).await.unwrap();
+    let p = reg.allocate(&alloc(&[])).await.unwrap();
+    let err = reg.retire(&p.server.name).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    assert_eq!(reg.get(&p.server.name).await.unwrap().state, GameServerState::Allocated);
+    let other = if p.server.name == "busy" { "idle" } else { "busy" };
+    assert_eq!(reg.retire(other).await.unwrap().state, GameServerState::Shutdown);
+    assert_eq!(reg.retire("fresh").await.unwrap().state, GameServerState::Shutdown);
+    // A retired server takes no more worlds, and retiring twice is refused.
+    assert!(matches!(reg.allocate(&alloc(&[])).await, Err(RegistryError::NoCapacity(_))));
+    assert!(reg.retire("fresh").await.is_err());
+    assert_eq!(reg.retire("nope").await.unwrap_err(), RegistryError::NotFound("nope".into()));
+}

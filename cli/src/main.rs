@@ -1,0 +1,221 @@
+//! `gaia`: one binary, one subcommand per deployable (as quilkin does).
+//!
+//! - `gaia run`: the embedded fleet (registry, allocator, autoscaler, controller) from a
+//!   fleet YAML; game servers run as child processes of it (`gaia gameserver`).
+//! - `gaia gameserver`: one game server, configured by `GAIA_*` variables.
+//! - `gaia loadgen`: matchmaker + bots against an allocator, or against an embedded
+//!   fleet it starts itself; exits non-zero unless the run was clean.
+//!
+//! Each subcommand parses its config, then hands over to its library's `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gaia_api::fleet::FleetConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "gaia", version, about = "Gaia Fleet: game-server fleet for persistent worlds")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole fleet on this machine (embedded mode).
+    Run(RunArgs),
+    /// Run one game server (the controller starts these).
+    Gameserver(GameserverArgs),
+    /// Allocate worlds and drive bots in them, then print a report.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Fleet YAML; the built-in examples/fleet.yaml when unset.
+    #[arg(long, env = "GAIA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the allocator and SDK API listens.
+    #[arg(long, env = "GAIA_API_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Join-token secret shared with the game servers; random when unset.
+    #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true, default_value = "")]
+    join_secret: String,
+}
+
+#[derive(clap::Args)]
+struct GameserverArgs {
+    #[command(flatten)]
+    config: gaia_gameserver::Config,
+    /// Exit when the process that started this one dies (the controller sets it).
+    #[arg(long, env = "GAIA_EXIT_WITH_PARENT", value_parser = clap::builder::BoolishValueParser::new())]
+    exit_with_parent: bool,
+}
+
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    /// Allocator to drive; unset: start an embedded fleet in this process.
+    #[arg(long, env = "GAIA_ALLOCATOR_URL")]
+    allocator: Option<String>,
+    /// Fleet YAML for the embedded fleet; the built-in examples/fleet.yaml when unset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value = "town")]
+    fleet: String,
+    /// Regions to spread worlds over, comma-separated; all the fleet's when unset.
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<String>,
+    #[arg(long, default_value_t = 1000)]
+    bots: usize,
+    /// Bots per world.
+    #[arg(long, default_value_t = 30)]
+    world_size: usize,
+    /// Steady phase, after every bot has joined.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Inputs per bot per second.
+    #[arg(long, default_value_t = 1.0)]
+    input_rate: f64,
+    /// Allocations and connects in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gaia: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gaia: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+fn fleet_config(path: Option<&PathBuf>) -> anyhow::Result<FleetConfig> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => gaia_embedded::EXAMPLE_FLEET.to_string(),
+    };
+    let name = path.map_or_else(|| "examples/fleet.yaml".into(), |p| p.display().to_string());
+    FleetConfig::from_yaml(&text).with_context(|| format!("in {name}"))
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_on_signal();
+    match command {
+        Command::Run(args) => {
+            let mut config = gaia_embedded::Config::new(fleet_config(args.config.as_ref())?);
+            config.join_secret = args.join_secret;
+            let listener =
+                tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+            gaia_embedded::run(config, listener, shutdown).await?;
+        }
+        Command::Gameserver(args) => {
+            if args.exit_with_parent {
+                exit_with_parent()?;
+            }
+            let listener = tokio::net::TcpListener::bind(args.config.listen)
+                .await
+                .with_context(|| format!("binding {}", args.config.listen))?;
+            gaia_gameserver::run(args.config, listener, shutdown).await?;
+        }
+        Command::Loadgen(args) => return loadgen(args, shutdown).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the kernel to SIGTERM this process when its parent dies, so game servers never
+/// outlive a crashed embedded fleet.
+fn exit_with_parent() -> anyhow::Result<()> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("prctl(PR_SET_PDEATHSIG)")?;
+    // The parent may have died before the call took effect.
+    anyhow::ensure!(nix::unistd::getppid() == parent, "parent process exited before start-up finished");
+    Ok(())
+}
+
+async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let mut config = gaia_loadgen::Config {
+        fleet: args.fleet,
+        regions: args.regions,
+        bots: args.bots,
+        world_size: args.world_size,
+        duration: args.duration,
+        input_rate_hz: args.input_rate,
+        connect_concurrency: args.concurrency,
+        ..Default::default()
+    };
+    // With no allocator given, run the embedded fleet here on an ephemeral port.
+    let fleet_stop = CancellationToken::new();
+    let fleet = match args.allocator {
+        Some(url) => {
+            config.allocator_url = url;
+            None
+        }
+        None => {
+            let fleets = fleet_config(args.config.as_ref())?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            config.allocator_url = format!("http://{}", listener.local_addr()?);
+            let embedded = gaia_embedded::Config::new(fleets);
+            Some(tokio::spawn(gaia_embedded::run(embedded, listener, fleet_stop.clone())))
+        }
+    };
+    let report = async {
+        let regions = tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("interrupted while waiting for the fleet"),
+            regions = gaia_loadgen::wait_ready(&config) => regions?,
+        };
+        tracing::info!(?regions, "fleet ready; starting bots");
+        gaia_loadgen::run(config, shutdown.clone()).await
+    }
+    .await;
+    fleet_stop.cancel();
+    if let Some(fleet) = fleet {
+        fleet.await.context("embedded fleet")?.context("embedded fleet")?;
+    }
+    let report = report?;
+    println!("{report}");
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

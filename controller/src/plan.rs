@@ -1,0 +1,308 @@
+//! What the controller should do, as a pure function of what is wanted and what is seen.
+//!
+//! [`plan`] compares desired replicas with the registry's records and the child
+//! processes this controller runs, and answers a list of [`Action`]s. The shell
+//! ([`crate::run`]) executes them; nothing here does I/O.
+
+use std::collections::{BTreeSet, HashMap};
+
+use gaia_api::fleet::{DesiredReplicas, FleetSpec};
+use gaia_api::gameserver::{GameServer, GameServerState};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Schedule a new server of this fleet in this region and start its process.
+    Start { fleet: String, region: String },
+    /// Retire this idle server (atomically, in the registry) and ask its process to exit.
+    Stop { name: String },
+    /// SIGKILL this child process: its record is terminal or gone, so it is hung or was
+    /// given up on.
+    Kill { name: String },
+}
+
+/// Whether scale-down may take this server: it hosts no world and is not held by its
+/// SDK (Reserved), being drained, or allocated.
+pub fn is_idle(server: &GameServer) -> bool {
+    server.worlds == 0 && matches!(server.state, GameServerState::Scheduled | GameServerState::Ready)
+}
+
+/// The actions that bring the processes and records in line with `desired`.
+///
+/// - `observed` must hold every registry record of every fleet in `fleets` (a partial
+///   read would make running children look recordless, and they would be killed).
+/// - `running` names the child processes this controller runs that are alive and not
+///   already being stopped or killed.
+///
+/// Rules, for each (fleet, region) pair present in `desired` whose fleet is in `fleets`
+/// (pairs missing from `desired` are left alone, not scaled to zero; pairs of unknown
+/// fleets are ignored, there is no template to start):
+/// - *live* servers are the records of that fleet and region whose state is not terminal
+///   (Scheduled ones count: they are on their way);
+/// - fewer live than desired: one `Start` per missing server;
+/// - more live than desired: `Stop` idle servers only ([`is_idle`]: no world, Scheduled
+///   or Ready), Scheduled before Ready, then by name, at most the excess. A region where
+///   too few servers are idle stays above desired until worlds end.
+///
+/// And for every name in `running`: a terminal record, or none at all, gives `Kill`.
+///
+/// Actions come per pair in `desired`'s order (starts, then stops), kills last by name.
+pub fn plan(
+    fleets: &[FleetSpec],
+    desired: &DesiredReplicas,
+    observed: &[GameServer],
+    running: &BTreeSet<String>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for ((fleet, region), &want) in desired {
+        if !fleets.iter().any(|f| f.name == *fleet) {
+            continue;
+        }
+        let live: Vec<&GameServer> =
+            observed.iter().filter(|s| s.fleet == *fleet && s.region == *region && !s.state.is_terminal()).collect();
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        if live.len() < want {
+            let start = Action::Start { fleet: fleet.clone(), region: region.clone() };
+            actions.extend(std::iter::repeat_n(start, want - live.len()));
+        } else if live.len() > want {
+            let excess = live.len() - want;
+            let mut idle: Vec<&GameServer> = live.into_iter().filter(|s| is_idle(s)).collect();
+            idle.sort_by(|a, b| {
+                let scheduled_first = |s: &GameServer| s.state != GameServerState::Scheduled;
+                scheduled_first(a).cmp(&scheduled_first(b)).then_with(|| a.name.cmp(&b.name))
+            });
+            actions.extend(idle.into_iter().take(excess).map(|s| Action::Stop { name: s.name.clone() }));
+        }
+    }
+
+    let records: HashMap<&str, &GameServer> = observed.iter().map(|s| (s.name.as_str(), s)).collect();
+    for name in running {
+        if records.get(name.as_str()).is_none_or(|s| s.state.is_terminal()) {
+            actions.push(Action::Kill { name: name.clone() });
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use GameServerState::*;
+
+    fn fleet(name: &str) -> FleetSpec {
+        FleetSpec {
+            name: name.into(),
+            world_capacity: 4,
+            player_capacity: 100,
+            world_player_capacity: 30,
+            labels: BTreeMap::new(),
+            template: gaia_api::fleet::GameServerTemplate { command: vec!["/bin/true".into()], env: BTreeMap::new() },
+            health: Default::default(),
+            regions: vec![
+                gaia_api::fleet::RegionSpec { name: "eu".into(), replicas: 0 },
+                gaia_api::fleet::RegionSpec { name: "us".into(), replicas: 0 },
+            ],
+        }
+    }
+
+    fn fleets() -> Vec<FleetSpec> {
+        vec![fleet("town")]
+    }
+
+    fn server(name: &str, region: &str, state: GameServerState, worlds: u32) -> GameServer {
+        let mut s = GameServer::scheduled(name, "town", region, 4, 100);
+        s.state = state;
+        s.worlds = worlds;
+        s
+    }
+
+    fn want(pairs: &[(&str, &str, u32)]) -> DesiredReplicas {
+        pairs.iter().map(|&(f, r, n)| ((f.to_string(), r.to_string()), n)).collect()
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn start(region: &str) -> Action {
+        Action::Start { fleet: "town".into(), region: region.into() }
+    }
+
+    fn stop(name: &str) -> Action {
+        Action::Stop { name: name.into() }
+    }
+
+    fn kill(name: &str) -> Action {
+        Action::Kill { name: name.into() }
+    }
+
+    #[test]
+    fn starts_the_missing_servers() {
+        let observed = vec![server("a", "eu", Ready, 0), server("b", "eu", Shutdown, 0), server("c", "us", Ready, 0)];
+        let actions = plan(&fleets(), &want(&[("town", "eu", 3)]), &observed, &names(&["a"]));
+        assert_eq!(actions, vec![start("eu"), start("eu")], "the Shutdown record is not live; us is not asked for");
+    }
+
+    #[test]
+    fn scheduled_and_every_live_state_count_as_live() {
+        let observed = vec![
+            server("a", "eu", Scheduled, 0),
+            server("b", "eu", Ready, 0),
+            server("c", "eu", Allocated, 1),
+            server("d", "eu", Reserved, 0),
+            server("e", "eu", Draining, 2),
+            server("f", "eu", Unhealthy, 0),
+            server("g", "eu", Error, 0),
+        ];
+        assert_eq!(plan(&fleets(), &want(&[("town", "eu", 5)]), &observed, &BTreeSet::new()), vec![]);
+        assert_eq!(plan(&fleets(), &want(&[("town", "eu", 6)]), &observed, &BTreeSet::new()), vec![start("eu")]);
+    }
+
+    #[test]
+    fn stops_idle_servers_scheduled_first_then_by_name() {
+        let observed = vec![
+            server("a", "eu", Ready, 0),
+            server("b", "eu", Scheduled, 0),
+            server("c", "eu", Ready, 0),
+            server("d", "eu", Scheduled, 0),
+        ];
+        let desired = want(&[("town", "eu", 1)]);
+        assert_eq!(plan(&fleets(), &desired, &observed, &BTreeSet::new()), vec![stop("b"), stop("d"), stop("a")]);
+        let desired = want(&[("town", "eu", 3)]);
+        assert_eq!(plan(&fleets(), &desired, &observed, &BTreeSet::new()), vec![stop("b")], "at most the excess");
+    }
+
+    #[test]
+    fn never_stops_a_server_that_hosts_worlds_or_is_held() {
+        let observed = vec![
+            server("a", "eu", Allocated, 2),
+            server("b", "eu", Reserved, 0),
+            server("c", "eu", Draining, 0),
+            server("d", "eu", Allocated, 0),
+            // Ready with a world: a racing allocation the state has not caught up with.
+            server("e", "eu", Ready, 1),
+            server("f", "eu", Ready, 0),
+        ];
+        let actions = plan(&fleets(), &want(&[("town", "eu", 0)]), &observed, &names(&["a", "b", "c", "d", "e", "f"]));
+        assert_eq!(actions, vec![stop("f")]);
+    }
+
+    #[test]
+    fn only_pairs_in_desired_are_acted_on() {
+        let observed = vec![server("a", "eu", Ready, 0), server("b", "us", Ready, 0), server("c", "us", Ready, 0)];
+        // us is over nothing because it is not in desired; eu is right.
+        assert_eq!(plan(&fleets(), &want(&[("town", "eu", 1)]), &observed, &BTreeSet::new()), vec![]);
+        assert_eq!(plan(&fleets(), &DesiredReplicas::new(), &observed, &BTreeSet::new()), vec![]);
+    }
+
+    #[test]
+    fn fleets_without_a_spec_are_ignored() {
+        let desired = want(&[("city", "eu", 2), ("town", "eu", 1)]);
+        assert_eq!(plan(&fleets(), &desired, &[], &BTreeSet::new()), vec![start("eu")]);
+    }
+
+    #[test]
+    fn kills_children_whose_record_is_terminal_or_gone() {
+        let observed = vec![
+            server("a", "eu", Ready, 0),
+            server("b", "eu", Unhealthy, 0),
+            server("c", "eu", Shutdown, 0),
+            server("d", "eu", Error, 0),
+            server("e", "eu", Allocated, 1),
+        ];
+        let running = names(&["a", "b", "c", "d", "e", "zombie"]);
+        let actions = plan(&fleets(), &want(&[("town", "eu", 2)]), &observed, &running);
+        assert_eq!(actions, vec![kill("b"), kill("c"), kill("d"), kill("zombie")]);
+    }
+
+    #[test]
+    fn a_replacement_is_started_alongside_the_kill() {
+        let observed = vec![server("a", "eu", Ready, 0), server("b", "eu", Unhealthy, 0)];
+        let actions = plan(&fleets(), &want(&[("town", "eu", 2)]), &observed, &names(&["a", "b"]));
+        assert_eq!(actions, vec![start("eu"), kill("b")]);
+    }
+
+    #[test]
+    fn regions_are_planned_separately() {
+        let observed = vec![server("a", "eu", Ready, 0), server("b", "eu", Ready, 0)];
+        let actions = plan(&fleets(), &want(&[("town", "eu", 1), ("town", "us", 1)]), &observed, &BTreeSet::new());
+        assert_eq!(actions, vec![stop("a"), start("us")]);
+    }
+
+    fn any_state() -> impl Strategy<Value = GameServerState> {
+        proptest::sample::select(GameServerState::ALL.to_vec())
+    }
+
+    fn any_server(i: usize) -> impl Strategy<Value = GameServer> {
+        (prop_oneof![Just("eu"), Just("us")], any_state(), 0u32..3, prop_oneof![Just("town"), Just("city")]).prop_map(
+            move |(region, state, worlds, fleet)| {
+                let mut s = GameServer::scheduled(format!("s{i}"), fleet, region, 4, 100);
+                s.state = state;
+                // Terminal records hold no world (entering a terminal state frees them).
+                s.worlds = if state.is_terminal() { 0 } else { worlds };
+                s
+            },
+        )
+    }
+
+    fn any_observed() -> impl Strategy<Value = Vec<GameServer>> {
+        (0usize..12).prop_flat_map(|n| (0..n).map(any_server).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        #[test]
+        fn never_stops_or_kills_a_live_server_with_worlds(
+            observed in any_observed(),
+            eu in 0u32..8,
+            us in 0u32..8,
+            city in 0u32..8,
+            running_mask in proptest::collection::vec(any::<bool>(), 14),
+        ) {
+            let desired = want(&[("town", "eu", eu), ("town", "us", us), ("city", "eu", city)]);
+            // Some of the observed servers run here, plus names with no record.
+            let running: BTreeSet<String> =
+                (0..14).filter(|&i| running_mask[i]).map(|i| format!("s{i}")).collect();
+            let actions = plan(&fleets(), &desired, &observed, &running);
+
+            let record = |name: &str| observed.iter().find(|s| s.name == name);
+            for action in &actions {
+                match action {
+                    Action::Stop { name } | Action::Kill { name } => {
+                        let hosting = record(name).is_some_and(|s| s.worlds > 0 && !s.state.is_terminal());
+                        prop_assert!(!hosting, "{action:?} on a server with worlds: {:?}", record(name));
+                    }
+                    Action::Start { .. } => {}
+                }
+                if let Action::Stop { name } = action {
+                    prop_assert!(record(name).is_some_and(is_idle), "{action:?} on a server that is not idle");
+                }
+            }
+            // Starts and stops never overshoot desired, per pair.
+            for ((fleet, region), &want) in &desired {
+                let live = observed
+                    .iter()
+                    .filter(|s| s.fleet == *fleet && s.region == *region && !s.state.is_terminal())
+                    .count();
+                let starts = actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Start { fleet: f, region: r } if f == fleet && r == region))
+                    .count();
+                let stops = actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Stop { name } if record(name).is_some_and(|s| s.fleet == *fleet && s.region == *region)))
+                    .count();
+                let want = want as usize;
+                if fleet == "town" {
+                    prop_assert_eq!(starts, want.saturating_sub(live));
+                    prop_assert!(stops <= live.saturating_sub(want));
+                    prop_assert!(live + starts - stops >= want);
+                } else {
+                    prop_assert_eq!(starts + stops, 0, "a fleet without a spec is left alone");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The controller's shell with real child processes and the in-memory registry.
+//!
+//! The fake game server is `/bin/sh`: it writes its environment and its pid into a test
+//! directory (named by the `GAIA_SERVER_NAME` the controller gave it), then `exec`s
+//! `sleep`, so the pid is the process the controller signals. Real time, short
+//! intervals, and every wait bounded.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gaia_api::allocation::AllocationRequest;
+use gaia_api::fleet::{DesiredReplicas, FleetConfig, FleetSpec};
+use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_controller::{Config, ControllerError, ErrorLabels, Metrics, RegionLabels, run};
+use gaia_registry::{MemoryRegistry, Registry, RegistryConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Writes env and pid (pid last, renamed into place, so a pid file means both are
+/// complete), then becomes `sleep`.
+const SERVER: &str = r#"d="$GAIA_TEST_DIR"; n="$GAIA_SERVER_NAME"; env > "$d/$n.env"; echo $$ > "$d/$n.tmp"; mv "$d/$n.tmp" "$d/$n.pid"; exec sleep 600"#;
+
+/// The same, but deaf to SIGTERM (the ignore survives `exec`).
+fn stubborn_server() -> String {
+    format!("trap '' TERM; {SERVER}")
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("gaia-controller-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fleet(script: &str, dir: &TestDir) -> FleetSpec {
+    let yaml = "
+fleets:
+  - name: town
+    worldCapacity: 4
+    playerCapacity: 100
+    labels: { game: test }
+    health: { periodSeconds: 1, failureThreshold: 3 }
+    template: { command: [/bin/sh] }
+    regions: [{ name: eu }]
+";
+    let mut spec = FleetConfig::from_yaml(yaml).unwrap().fleets.remove(0);
+    spec.template.command = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    spec.template.env = BTreeMap::from([("GAIA_TEST_DIR".to_string(), dir.0.display().to_string())]);
+    spec
+}
+
+fn eu(n: u32) -> DesiredReplicas {
+    BTreeMap::from([(("town".to_string(), "eu".to_string()), n)])
+}
+
+struct Fixture {
+    registry: Arc<MemoryRegistry>,
+    desired: watch::Sender<DesiredReplicas>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ControllerError>>,
+    dir: TestDir,
+}
+
+impl Fixture {
+    fn start(script: &str, replicas: u32, stop_grace: Duration) -> Self {
+        let dir = TestDir::new();
+        let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+        let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let config = Config {
+            sdk_url: "http://127.0.0.1:9".into(),
+            join_secret: "test-secret".into(),
+            reconcile_every: Duration::from_millis(50),
+            stop_grace,
+            metrics: Some(Arc::clone(&metrics)),
+        };
+        let (desired, rx) = watch::channel(eu(replicas));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            config,
+            vec![fleet(script, &dir)],
+            Arc::clone(&registry) as Arc<dyn Registry>,
+            rx,
+            shutdown.clone(),
+        ));
+        Self { registry, desired, metrics, shutdown, task, dir }
+    }
+
+    async fn records(&self) -> Vec<GameServer> {
+        self.registry.list(Some("town")).await.unwrap()
+    }
+
+    async fn live(&self) -> Vec<GameServer> {
+        self.records().await.into_iter().filter(|s| !s.state.is_terminal()).collect()
+    }
+
+    async fn state(&self, name: &str) -> GameServerState {
+        self.registry.get(name).await.unwrap().state
+    }
+
+    /// The pid the fake server wrote, once it has.
+    fn pid(&self, name: &str) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.dir.0.join(format!("{name}.pid"))).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
+
+    fn env(&self, name: &str) -> BTreeMap<String, String> {
+        let text = std::fs::read_to_string(self.dir.0.join(format!("{name}.env"))).unwrap();
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Live servers whose processes have written their pid: (name, pid), by name.
+    async fn live_with_pids(&self) -> Vec<(String, Pid)> {
+        let mut out = Vec::new();
+        for server in self.live().await {
+            match self.pid(&server.name) {
+                Some(pid) => out.push((server.name, pid)),
+                None => return Vec::new(),
+            }
+        }
+        out
+    }
+
+    async fn exactly_live(&self, n: usize) -> Vec<(String, Pid)> {
+        eventually(&format!("{n} live servers with running processes"), async || {
+            let live = self.live_with_pids().await;
+            (live.len() == n && live.iter().all(|(_, pid)| alive(*pid))).then_some(live)
+        })
+        .await
+    }
+
+    fn counter(
+        &self,
+        family: &prometheus_client::metrics::family::Family<RegionLabels, prometheus_client::metrics::counter::Counter>,
+    ) -> u64 {
+        family.get_or_create(&RegionLabels::new("town", "eu")).get()
+    }
+
+    async fn stop(self) -> Duration {
+        let start = Instant::now();
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task).await.expect("run returns after shutdown").unwrap();
+        assert!(result.is_ok(), "run failed: {result:?}");
+        start.elapsed()
+    }
+}
+
+/// Whether a process with this pid exists (a zombie counts: the controller has not
+/// reaped it yet).
+fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+}
+
+/// Polls `check` until it answers, or fails the test after [`WAIT`] naming `what`.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn starts_desired_servers_and_replaces_one_that_dies() {
+    let fx = Fixture::start(SERVER, 2, Duration::from_secs(2));
+    let servers = fx.exactly_live(2).await;
+
+    let (name, victim) = servers[0].clone();
+    let record = fx.registry.get(&name).await.unwrap();
+    assert!(name.starts_with("town-eu-") && name.len() == "town-eu-".len() + 5, "{name}");
+    assert_eq!(record.labels.get("game").map(String::as_str), Some("test"));
+    assert_eq!(record.health.period_seconds, 1);
+    assert_eq!((record.world_capacity, record.player_capacity), (4, 100));
+    let env = fx.env(&name);
+    for (key, want) in [
+        ("GAIA_SERVER_NAME", name.as_str()),
+        ("GAIA_FLEET", "town"),
+        ("GAIA_REGION", "eu"),
+        ("GAIA_SDK_URL", "http://127.0.0.1:9"),
+        ("GAIA_JOIN_SECRET", "test-secret"),
+        ("GAIA_WORLD_CAPACITY", "4"),
+        ("GAIA_PLAYER_CAPACITY", "100"),
+        ("GAIA_WORLD_PLAYER_CAPACITY", "30"),
+        ("GAIA_HEALTH_PERIOD_SECONDS", "1"),
+        ("GAIA_LISTEN", "127.0.0.1:0"),
+        ("GAIA_EXIT_WITH_PARENT", "1"),
+    ] {
+        assert_eq!(env.get(key).map(String::as_str), Some(want), "{key}");
+    }
+
+    kill(victim, Signal::SIGKILL).unwrap();
+    let replaced = eventually("the dead server marked Unhealthy and replaced", async || {
+        let live = fx.live_with_pids().await;
+        let unhealthy = fx.state(&name).await == GameServerState::Unhealthy;
+        (unhealthy && live.len() == 2 && live.iter().all(|(n, _)| *n != name)).then_some(live)
+    })
+    .await;
+    assert_eq!(fx.counter(&fx.metrics.exited), 1);
+    assert_eq!(fx.counter(&fx.metrics.started), 3);
+    assert_eq!(fx.metrics.running.get_or_create(&RegionLabels::new("town", "eu")).get(), 2);
+
+    fx.stop().await;
+    for (name, pid) in replaced {
+        assert!(!alive(pid), "{name} still runs after shutdown");
+    }
+}
+
+#[tokio::test]
+async fn scale_down_stops_only_idle_servers() {
+    let fx = Fixture::start(SERVER, 3, Duration::from_secs(2));
+    let servers = fx.exactly_live(3).await;
+
+    // One server hosts a world; asking for zero must stop the two idle ones only.
+    let (busy, busy_pid) = servers[2].clone();
+    let req = RegisterRequest {
+        fleet: "town".into(),
+        region: "eu".into(),
+        address: "ws://127.0.0.1:1/ws".into(),
+        world_capacity: 4,
+        player_capacity: 100,
+        labels: BTreeMap::new(),
+        health: Default::default(),
+    };
+    fx.registry.register(&busy, req).await.unwrap();
+    fx.registry.transition(&busy, GameServerState::Ready).await.unwrap();
+    let placement =
+        fx.registry.allocate(&AllocationRequest { fleet: "town".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(placement.server.name, busy);
+
+    fx.desired.send_replace(eu(0));
+    let stopped = &servers[..2];
+    eventually("the idle servers retired and their processes gone", async || {
+        let mut done = true;
+        for (name, pid) in stopped {
+            done &= fx.state(name).await == GameServerState::Shutdown && !alive(*pid);
+        }
+        done.then_some(())
+    })
+    .await;
+    // A few more reconciles: the busy one stays.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.state(&busy).await, GameServerState::Allocated);
+    assert!(alive(busy_pid), "a server hosting a world was stopped");
+    assert_eq!(fx.live().await.len(), 1);
+    assert_eq!(fx.counter(&fx.metrics.stopped), 2);
+    assert_eq!(fx.counter(&fx.metrics.killed), 0, "SIGTERM was enough");
+    assert_eq!(fx.counter(&fx.metrics.exited), 0, "stopping is not an unexpected exit");
+
+    // Its world ends: now it is idle and goes too.
+    fx.registry.world_ended(&busy, &placement.world_id).await.unwrap();
+    eventually("the last server retired once idle", async || {
+        (fx.state(&busy).await == GameServerState::Shutdown && !alive(busy_pid)).then_some(())
+    })
+    .await;
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn kills_processes_the_registry_gave_up_on() {
+    let fx = Fixture::start(SERVER, 2, Duration::from_secs(2));
+    let servers = fx.exactly_live(2).await;
+    let (swept, swept_pid) = servers[0].clone();
+    let (removed, removed_pid) = servers[1].clone();
+    // As the health sweep does, and as a tombstone removal does.
+    fx.registry.transition(&swept, GameServerState::Unhealthy).await.unwrap();
+    fx.registry.remove(&removed).await.unwrap();
+
+    let replacements = eventually("both processes killed and replaced", async || {
+        let live = fx.live_with_pids().await;
+        let fresh = live.iter().all(|(n, _)| *n != swept && *n != removed);
+        (!alive(swept_pid) && !alive(removed_pid) && live.len() == 2 && fresh).then_some(live)
+    })
+    .await;
+    assert_eq!(fx.counter(&fx.metrics.killed), 2);
+    assert_eq!(fx.counter(&fx.metrics.exited), 0);
+    fx.stop().await;
+    assert!(replacements.iter().all(|(_, pid)| !alive(*pid)));
+}
+
+#[tokio::test]
+async fn a_server_deaf_to_sigterm_is_killed_after_the_grace() {
+    let grace = Duration::from_millis(300);
+    let fx = Fixture::start(&stubborn_server(), 2, grace);
+    let servers = fx.exactly_live(2).await;
+
+    // Scale-down: SIGTERM is ignored, SIGKILL follows the grace.
+    fx.desired.send_replace(eu(1));
+    let asked = Instant::now();
+    let (gone, gone_pid) = eventually("one server retired", async || {
+        for (name, pid) in &servers {
+            if fx.state(name).await == GameServerState::Shutdown {
+                return Some((name.clone(), *pid));
+            }
+        }
+        None
+    })
+    .await;
+    eventually("the retired server killed", async || (!alive(gone_pid)).then_some(())).await;
+    assert!(asked.elapsed() >= grace, "killed before its grace ran out");
+    assert_eq!(fx.counter(&fx.metrics.killed), 1);
+
+    // Shutdown: the same for the last one.
+    let (last, last_pid) = servers.iter().find(|(n, _)| *n != gone).cloned().unwrap();
+    let registry = Arc::clone(&fx.registry);
+    let elapsed = fx.stop().await;
+    assert!(elapsed >= grace && elapsed < grace + Duration::from_secs(2), "shutdown took {elapsed:?}");
+    assert!(!alive(last_pid), "still running after shutdown");
+    assert_eq!(registry.get(&last).await.unwrap().state, GameServerState::Unhealthy, "it could not say goodbye");
+}
+
+#[tokio::test]
+async fn a_failed_spawn_marks_the_record_error_and_retries_later() {
+    let dir = TestDir::new();
+    let mut spec = fleet(SERVER, &dir);
+    spec.template.command = vec!["/nonexistent/gaia-no-such-server".into()];
+    let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+    let config = Config {
+        reconcile_every: Duration::from_millis(50),
+        metrics: Some(Arc::clone(&metrics)),
+        ..Default::default()
+    };
+    let (_desired, rx) = watch::channel(eu(2));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(config, vec![spec], Arc::clone(&registry) as Arc<dyn Registry>, rx, shutdown.clone()));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let records = registry.list(Some("town")).await.unwrap();
+    assert!(!records.is_empty(), "nothing was tried");
+    assert!(records.iter().all(|s| s.state == GameServerState::Error), "{records:?}");
+    // About one attempt per reconcile (9 in 400 ms), not one per missing server or a hot loop.
+    assert!(records.len() <= 12, "{} attempts in 400 ms", records.len());
+    let spawn_errors = metrics.errors.get_or_create(&ErrorLabels { error: "spawn" }).get();
+    assert_eq!(spawn_errors, records.len() as u64);
+    assert!(!task.is_finished(), "a failed spawn must not end the controller");
+
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_fleet_is_refused_before_anything_starts() {
+    let dir = TestDir::new();
+    let mut spec = fleet(SERVER, &dir);
+    spec.world_capacity = 0;
+    let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    let (_desired, rx) = watch::channel(eu(1));
+    let result = run(Config::default(), vec![spec], registry.clone(), rx, CancellationToken::new()).await;
+    match result {
+        Err(ControllerError::InvalidFleet(e)) => assert_eq!(e.field, "fleets[0].worldCapacity"),
+        other => panic!("expected InvalidFleet, got {other:?}"),
+    }
+    assert!(registry.list(None).await.unwrap().is_empty());
+}

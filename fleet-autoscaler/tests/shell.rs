@@ -1,0 +1,303 @@
+//! The autoscaler's shell against the in-memory registry, on tokio's paused clock:
+//! allocations raise desired replicas at once, freed worlds lower them only after the
+//! scale-down delay, lagged events and registry errors are survived.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gaia_api::allocation::AllocationRequest;
+use gaia_api::fleet::{DesiredReplicas, FleetConfig};
+use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_fleet_autoscaler::{DecisionLabels, Metrics, RegionLabels, Settings, initial_desired, run};
+use gaia_registry::{MemoryRegistry, Placement, Registry, RegistryConfig, RegistryError, RegistryEvent, SweepReport};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// town: 4 worlds per server, keep 4 slots free, 1 to 5 servers, 30 s scale-down delay.
+/// plain: no autoscaler.
+fn config(eu_replicas: u32) -> FleetConfig {
+    FleetConfig::from_yaml(&format!(
+        "
+fleets:
+  - name: town
+    worldCapacity: 4
+    template: {{ command: [gaia-gameserver] }}
+    regions: [{{ name: eu, replicas: {eu_replicas} }}, {{ name: us, replicas: 1 }}]
+  - name: plain
+    template: {{ command: [gaia-gameserver] }}
+    regions: [{{ name: eu, replicas: 2 }}]
+autoscalers:
+  - fleet: town
+    scaleDownDelay: 30s
+    policy: {{ buffer: {{ freeWorldSlots: 4, minReplicas: 1, maxReplicas: 5 }} }}
+"
+    ))
+    .unwrap()
+}
+
+fn key(fleet: &str, region: &str) -> (String, String) {
+    (fleet.to_string(), region.to_string())
+}
+
+struct Fixture {
+    registry: Arc<dyn Registry>,
+    desired: watch::Receiver<DesiredReplicas>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Fixture {
+    fn start(config: FleetConfig, registry: Arc<dyn Registry>, sync_every: Duration) -> Self {
+        let (tx, desired) = watch::channel(initial_desired(&config));
+        let metrics = Arc::new(Metrics::new(&mut prometheus_registry()));
+        let settings =
+            Settings { sync_every, debounce: Duration::from_millis(100), metrics: Some(Arc::clone(&metrics)) };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(config, Arc::clone(&registry), tx, settings, shutdown.clone()));
+        Self { registry, desired, metrics, shutdown, task }
+    }
+
+    fn eu(&self) -> u32 {
+        self.desired.borrow()[&key("town", "eu")]
+    }
+
+    /// Waits (on the paused clock) until town/eu changes; returns the new value.
+    async fn next_eu_change(&mut self) -> u32 {
+        let before = self.eu();
+        loop {
+            self.desired.changed().await.unwrap();
+            if self.eu() != before {
+                return self.eu();
+            }
+        }
+    }
+
+    fn decisions(&self, direction: &'static str) -> u64 {
+        let labels = DecisionLabels { fleet: "town".into(), region: "eu".into(), direction };
+        self.metrics.scale_decisions.get_or_create(&labels).get()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn prometheus_registry() -> prometheus_client::registry::Registry {
+    prometheus_client::registry::Registry::default()
+}
+
+async fn ready_server(registry: &dyn Registry, name: &str, region: &str) {
+    let server = GameServer::scheduled(name, "town", region, 4, 100);
+    registry.schedule(server).await.unwrap();
+    let req = RegisterRequest {
+        fleet: "town".into(),
+        region: region.into(),
+        address: format!("ws://{name}/ws"),
+        world_capacity: 4,
+        player_capacity: 100,
+        labels: Default::default(),
+        health: Default::default(),
+    };
+    registry.register(name, req).await.unwrap();
+    registry.transition(name, GameServerState::Ready).await.unwrap();
+}
+
+async fn allocate(registry: &dyn Registry, region: &str) -> Placement {
+    let req = AllocationRequest { fleet: "town".into(), regions: vec![region.into()], ..Default::default() };
+    registry.allocate(&req).await.unwrap()
+}
+
+async fn two_ready_servers_in_eu(registry: &dyn Registry) {
+    ready_server(registry, "town-eu-a", "eu").await;
+    ready_server(registry, "town-eu-b", "eu").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn allocations_raise_desired_at_once() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    two_ready_servers_in_eu(registry.as_ref()).await;
+    // No sync during the test: only events can move desired.
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fx.eu(), 1, "an empty region needs one server for a buffer of 4");
+
+    let start = Instant::now();
+    for _ in 0..3 {
+        allocate(registry.as_ref(), "eu").await;
+    }
+    assert_eq!(fx.next_eu_change().await, 2, "3 worlds + 4 free need 2 servers of 4");
+    assert!(start.elapsed() <= Duration::from_millis(100), "debounced, not delayed: {:?}", start.elapsed());
+    for _ in 0..5 {
+        allocate(registry.as_ref(), "eu").await;
+    }
+    assert_eq!(fx.next_eu_change().await, 3);
+
+    let desired = fx.desired.borrow().clone();
+    assert_eq!(desired[&key("town", "us")], 1, "the other region is on its own");
+    assert_eq!(desired[&key("plain", "eu")], 2, "a fleet without an autoscaler keeps its replicas");
+    assert_eq!(fx.decisions("up"), 2);
+    assert_eq!(fx.decisions("down"), 0);
+    let labels = RegionLabels { fleet: "town".into(), region: "eu".into() };
+    assert_eq!(fx.metrics.desired_replicas.get_or_create(&labels).get(), 3);
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn desired_falls_only_after_the_scale_down_delay() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    two_ready_servers_in_eu(registry.as_ref()).await;
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(1));
+    let mut worlds = Vec::new();
+    for _ in 0..3 {
+        worlds.push(allocate(registry.as_ref(), "eu").await);
+    }
+    assert_eq!(fx.next_eu_change().await, 2);
+
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    for world in &worlds {
+        registry.world_ended(&world.server.name, &world.world_id).await.unwrap();
+    }
+    let ended = Instant::now();
+    assert_eq!(fx.next_eu_change().await, 1);
+    let waited = ended.elapsed();
+    // The last sync that saw 3 worlds ran within a second before they ended.
+    assert!(
+        waited >= Duration::from_secs(29) && waited <= Duration::from_secs(30),
+        "desired fell {waited:?} after the worlds ended"
+    );
+    assert_eq!(fx.decisions("down"), 1);
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_started_larger_than_needed_shrinks_after_the_delay() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    // 9 replicas asked for, clamped to max 5; one server is enough.
+    let mut fx = Fixture::start(config(9), Arc::clone(&registry), Duration::from_secs(1));
+    assert_eq!(fx.eu(), 5);
+    let start = Instant::now();
+    assert_eq!(fx.next_eu_change().await, 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lagged_events_still_recompute() {
+    let registry: Arc<dyn Registry> =
+        Arc::new(MemoryRegistry::new(RegistryConfig { event_capacity: 1, ..Default::default() }));
+    two_ready_servers_in_eu(registry.as_ref()).await;
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Five allocations before the autoscaler runs again: its receiver lags.
+    for _ in 0..5 {
+        allocate(registry.as_ref(), "eu").await;
+    }
+    let start = Instant::now();
+    assert_eq!(fx.next_eu_change().await, 3);
+    assert!(start.elapsed() <= Duration::from_millis(100));
+    fx.stop().await;
+}
+
+/// The in-memory registry, with `list` failing while `fail` is set.
+struct Flaky {
+    inner: MemoryRegistry,
+    fail: AtomicBool,
+    lists: AtomicUsize,
+}
+
+#[async_trait]
+impl Registry for Flaky {
+    async fn schedule(&self, server: GameServer) -> gaia_registry::Result<GameServer> {
+        self.inner.schedule(server).await
+    }
+    async fn register(&self, name: &str, req: RegisterRequest) -> gaia_registry::Result<GameServer> {
+        self.inner.register(name, req).await
+    }
+    async fn transition(&self, name: &str, to: GameServerState) -> gaia_registry::Result<GameServer> {
+        self.inner.transition(name, to).await
+    }
+    async fn retire(&self, name: &str) -> gaia_registry::Result<GameServer> {
+        self.inner.retire(name).await
+    }
+    async fn health(&self, name: &str) -> gaia_registry::Result<()> {
+        self.inner.health(name).await
+    }
+    async fn set_label(&self, name: &str, key: &str, value: &str) -> gaia_registry::Result<GameServer> {
+        self.inner.set_label(name, key, value).await
+    }
+    async fn set_players(&self, name: &str, players: u32) -> gaia_registry::Result<()> {
+        self.inner.set_players(name, players).await
+    }
+    async fn world_started(&self, name: &str, world_id: &str) -> gaia_registry::Result<()> {
+        self.inner.world_started(name, world_id).await
+    }
+    async fn world_ended(&self, name: &str, world_id: &str) -> gaia_registry::Result<()> {
+        self.inner.world_ended(name, world_id).await
+    }
+    async fn allocate(&self, req: &AllocationRequest) -> gaia_registry::Result<Placement> {
+        self.inner.allocate(req).await
+    }
+    async fn get(&self, name: &str) -> gaia_registry::Result<GameServer> {
+        self.inner.get(name).await
+    }
+    async fn list(&self, fleet: Option<&str>) -> gaia_registry::Result<Vec<GameServer>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(RegistryError::Unavailable("test says no".into()));
+        }
+        self.inner.list(fleet).await
+    }
+    async fn remove(&self, name: &str) -> gaia_registry::Result<()> {
+        self.inner.remove(name).await
+    }
+    async fn sweep(&self) -> gaia_registry::Result<SweepReport> {
+        self.inner.sweep().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn registry_errors_are_retried_at_the_next_sync() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryRegistry::new(RegistryConfig::default()),
+        fail: AtomicBool::new(true),
+        lists: AtomicUsize::new(0),
+    });
+    let registry: Arc<dyn Registry> = flaky.clone();
+    two_ready_servers_in_eu(registry.as_ref()).await;
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(1));
+    for _ in 0..3 {
+        allocate(registry.as_ref(), "eu").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(fx.eu(), 1, "nothing can be decided while the registry fails");
+    let lists = flaky.lists.load(Ordering::SeqCst);
+    assert!((3..=5).contains(&lists), "one read per sync and one per event burst, not a hot loop: {lists}");
+    let labels = gaia_fleet_autoscaler::ErrorLabels { error: "registry_unavailable" };
+    assert_eq!(fx.metrics.errors.get_or_create(&labels).get(), lists as u64);
+
+    flaky.fail.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    assert_eq!(fx.next_eu_change().await, 2);
+    assert!(start.elapsed() <= Duration::from_secs(1), "retried at the next sync");
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stops_on_shutdown() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    let fx = Fixture::start(config(1), registry, Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    fx.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(1), fx.task).await.unwrap().unwrap();
+    drop(fx.registry);
+}

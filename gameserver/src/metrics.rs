@@ -1,0 +1,80 @@
+//! The game server's Prometheus metrics, all under `gaia_gameserver_`.
+
+use gaia_api::protocol::InputOutcome;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Worlds running here.
+    pub worlds: Gauge,
+    pub frames_received: Counter,
+    pub bytes_received: Counter,
+    pub frames_sent: Counter,
+    pub bytes_sent: Counter,
+    /// Connections closed by the server, by reason (`bad_token`, `malformed`, ...).
+    pub closes: Family<ReasonLabels, Counter>,
+    /// Inputs applied, by result (`ok`, `rejected`).
+    pub inputs: Family<ResultLabels, Counter>,
+    /// Members dropped because their send queue was full.
+    pub slow_dropped: Counter,
+    /// Time to run one world tick and fan it out.
+    pub tick_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            connections: Gauge::default(),
+            worlds: Gauge::default(),
+            frames_received: Counter::default(),
+            bytes_received: Counter::default(),
+            frames_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            closes: Family::default(),
+            inputs: Family::default(),
+            slow_dropped: Counter::default(),
+            // 1 µs .. ~0.5 s
+            tick_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+        };
+        let r = registry.sub_registry_with_prefix("gaia_gameserver");
+        r.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        r.register("worlds", "Worlds running on this server", metrics.worlds.clone());
+        r.register("frames_received", "WebSocket frames received", metrics.frames_received.clone());
+        r.register("bytes_received", "WebSocket payload bytes received", metrics.bytes_received.clone());
+        r.register("frames_sent", "WebSocket frames queued to clients", metrics.frames_sent.clone());
+        r.register("bytes_sent", "WebSocket payload bytes queued to clients", metrics.bytes_sent.clone());
+        r.register("closes", "Connections closed by the server, by reason", metrics.closes.clone());
+        r.register("inputs", "Client inputs applied, by result", metrics.inputs.clone());
+        r.register("slow_clients_dropped", "Members dropped for a full send queue", metrics.slow_dropped.clone());
+        r.register("tick_duration_seconds", "Time to run and fan out one world tick", metrics.tick_seconds.clone());
+        metrics
+    }
+
+    pub fn count_input(&self, outcome: &InputOutcome) {
+        let result = match outcome {
+            InputOutcome::Ok => "ok",
+            InputOutcome::Rejected { .. } => "rejected",
+        };
+        self.inputs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn count_close(&self, reason: &'static str) {
+        self.closes.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

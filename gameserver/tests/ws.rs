@@ -1,0 +1,210 @@
+//! A game server on an ephemeral port (standalone: no control plane), driven by real
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+//! WebSocket clients.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use gaia_api::protocol::{
+    Action, Change, ClientMsg, InputOutcome, PROTOCOL_VERSION, ServerMsg, close, decode_server, encode_client,
+};
+use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_gameserver::Config;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const SECRET: &str = "s3cret";
+
+struct Server {
+    url: String,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>,
+}
+
+async fn server(config: Config) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = gaia_gameserver::address(listener.local_addr().unwrap(), None);
+    let shutdown = CancellationToken::new();
+    let config = Config { name: "gs-1".into(), join_secret: SECRET.into(), ..config };
+    let done = tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
+    Server { url, shutdown, done }
+}
+
+fn token(world: &str, player: &str, server: &str, ttl_ms: i64) -> String {
+    let now = unix_ms(SystemTime::now()) as i64;
+    TokenKey::new(SECRET).sign(&JoinClaims {
+        world_id: world.into(),
+        server: server.into(),
+        player_id: player.into(),
+        expires_at_ms: (now + ttl_ms).max(0) as u64,
+    })
+}
+
+async fn send(ws: &mut Ws, msg: &ClientMsg) {
+    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
+}
+
+/// The next server message, or the close frame's (code, reason) as an Err.
+async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
+            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err((0, e.to_string())),
+        }
+    }
+}
+
+async fn join(url: &str, world: &str, player: &str) -> (Ws, u32, gaia_api::protocol::Snapshot) {
+    let (mut ws, _) = connect_async(url).await.unwrap();
+    send(&mut ws, &ClientMsg::Join { token: token(world, player, "gs-1", 30_000) }).await;
+    match recv(&mut ws).await {
+        Ok(ServerMsg::Welcome { world_id, you, snapshot, .. }) => {
+            assert_eq!(world_id, world);
+            (ws, you, snapshot)
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// Reads until a close frame arrives; returns its code and reason.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        if let Err(close) = recv(ws).await {
+            return close;
+        }
+    }
+}
+
+async fn refused(url: &str, frame: Message) -> (u16, String) {
+    let (mut ws, _) = connect_async(url).await.unwrap();
+    ws.send(frame).await.unwrap();
+    closed(&mut ws).await
+}
+
+/// A legal one-step move from the entity's position in `snapshot`.
+fn legal_move(snapshot: &gaia_api::protocol::Snapshot, you: u32) -> (i8, i8) {
+    let me = snapshot.entities.iter().find(|e| e.id == you).unwrap();
+    for (dx, dy) in [(1i8, 0i8), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)] {
+        let (x, y) = (i32::from(me.x) + i32::from(dx), i32::from(me.y) + i32::from(dy));
+        if x >= 0 && y >= 0 && !snapshot.is_wall(x as u16, y as u16) {
+            return (dx, dy);
+        }
+    }
+    panic!("walled in");
+}
+
+#[tokio::test]
+async fn members_see_each_others_moves_and_inputs_get_results() {
+    let s = server(Config { bots_per_world: 0, ..Default::default() }).await;
+    let (mut a, a_id, snapshot) = join(&s.url, "w1", "alice").await;
+    let (mut b, _, _) = join(&s.url, "w1", "bob").await;
+    let (dx, dy) = legal_move(&snapshot, a_id);
+    send(&mut a, &ClientMsg::Input { seq: 1, action: Action::Move { dx, dy } }).await;
+    send(&mut a, &ClientMsg::Input { seq: 2, action: Action::Move { dx: 5, dy: 0 } }).await;
+    send(&mut a, &ClientMsg::Ping { nonce: 9 }).await;
+    let mut results = Vec::new();
+    let mut pong = false;
+    while results.len() < 2 || !pong {
+        match recv(&mut a).await.unwrap() {
+            ServerMsg::InputResult { seq, outcome, .. } => results.push((seq, outcome)),
+            ServerMsg::Pong { nonce } => pong = nonce == 9,
+            _ => {}
+        }
+    }
+    assert_eq!(results[0], (1, InputOutcome::Ok));
+    assert!(matches!(&results[1], (2, InputOutcome::Rejected { reason }) if reason.contains("invalid step")));
+    // Bob sees Alice's move in a delta.
+    loop {
+        if let ServerMsg::Delta { changes, .. } = recv(&mut b).await.unwrap()
+            && changes.iter().any(|c| matches!(c, Change::Moved { id, .. } if *id == a_id))
+        {
+            break;
+        }
+    }
+    s.shutdown.cancel();
+    assert_eq!(closed(&mut b).await.0, close::GOING_AWAY);
+    s.done.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_a_reason() {
+    let s = server(Config::default()).await;
+    let join = |token: String| Message::Binary(encode_client(&ClientMsg::Join { token }).into());
+    let cases = [
+        (token("w1", "p", "gs-1", -1), "join token has expired"),
+        (token("w1", "p", "gs-2", 30_000), "join token is for another server"),
+        (
+            TokenKey::new("wrong").sign(&JoinClaims {
+                world_id: "w1".into(),
+                server: "gs-1".into(),
+                player_id: "p".into(),
+                expires_at_ms: u64::MAX,
+            }),
+            "join token signature does not match",
+        ),
+        ("garbage".to_string(), "join token is malformed"),
+    ];
+    for (token, reason) in cases {
+        assert_eq!(refused(&s.url, join(token)).await, (close::BAD_TOKEN, reason.to_string()));
+    }
+    // Still serving.
+    join_ok(&s.url).await;
+}
+
+async fn join_ok(url: &str) {
+    let (mut ws, _, _) = join(url, "w-ok", "p").await;
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_frames_get_a_close_code_and_never_take_the_server_down() {
+    let s = server(Config { join_timeout: Duration::from_millis(200), ..Default::default() }).await;
+    let (code, reason) = refused(&s.url, Message::Binary(vec![1, 200, 3].into())).await;
+    assert_eq!(code, close::MALFORMED);
+    assert!(reason.starts_with("malformed frame"), "{reason}");
+    let mut wrong_version = encode_client(&ClientMsg::Ping { nonce: 1 });
+    wrong_version[0] = (PROTOCOL_VERSION + 1) as u8;
+    assert_eq!(refused(&s.url, Message::Binary(wrong_version.into())).await.0, close::VERSION);
+    assert_eq!(refused(&s.url, Message::Binary(vec![0; 10_000].into())).await.0, close::FRAME_TOO_LARGE);
+    assert_eq!(refused(&s.url, Message::text("{\"join\":1}")).await.0, close::MALFORMED);
+    let ping = Message::Binary(encode_client(&ClientMsg::Ping { nonce: 1 }).into());
+    assert_eq!(refused(&s.url, ping).await, (close::NOT_JOINED, "the first message must be Join".into()));
+    // Silent client.
+    let (mut ws, _) = connect_async(&s.url).await.unwrap();
+    assert_eq!(closed(&mut ws).await.0, close::IDLE);
+    // A second Join on a joined socket, and garbage after joining.
+    let (mut ws, _, _) = join(&s.url, "w1", "p1").await;
+    send(&mut ws, &ClientMsg::Join { token: token("w1", "p1", "gs-1", 30_000) }).await;
+    assert_eq!(closed(&mut ws).await, (close::ALREADY_JOINED, "already joined world w1".into()));
+    let (mut ws, _, _) = join(&s.url, "w1", "p2").await;
+    ws.send(Message::Binary(vec![1, 9, 9, 9].into())).await.unwrap();
+    assert_eq!(closed(&mut ws).await.0, close::MALFORMED);
+    join_ok(&s.url).await;
+}
+
+#[tokio::test]
+async fn full_worlds_and_full_servers_refuse_joins() {
+    let s = server(Config { world_player_capacity: 1, world_capacity: 1, ..Default::default() }).await;
+    let (_alice, _, _) = join(&s.url, "w1", "alice").await;
+    let (mut ws, _) = connect_async(&s.url).await.unwrap();
+    send(&mut ws, &ClientMsg::Join { token: token("w1", "bob", "gs-1", 30_000) }).await;
+    assert_eq!(closed(&mut ws).await, (close::WORLD_FULL, "world is full (1 players)".into()));
+    let (mut ws, _) = connect_async(&s.url).await.unwrap();
+    send(&mut ws, &ClientMsg::Join { token: token("w2", "bob", "gs-1", 30_000) }).await;
+    assert_eq!(closed(&mut ws).await.0, close::SERVER_FULL);
+}
+
+#[tokio::test]
+async fn config_errors_are_clear() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = gaia_gameserver::run(Config::default(), listener, CancellationToken::new()).await.unwrap_err();
+    assert_eq!(err.to_string(), "invalid configuration: GAIA_JOIN_SECRET must not be empty");
+}

@@ -1,0 +1,527 @@
+//! What a run measured: each bot's [`BotOutcome`] goes into a [`Collector`], which turns
+//! them into the [`Report`] (latency histograms, counters, errors by kind). The report
+//! decides whether the run was clean and prints itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// Example messages kept per error kind.
+const EXAMPLES: usize = 3;
+/// Latencies above an hour are recorded as an hour.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// What went wrong, by kind; the report counts each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorKind {
+    /// The allocator answered an error, or no capacity within `allocate_timeout`.
+    AllocationFailed,
+    /// The bot's world was never allocated (its first member's allocation failed).
+    NotStarted,
+    ConnectFailed,
+    /// The server closed the socket (or sent an Error) instead of a Welcome.
+    JoinRefused,
+    /// Welcomed to, or allocated, another world than the one asked for.
+    WrongWorld,
+    /// The server closed the socket, or it broke, during the run.
+    DisconnectedEarly,
+    /// The bot only sends legal moves, so a rejection is a server bug.
+    InputRejected,
+    MissingResults,
+    OwnMovesNotSeen,
+    UndecodableFrame,
+    /// A message the contract does not allow here (e.g. a result for an unknown seq).
+    Protocol,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllocationFailed => "allocation failed",
+            Self::NotStarted => "not started",
+            Self::ConnectFailed => "connect failed",
+            Self::JoinRefused => "join refused",
+            Self::WrongWorld => "wrong world",
+            Self::DisconnectedEarly => "disconnected early",
+            Self::InputRejected => "input rejected",
+            Self::MissingResults => "missing input results",
+            Self::OwnMovesNotSeen => "own moves not seen",
+            Self::UndecodableFrame => "undecodable frame",
+            Self::Protocol => "protocol violation",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many errors of one kind, and the first few messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorTally {
+    pub count: u64,
+    pub examples: Vec<String>,
+}
+
+/// Worlds and distinct servers a run used in one region.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionUse {
+    pub worlds: usize,
+    pub servers: usize,
+}
+
+/// One bot's play after its Welcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PlayStats {
+    pub sent: u64,
+    /// Accepted inputs (every input is a Move).
+    pub ok: u64,
+    pub rejected: u64,
+    /// Inputs that never got a result.
+    pub missing: u64,
+    pub deltas: u64,
+    pub own_moves_seen: u64,
+    pub input_latency_us: Vec<u64>,
+}
+
+/// Where a bot's allocation placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub region: String,
+    pub server: String,
+    pub world_id: String,
+}
+
+/// Everything one bot saw, from its allocation to its close.
+#[derive(Debug)]
+pub(crate) struct BotOutcome {
+    pub bot: usize,
+    pub world: usize,
+    /// Latency of the allocation request that succeeded.
+    pub alloc_latency_us: Option<u64>,
+    pub alloc_failed: bool,
+    /// 429 answers before the allocation succeeded or gave up.
+    pub alloc_retries: u64,
+    /// Start of the first attempt, end of the successful one.
+    pub alloc_window: Option<(Instant, Instant)>,
+    pub placement: Option<Placement>,
+    /// From the start of the allocation to the Welcome; set once the bot joined.
+    pub join_us: Option<u64>,
+    /// From the Welcome to the end of the drain.
+    pub connected: Duration,
+    pub play: Option<PlayStats>,
+    pub errors: Vec<(ErrorKind, String)>,
+}
+
+impl BotOutcome {
+    pub(crate) fn new(bot: usize, world: usize) -> Self {
+        Self {
+            bot,
+            world,
+            alloc_latency_us: None,
+            alloc_failed: false,
+            alloc_retries: 0,
+            alloc_window: None,
+            placement: None,
+            join_us: None,
+            connected: Duration::ZERO,
+            play: None,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn error(&mut self, kind: ErrorKind, message: impl Into<String>) {
+        self.errors.push((kind, message.into()));
+    }
+}
+
+/// The result of a run. Print it with `Display`; [`Report::is_clean`] says whether it passed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub bots: usize,
+    pub worlds: usize,
+    pub regions: Vec<String>,
+    /// How long the steady phase actually ran.
+    pub steady: Duration,
+    /// `shutdown` was cancelled before the run finished.
+    pub interrupted: bool,
+    pub allocations_ok: u64,
+    pub allocations_failed: u64,
+    /// HTTP 429 answers that were retried.
+    pub allocation_retries: u64,
+    /// Successful allocations over the allocation phase (first request to last answer).
+    pub allocations_per_s: f64,
+    /// Microseconds, one sample per successful request.
+    pub allocation_latency: Histogram<u64>,
+    pub joined: u64,
+    /// Microseconds from the start of a bot's allocation to its Welcome.
+    pub join_latency: Histogram<u64>,
+    pub inputs_sent: u64,
+    pub inputs_ok: u64,
+    pub inputs_rejected: u64,
+    pub inputs_missing: u64,
+    /// Microseconds from sending an input to its result.
+    pub input_latency: Histogram<u64>,
+    pub deltas: u64,
+    /// Deltas per connected bot per second.
+    pub deltas_per_bot_s: f64,
+    pub own_moves_seen: u64,
+    pub bots_with_deltas: u64,
+    /// Joined bots whose accepted moves all showed up as their own `Moved` changes.
+    pub bots_with_all_own_moves: u64,
+    pub regions_used: BTreeMap<String, RegionUse>,
+    pub errors: BTreeMap<ErrorKind, ErrorTally>,
+}
+
+impl Report {
+    /// No errors, every bot joined and received deltas, every accepted move was seen,
+    /// and the run was not interrupted.
+    pub fn is_clean(&self) -> bool {
+        self.problems().is_empty()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().map(|t| t.count).sum()
+    }
+
+    /// Why the run is not clean; empty when it is.
+    pub fn problems(&self) -> Vec<String> {
+        let bots = self.bots as u64;
+        let mut problems = Vec::new();
+        if self.interrupted {
+            problems.push("interrupted".to_string());
+        }
+        let errors = self.error_count();
+        if errors > 0 {
+            problems.push(format!("{errors} errors"));
+        }
+        if self.joined < bots {
+            problems.push(format!("{}/{bots} bots joined", self.joined));
+        }
+        if self.bots_with_deltas < bots {
+            problems.push(format!("{}/{bots} bots received deltas", self.bots_with_deltas));
+        }
+        if self.bots_with_all_own_moves < bots {
+            problems.push(format!("{}/{bots} bots saw all their own moves", self.bots_with_all_own_moves));
+        }
+        problems
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+struct Latency<'a>(&'a Histogram<u64>);
+
+impl fmt::Display for Latency<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.0;
+        if h.is_empty() {
+            return f.write_str("no samples");
+        }
+        write!(
+            f,
+            "p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max())
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let interrupted = if self.interrupted { " (interrupted)" } else { "" };
+        writeln!(
+            f,
+            "gaia loadgen: {} bots, {} worlds, regions {}, {:.1} s steady{interrupted}",
+            self.bots,
+            self.worlds,
+            self.regions.join(","),
+            self.steady.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "allocations   {} ok, {} failed, {} retried (429); {:.1}/s; latency ms {}",
+            self.allocations_ok,
+            self.allocations_failed,
+            self.allocation_retries,
+            self.allocations_per_s,
+            Latency(&self.allocation_latency)
+        )?;
+        writeln!(f, "join          {} joined; ms {}", self.joined, Latency(&self.join_latency))?;
+        writeln!(
+            f,
+            "inputs        {} sent, {} ok, {} rejected, {} missing; input->result ms {}",
+            self.inputs_sent,
+            self.inputs_ok,
+            self.inputs_rejected,
+            self.inputs_missing,
+            Latency(&self.input_latency)
+        )?;
+        writeln!(
+            f,
+            "deltas        {} received ({:.1} per bot per s); bots with deltas {}/{}; own moves seen {}/{}; \
+             bots with all own moves {}/{}",
+            self.deltas,
+            self.deltas_per_bot_s,
+            self.bots_with_deltas,
+            self.bots,
+            self.own_moves_seen,
+            self.inputs_ok,
+            self.bots_with_all_own_moves,
+            self.bots
+        )?;
+        let regions: Vec<String> = self
+            .regions_used
+            .iter()
+            .map(|(region, used)| format!("{region} {} worlds on {} servers", used.worlds, used.servers))
+            .collect();
+        let regions = if regions.is_empty() { "none".to_string() } else { regions.join("; ") };
+        writeln!(f, "worlds/servers per region: {regions}")?;
+        if self.errors.is_empty() {
+            writeln!(f, "errors        none")?;
+        } else {
+            writeln!(f, "errors        {}", self.error_count())?;
+            for (kind, tally) in &self.errors {
+                writeln!(f, "  {kind}: {}", tally.count)?;
+                for example in &tally.examples {
+                    writeln!(f, "    {example}")?;
+                }
+            }
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            write!(f, "result        PASS")
+        } else {
+            write!(f, "result        FAIL: {}", problems.join("; "))
+        }
+    }
+}
+
+/// Folds bot outcomes into a [`Report`].
+pub(crate) struct Collector {
+    report: Report,
+    alloc_first: Option<Instant>,
+    alloc_last: Option<Instant>,
+    connected_s: f64,
+    /// Region -> (worlds, servers).
+    used: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+}
+
+impl Collector {
+    pub(crate) fn new(bots: usize, worlds: usize, regions: Vec<String>) -> anyhow::Result<Self> {
+        let report = Report {
+            bots,
+            worlds,
+            regions,
+            steady: Duration::ZERO,
+            interrupted: false,
+            allocations_ok: 0,
+            allocations_failed: 0,
+            allocation_retries: 0,
+            allocations_per_s: 0.0,
+            allocation_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            joined: 0,
+            join_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            inputs_sent: 0,
+            inputs_ok: 0,
+            inputs_rejected: 0,
+            inputs_missing: 0,
+            input_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            deltas: 0,
+            deltas_per_bot_s: 0.0,
+            own_moves_seen: 0,
+            bots_with_deltas: 0,
+            bots_with_all_own_moves: 0,
+            regions_used: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        };
+        Ok(Self { report, alloc_first: None, alloc_last: None, connected_s: 0.0, used: BTreeMap::new() })
+    }
+
+    pub(crate) fn add(&mut self, bot: BotOutcome) {
+        let r = &mut self.report;
+        r.allocation_retries += bot.alloc_retries;
+        if let Some(us) = bot.alloc_latency_us {
+            r.allocations_ok += 1;
+            r.allocation_latency.saturating_record(us.max(1));
+        }
+        if bot.alloc_failed {
+            r.allocations_failed += 1;
+        }
+        if let Some((start, end)) = bot.alloc_window {
+            self.alloc_first = Some(self.alloc_first.map_or(start, |t| t.min(start)));
+            self.alloc_last = Some(self.alloc_last.map_or(end, |t| t.max(end)));
+        }
+        if let Some(placement) = bot.placement {
+            let (worlds, servers) = self.used.entry(placement.region).or_default();
+            worlds.insert(placement.world_id);
+            servers.insert(placement.server);
+        }
+        if let Some(us) = bot.join_us {
+            r.joined += 1;
+            r.join_latency.saturating_record(us.max(1));
+            self.connected_s += bot.connected.as_secs_f64();
+        }
+        if let Some(play) = bot.play {
+            r.inputs_sent += play.sent;
+            r.inputs_ok += play.ok;
+            r.inputs_rejected += play.rejected;
+            r.inputs_missing += play.missing;
+            r.deltas += play.deltas;
+            r.own_moves_seen += play.own_moves_seen;
+            r.bots_with_deltas += u64::from(play.deltas > 0);
+            r.bots_with_all_own_moves += u64::from(play.ok == play.own_moves_seen);
+            for us in play.input_latency_us {
+                r.input_latency.saturating_record(us.max(1));
+            }
+        }
+        for (kind, message) in bot.errors {
+            let tally = r.errors.entry(kind).or_default();
+            tally.count += 1;
+            if tally.examples.len() < EXAMPLES {
+                tally.examples.push(format!("bot {} in w{}: {message}", bot.bot, bot.world));
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self, steady: Duration, interrupted: bool) -> Report {
+        let r = &mut self.report;
+        r.steady = steady;
+        r.interrupted = interrupted;
+        if let (Some(first), Some(last)) = (self.alloc_first, self.alloc_last) {
+            let secs = last.saturating_duration_since(first).as_secs_f64();
+            r.allocations_per_s = if secs > 0.0 { r.allocations_ok as f64 / secs } else { 0.0 };
+        }
+        if self.connected_s > 0.0 {
+            r.deltas_per_bot_s = r.deltas as f64 / self.connected_s;
+        }
+        r.regions_used = self
+            .used
+            .into_iter()
+            .map(|(region, (worlds, servers))| (region, RegionUse { worlds: worlds.len(), servers: servers.len() }))
+            .collect();
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined_bot(bot: usize, world: usize, region: &str, t0: Instant) -> BotOutcome {
+        let mut o = BotOutcome::new(bot, world);
+        o.alloc_latency_us = Some(1_000 + bot as u64 * 100);
+        o.alloc_window = Some((t0, t0 + Duration::from_millis(100)));
+        o.placement = Some(Placement {
+            region: region.into(),
+            server: format!("{region}-1"),
+            world_id: format!("world-{world}"),
+        });
+        o.join_us = Some(3_000);
+        o.connected = Duration::from_secs(1);
+        o.play = Some(PlayStats {
+            sent: 10,
+            ok: 10,
+            rejected: 0,
+            missing: 0,
+            deltas: 10,
+            own_moves_seen: 10,
+            input_latency_us: vec![45_000; 10],
+        });
+        o
+    }
+
+    fn report(outcomes: Vec<BotOutcome>, worlds: usize) -> Report {
+        let mut c = Collector::new(outcomes.len(), worlds, vec!["eu-west".into(), "us-east".into()]).unwrap();
+        for o in outcomes {
+            c.add(o);
+        }
+        c.finish(Duration::from_secs(1), false)
+    }
+
+    #[test]
+    fn clean_report_prints_every_line() {
+        let t0 = Instant::now();
+        let mut bots = vec![joined_bot(0, 0, "eu-west", t0), joined_bot(1, 1, "us-east", t0)];
+        bots[1].alloc_retries = 2;
+        let r = report(bots, 2);
+        assert!(r.is_clean(), "{r}");
+        let expected = "\
+gaia loadgen: 2 bots, 2 worlds, regions eu-west,us-east, 1.0 s steady
+allocations   2 ok, 0 failed, 2 retried (429); 20.0/s; latency ms p50 1.0 p90 1.1 p99 1.1 max 1.1
+join          2 joined; ms p50 3.0 p90 3.0 p99 3.0 max 3.0
+inputs        20 sent, 20 ok, 0 rejected, 0 missing; input->result ms p50 45.0 p90 45.0 p99 45.0 max 45.0
+deltas        20 received (10.0 per bot per s); bots with deltas 2/2; own moves seen 20/20; bots with all own moves 2/2
+worlds/servers per region: eu-west 1 worlds on 1 servers; us-east 1 worlds on 1 servers
+errors        none
+result        PASS";
+        assert_eq!(r.to_string(), expected);
+    }
+
+    #[test]
+    fn each_condition_makes_it_unclean() {
+        let t0 = Instant::now();
+        let clean = || vec![joined_bot(0, 0, "eu-west", t0), joined_bot(1, 0, "eu-west", t0)];
+        assert!(report(clean(), 1).is_clean());
+
+        let mut bots = clean();
+        bots[1].play.as_mut().unwrap().own_moves_seen = 9;
+        let r = report(bots, 1);
+        assert_eq!(r.problems(), ["1/2 bots saw all their own moves"]);
+
+        let mut bots = clean();
+        bots[1].play.as_mut().unwrap().deltas = 0;
+        assert_eq!(report(bots, 1).problems(), ["1/2 bots received deltas"]);
+
+        let mut bots = clean();
+        bots[0].play.as_mut().unwrap().input_latency_us.clear();
+        bots[0].errors.push((ErrorKind::Protocol, "odd".into()));
+        assert_eq!(report(bots, 1).problems(), ["1 errors"]);
+
+        let mut c = Collector::new(2, 1, vec!["eu-west".into()]).unwrap();
+        c.add(joined_bot(0, 0, "eu-west", t0));
+        c.add(joined_bot(1, 0, "eu-west", t0));
+        assert_eq!(c.finish(Duration::ZERO, true).problems(), ["interrupted"]);
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind_with_three_examples() {
+        let mut bots: Vec<BotOutcome> = (0..5)
+            .map(|i| {
+                let mut o = BotOutcome::new(i, 0);
+                o.error(ErrorKind::JoinRefused, "4001 join token has expired");
+                o
+            })
+            .collect();
+        bots[0].alloc_failed = true;
+        bots[0].errors = vec![(ErrorKind::AllocationFailed, "HTTP 404 fleet_not_found: no fleet \"x\"".into())];
+        let r = report(bots, 1);
+        assert!(!r.is_clean());
+        assert_eq!(r.errors[&ErrorKind::JoinRefused].count, 4);
+        assert_eq!(r.errors[&ErrorKind::JoinRefused].examples.len(), 3);
+        let text = r.to_string();
+        assert!(text.contains("allocations   0 ok, 1 failed, 0 retried (429); 0.0/s; latency ms no samples"), "{text}");
+        assert!(
+            text.ends_with(
+                "errors        5
+  allocation failed: 1
+    bot 0 in w0: HTTP 404 fleet_not_found: no fleet \"x\"
+  join refused: 4
+    bot 1 in w0: 4001 join token has expired
+    bot 2 in w0: 4001 join token has expired
+    bot 3 in w0: 4001 join token has expired
+result        FAIL: 5 errors; 0/5 bots joined; 0/5 bots received deltas; 0/5 bots saw all their own moves"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! `run` and `wait_ready` against a fake fleet in this process: an axum allocator and a
+//! tokio-tungstenite game server that speak the contracts loadgen is written to (a
+//! Welcome, a Delta per 100 ms tick, one InputResult per input before that tick's Delta,
+//! and a `Moved` for each accepted move).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use gaia_api::allocation::{AllocationRequest, AllocationResponse, ErrorBody, ErrorDetail};
+use gaia_api::gameserver::{GameServer, GameServerState};
+use gaia_api::protocol::{
+    Action, Change, ClientMsg, Entity, EntityId, EntityKind, InputOutcome, ServerMsg, Snapshot, decode_client,
+    encode_server,
+};
+use gaia_loadgen::{Config, ErrorKind, RegionUse, run, wait_ready};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_util::sync::CancellationToken;
+
+const REGIONS: [&str; 2] = ["eu-west", "us-east"];
+const TICK: Duration = Duration::from_millis(100);
+
+/// 10 x 8, a wall down column 4 (rows 0..6), so bots in columns 0..3 often stand next to it.
+fn map() -> Snapshot {
+    let (width, height) = (10u16, 8u16);
+    let mut walls = vec![0u8; usize::from(width * height).div_ceil(8)];
+    for y in 0..6u16 {
+        let bit = usize::from(y * width + 4);
+        walls[bit / 8] |= 1 << (bit % 8);
+    }
+    Snapshot { width, height, walls, entities: Vec::new() }
+}
+
+struct Member {
+    id: EntityId,
+    out: mpsc::UnboundedSender<ServerMsg>,
+}
+
+struct World {
+    tick: u64,
+    snapshot: Snapshot,
+    members: Vec<Member>,
+    inputs: Vec<(EntityId, u32, Action)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    worlds: HashMap<String, (String, World)>,
+    by_key: HashMap<String, AllocationResponse>,
+    next_entity: EntityId,
+}
+
+struct Fleet {
+    ws_address: String,
+    /// Every Join is answered with this close.
+    reject: Option<(u16, &'static str)>,
+    /// New-world requests answered 429 before capacity "appears".
+    no_capacity: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody { error: ErrorDetail { code: code.into(), message, field: None } };
+    (status, Json(body)).into_response()
+}
+
+async fn allocate(State(fleet): State<Arc<Fleet>>, Json(req): Json<AllocationRequest>) -> Response {
+    if req.fleet != "town" {
+        return error(StatusCode::NOT_FOUND, "fleet_not_found", format!("no fleet {:?}", req.fleet));
+    }
+    let mut inner = fleet.inner.lock().unwrap();
+    if let Some(world_id) = req.world_id {
+        let Some((region, _)) = inner.worlds.get(&world_id) else {
+            return error(StatusCode::NOT_FOUND, "world_not_found", format!("no world {world_id}"));
+        };
+        return Json(response(&fleet, &world_id, region)).into_response();
+    }
+    if let Some(done) = req.idempotency_key.as_ref().and_then(|key| inner.by_key.get(key)) {
+        return Json(done.clone()).into_response();
+    }
+    if fleet.no_capacity.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return error(StatusCode::TOO_MANY_REQUESTS, "no_capacity", "no free world slot".into());
+    }
+    let world_id = format!("world-{}", inner.worlds.len());
+    let region = req.regions.first().cloned().unwrap_or_else(|| REGIONS[0].into());
+    let world = World { tick: 0, snapshot: map(), members: Vec::new(), inputs: Vec::new() };
+    inner.worlds.insert(world_id.clone(), (region.clone(), world));
+    let answer = response(&fleet, &world_id, &region);
+    if let Some(key) = req.idempotency_key {
+        inner.by_key.insert(key, answer.clone());
+    }
+    Json(answer).into_response()
+}
+
+fn response(fleet: &Fleet, world_id: &str, region: &str) -> AllocationResponse {
+    AllocationResponse {
+        world_id: world_id.into(),
+        player_id: "p".into(),
+        fleet: "town".into(),
+        server: format!("gs-{region}"),
+        region: region.into(),
+        address: fleet.ws_address.clone(),
+        join_token: world_id.into(),
+        lease: None,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    fleet: String,
+}
+
+async fn list(State(fleet): State<Arc<Fleet>>, Query(q): Query<ListQuery>) -> Json<Vec<GameServer>> {
+    let servers = REGIONS
+        .iter()
+        .filter(|_| q.fleet == "town")
+        .map(|region| {
+            let mut s = GameServer::scheduled(format!("gs-{region}"), "town", *region, 10, 100);
+            s.state = GameServerState::Ready;
+            s.address = Some(fleet.ws_address.clone());
+            s
+        })
+        .collect();
+    Json(servers)
+}
+
+/// One tick of every world: inputs in arrival order, their results, then the Delta.
+fn tick(fleet: &Fleet) {
+    let mut inner = fleet.inner.lock().unwrap();
+    for (_, world) in inner.worlds.values_mut() {
+        world.tick += 1;
+        let tick = world.tick;
+        let mut changes = Vec::new();
+        for (id, seq, action) in std::mem::take(&mut world.inputs) {
+            let outcome = match action {
+                Action::Move { dx, dy } => {
+                    let map = &mut world.snapshot;
+                    let Some(me) = map.entities.iter().position(|e| e.id == id) else { continue };
+                    let x = i32::from(map.entities[me].x) + i32::from(dx);
+                    let y = i32::from(map.entities[me].y) + i32::from(dy);
+                    let free = (0..i32::from(map.width)).contains(&x)
+                        && (0..i32::from(map.height)).contains(&y)
+                        && !map.is_wall(x as u16, y as u16);
+                    if free && (dx, dy) != (0, 0) {
+                        (map.entities[me].x, map.entities[me].y) = (x as u16, y as u16);
+                        changes.push(Change::Moved { id, x: x as u16, y: y as u16 });
+                        InputOutcome::Ok
+                    } else {
+                        InputOutcome::Rejected { reason: format!("cannot move to {x},{y}") }
+                    }
+                }
+                Action::Say { .. } => InputOutcome::Ok,
+            };
+            if let Some(member) = world.members.iter().find(|m| m.id == id) {
+                let _ = member.out.send(ServerMsg::InputResult { seq, tick, outcome });
+            }
+        }
+        for member in &world.members {
+            let _ = member.out.send(ServerMsg::Delta { tick, changes: changes.clone() });
+        }
+    }
+}
+
+async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+    let Some(Ok(Message::Binary(frame))) = ws.next().await else { return };
+    let Ok(ClientMsg::Join { token }) = decode_client(&frame) else { return };
+    if let Some((code, reason)) = fleet.reject {
+        let _ = ws.close(Some(CloseFrame { code: code.into(), reason: reason.into() })).await;
+        while ws.next().await.is_some() {}
+        return;
+    }
+    let (out, mut outbox) = mpsc::unbounded_channel();
+    let (world_id, id) = {
+        let mut inner = fleet.inner.lock().unwrap();
+        let id = inner.next_entity;
+        inner.next_entity += 1;
+        let (_, world) = inner.worlds.get_mut(&token).unwrap();
+        let (x, y) = (id as u16 % 4, id as u16 % 8);
+        world.snapshot.entities.push(Entity { id, kind: EntityKind::Bot, name: format!("bot{id}"), x, y });
+        let welcome =
+            ServerMsg::Welcome { world_id: token.clone(), you: id, tick: world.tick, snapshot: world.snapshot.clone() };
+        out.send(welcome).unwrap();
+        world.members.push(Member { id, out });
+        (token, id)
+    };
+    loop {
+        tokio::select! {
+            msg = outbox.recv() => {
+                let Some(msg) = msg else { break };
+                if ws.send(Message::Binary(encode_server(&msg).into())).await.is_err() {
+                    break;
+                }
+            }
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Binary(frame))) => match decode_client(&frame) {
+                    Ok(ClientMsg::Input { seq, action }) => {
+                        let mut inner = fleet.inner.lock().unwrap();
+                        inner.worlds.get_mut(&world_id).unwrap().1.inputs.push((id, seq, action));
+                    }
+                    other => panic!("fake server got {other:?}"),
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    {
+        let mut inner = fleet.inner.lock().unwrap();
+        let (_, world) = inner.worlds.get_mut(&world_id).unwrap();
+        world.members.retain(|m| m.id != id);
+        world.snapshot.entities.retain(|e| e.id != id);
+    }
+    // Finish the close handshake the client started.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while ws.next().await.is_some() {} }).await;
+}
+
+/// Starts the fake allocator and game server; returns the allocator URL.
+async fn fake_fleet(reject: Option<(u16, &'static str)>, no_capacity: usize) -> String {
+    let game = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fleet = Arc::new(Fleet {
+        ws_address: format!("ws://{}/ws", game.local_addr().unwrap()),
+        reject,
+        no_capacity: AtomicUsize::new(no_capacity),
+        inner: Mutex::default(),
+    });
+    let ticker = fleet.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TICK);
+        loop {
+            every.tick().await;
+            tick(&ticker);
+        }
+    });
+    let server = fleet.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = game.accept().await {
+            tokio::spawn(connection(server.clone(), stream));
+        }
+    });
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", api.local_addr().unwrap());
+    let app =
+        Router::new().route("/v1/allocations", post(allocate)).route("/v1/gameservers", get(list)).with_state(fleet);
+    tokio::spawn(async move { axum::serve(api, app).await.unwrap() });
+    url
+}
+
+fn config(allocator_url: String) -> Config {
+    Config {
+        allocator_url,
+        bots: 20,
+        world_size: 5,
+        duration: Duration::from_secs(1),
+        input_rate_hz: 8.0,
+        connect_concurrency: 4,
+        allocate_timeout: Duration::from_secs(5),
+        ready_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_bots_in_worlds_of_five_run_clean() {
+    let config = config(fake_fleet(None, 2).await);
+    assert_eq!(wait_ready(&config).await.unwrap(), REGIONS);
+    let report = run(config, CancellationToken::new()).await.unwrap();
+    println!("{report}");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.bots, report.worlds, report.joined), (20, 4, 20));
+    assert_eq!(report.regions, REGIONS);
+    let two_worlds = RegionUse { worlds: 2, servers: 1 };
+    assert_eq!(report.regions_used.values().copied().collect::<Vec<_>>(), [two_worlds, two_worlds]);
+    assert_eq!((report.allocations_ok, report.allocation_retries), (20, 2));
+    // About 8 inputs per bot in one second; all legal, all answered, all seen moving.
+    assert!(report.inputs_sent >= 20 * 5, "{report}");
+    assert_eq!(report.inputs_ok, report.inputs_sent);
+    assert_eq!(report.own_moves_seen, report.inputs_ok);
+    assert_eq!(report.input_latency.len(), report.inputs_sent);
+    assert!(report.deltas_per_bot_s > 5.0 && report.deltas_per_bot_s < 12.0, "{report}");
+    let text = report.to_string();
+    assert!(text.contains("errors        none") && text.ends_with("result        PASS"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_joins_make_an_unclean_report_that_names_the_reason() {
+    let mut config = config(fake_fleet(Some((4001, "join token has expired")), 0).await);
+    config.regions = vec!["eu-west".into()];
+    let report = run(config, CancellationToken::new()).await.unwrap();
+    println!("{report}");
+    assert!(!report.is_clean());
+    assert_eq!(report.joined, 0);
+    assert_eq!(report.errors[&ErrorKind::JoinRefused].count, 20);
+    assert_eq!(report.steady, Duration::ZERO, "nobody joined, so no steady phase");
+    let text = report.to_string();
+    assert!(text.contains("join refused: 20"), "{text}");
+    assert!(text.contains("4001 join token has expired"), "{text}");
+    assert!(text.contains("result        FAIL"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_allocations_are_reported_with_the_allocator_message() {
+    let mut config = config(fake_fleet(None, 0).await);
+    config.fleet = "nope".into();
+    config.regions = vec!["eu-west".into()];
+    let report = run(config, CancellationToken::new()).await.unwrap();
+    assert!(!report.is_clean());
+    assert_eq!((report.allocations_failed, report.errors[&ErrorKind::AllocationFailed].count), (4, 4));
+    assert_eq!(report.errors[&ErrorKind::NotStarted].count, 16);
+    let text = report.to_string();
+    assert!(text.contains("HTTP 404 fleet_not_found: no fleet \"nope\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_the_run_early_and_cleanly_closes() {
+    let mut config = config(fake_fleet(None, 0).await);
+    config.duration = Duration::from_secs(30);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop.cancel();
+    });
+    let started = std::time::Instant::now();
+    let report = run(config, shutdown).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(report.interrupted && !report.is_clean(), "{report}");
+    assert_eq!(report.joined, 20);
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(report.problems(), ["interrupted"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_names_the_missing_region() {
+    let mut config = config(fake_fleet(None, 0).await);
+    config.regions = vec!["eu-west".into(), "mars".into()];
+    config.ready_timeout = Duration::from_millis(300);
+    let err = wait_ready(&config).await.unwrap_err().to_string();
+    assert!(err.contains("not ready after 300ms") && err.contains("region mars"), "{err}");
+}
