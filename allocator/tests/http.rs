@@ -164,3 +164,49 @@ async fn metrics_count_allocations_by_result() {
     assert!(text.contains(r#"gaia_allocator_allocations_total{result="ok"} 1"#), "{text}");
     assert!(text.contains(r#"gaia_allocator_allocations_total{result="no_capacity"} 1"#), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_allocations_fill_every_slot_exactly_once() {
+    let (app, _) = app();
+    for i in 0..60 {
+        let region = if i % 2 == 0 { "eu-west" } else { "us-east" };
+        ready_server(&app, &format!("s{i}"), region, 10).await;
+    }
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let app = app.clone();
+            let regions = if i % 2 == 0 { r#"["eu-west","us-east"]"# } else { r#"["us-east","eu-west"]"# };
+            let strategy = if i % 4 < 2 { "Packed" } else { "Distributed" };
+            let body = format!(r#"{{"fleet":"town","regions":{regions},"strategy":"{strategy}"}}"#);
+            tokio::spawn(async move { call(&app, Method::POST, "/v1/allocations", &body).await })
+        })
+        .collect();
+
+    let mut worlds = std::collections::HashSet::new();
+    let mut rejected = 0;
+    for task in tasks {
+        let (status, v) = task.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                let resp: AllocationResponse = serde_json::from_value(v).unwrap();
+                assert!(worlds.insert(resp.world_id.clone()), "world {} handed out twice", resp.world_id);
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let e = error(&v).error;
+                assert_eq!(e.code, "no_capacity", "{v}");
+                assert!(!e.message.is_empty(), "{v}");
+                rejected += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!((worlds.len(), rejected), (600, 400));
+
+    let (status, v) = call(&app, Method::GET, "/v1/gameservers?fleet=town", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let servers: Vec<GameServer> = serde_json::from_value(v).unwrap();
+    assert_eq!(servers.len(), 60);
+    for s in &servers {
+        assert_eq!((s.name.as_str(), s.worlds, s.state), (s.name.as_str(), 10, GameServerState::Allocated));
+    }
+}

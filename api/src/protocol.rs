@@ -91,7 +91,21 @@ pub struct Snapshot {
     pub entities: Vec<Entity>,
 }
 
+/// The eight one-cell steps a `Move` may take.
+pub const STEPS: [(i8, i8); 8] = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)];
+
 impl Snapshot {
+    /// The steps from cell (x, y) whose target is inside the map and not a wall.
+    pub fn open_steps(&self, x: i32, y: i32) -> Vec<(i8, i8)> {
+        STEPS
+            .into_iter()
+            .filter(|&(dx, dy)| match (u16::try_from(x + i32::from(dx)), u16::try_from(y + i32::from(dy))) {
+                (Ok(tx), Ok(ty)) => !self.is_wall(tx, ty),
+                _ => false,
+            })
+            .collect()
+    }
+
     pub fn is_wall(&self, x: u16, y: u16) -> bool {
         if x >= self.width || y >= self.height {
             return true;
@@ -232,6 +246,8 @@ mod tests {
             entities: vec![Entity { id: 1, kind: EntityKind::Bot, name: "ada".into(), x: 0, y: 1 }],
         };
         assert!(snapshot.is_wall(1, 0) && !snapshot.is_wall(0, 0) && snapshot.is_wall(3, 0));
+        assert_eq!(snapshot.open_steps(0, 1), vec![(1, 0), (0, -1)]);
+        assert_eq!(snapshot.open_steps(2, 0), vec![(0, 1), (-1, 1)]);
         let msg = ServerMsg::Welcome { world_id: "w".into(), you: 1, tick: 5, snapshot };
         assert_eq!(decode_server(&encode_server(&msg)), Ok(msg));
     }

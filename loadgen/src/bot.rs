@@ -36,9 +36,6 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// How long a bot waits for the server to answer its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The eight neighbouring steps a `Move` may take.
-const STEPS: [(i8, i8); 8] = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)];
-
 /// What one bot knows about its world and its own inputs. No I/O: the async loop feeds
 /// it messages with the time they arrived and asks it for the next input.
 #[derive(Debug)]
@@ -88,17 +85,10 @@ impl BotState {
         })
     }
 
-    fn is_free(&self, x: i32, y: i32) -> bool {
-        match (u16::try_from(x), u16::try_from(y)) {
-            (Ok(x), Ok(y)) => !self.map.is_wall(x, y),
-            _ => false,
-        }
-    }
-
     /// Steps whose target cell, from [`Self::expected_pos`], is inside the map and not a wall.
     pub(crate) fn legal_steps(&self) -> Vec<(i8, i8)> {
         let (x, y) = self.expected_pos();
-        STEPS.into_iter().filter(|&(dx, dy)| self.is_free(x + i32::from(dx), y + i32::from(dy))).collect()
+        self.map.open_steps(x, y)
     }
 
     /// A random legal Move, numbered and remembered; `None` when the bot is walled in.
@@ -451,7 +441,7 @@ mod tests {
         // From the corner (0,0): (1,0) and (1,1) are walls, the rest is off the map.
         assert_eq!(bot.legal_steps(), vec![(0, 1)]);
         let bot = BotState::new(8, snapshot()).unwrap();
-        assert_eq!(bot.legal_steps(), vec![(-1, -1), (0, -1), (-1, 0)]);
+        assert_eq!(bot.legal_steps(), vec![(-1, 0), (0, -1), (-1, -1)]);
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! The whole path in one process: allocator + registry + two game servers (one per
+//! region, talking to the allocator through the SDK) + 50 bot clients over real sockets.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use gaia_api::allocation::AllocationResponse;
+use gaia_api::gameserver::{GameServer, GameServerState};
+use gaia_api::protocol::{Action, Change, ClientMsg, InputOutcome, ServerMsg, Snapshot, decode_server, encode_client};
+use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_registry::{MemoryRegistry, Registry};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const SECRET: &str = "e2e-secret";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Fleet {
+    url: String,
+    registry: Arc<dyn Registry>,
+    shutdown: CancellationToken,
+    servers: Vec<tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>>,
+}
+
+/// The allocator on an ephemeral port, and one game server in each of two regions.
+async fn fleet() -> Fleet {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Default::default()));
+    let mut prom = prometheus_client::registry::Registry::default();
+    let metrics = gaia_allocator::Metrics::new(&mut prom);
+    let config = gaia_allocator::Config { join_secret: SECRET.into(), ..Default::default() };
+    let state = gaia_allocator::AppState::new(&config, Arc::clone(&registry), metrics, Arc::new(prom));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(gaia_allocator::run(listener, state, shutdown.child_token()));
+
+    let mut servers = Vec::new();
+    for (name, region) in [("gs-eu", "eu-west"), ("gs-us", "us-east")] {
+        let config = gaia_gameserver::Config {
+            name: name.into(),
+            region: region.into(),
+            sdk_url: Some(url.clone()),
+            join_secret: SECRET.into(),
+            world_capacity: 5,
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        servers.push(tokio::spawn(gaia_gameserver::run(config, listener, shutdown.child_token())));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = registry.list(Some("town")).await.unwrap();
+        if list.len() == 2 && list.iter().all(|s| s.state == GameServerState::Ready) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "servers not Ready: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Fleet { url, registry, shutdown, servers }
+}
+
+async fn allocate(http: &reqwest::Client, url: &str, body: serde_json::Value) -> AllocationResponse {
+    let resp = http.post(format!("{url}/v1/allocations")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{body}");
+    resp.json().await.unwrap()
+}
+
+async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("server silent") {
+            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
+            Some(Ok(Message::Close(Some(f)))) => return Err((f.code.into(), f.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err((0, e.to_string())),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, msg: &ClientMsg) {
+    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
+}
+
+struct Bot {
+    ws: Ws,
+    world_id: String,
+    you: u32,
+    snapshot: Snapshot,
+}
+
+async fn join(alloc: &AllocationResponse) -> Bot {
+    let (mut ws, _) = connect_async(&alloc.address).await.unwrap();
+    send(&mut ws, &ClientMsg::Join { token: alloc.join_token.clone() }).await;
+    match recv(&mut ws).await {
+        Ok(ServerMsg::Welcome { world_id, you, snapshot, .. }) => Bot { ws, world_id, you, snapshot },
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+fn legal_move(snapshot: &gaia_api::protocol::Snapshot, you: u32) -> (i8, i8) {
+    let me = snapshot.entities.iter().find(|e| e.id == you).unwrap();
+    snapshot.open_steps(me.x.into(), me.y.into())[0]
+}
+
+/// 50 bots in 5 worlds over 2 servers: every bot lands in the world it was allocated,
+/// and every other member of that world sees its move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_bots_join_their_worlds_and_see_each_others_moves() {
+    let fleet = fleet().await;
+    let http = reqwest::Client::new();
+    let mut allocations: Vec<AllocationResponse> = Vec::new();
+    for w in 0..5 {
+        let regions = if w % 2 == 0 { ["eu-west", "us-east"] } else { ["us-east", "eu-west"] };
+        let first = allocate(&http, &fleet.url, json!({"fleet": "town", "regions": regions})).await;
+        assert_eq!(first.region, regions[0], "preferred region has room");
+        for _ in 1..10 {
+            let body = json!({"fleet": "town", "worldId": first.world_id, "regions": regions});
+            let member = allocate(&http, &fleet.url, body).await;
+            assert_eq!((&member.world_id, &member.server), (&first.world_id, &first.server));
+            allocations.push(member);
+        }
+        allocations.push(first);
+    }
+    let servers_used: BTreeSet<&str> = allocations.iter().map(|a| a.server.as_str()).collect();
+    assert_eq!(servers_used.len(), 2);
+
+    // Join all 50, concurrently.
+    let joins = allocations.iter().map(join);
+    let mut bots: Vec<Bot> = futures_util::future::join_all(joins).await;
+    for (bot, alloc) in bots.iter().zip(&allocations) {
+        assert_eq!(bot.world_id, alloc.world_id, "bot joined another world than it was allocated");
+    }
+    // Joining confirmed each world's lease: the registry counts one slot per world.
+    let worlds: u32 = fleet.registry.list(Some("town")).await.unwrap().iter().map(|s| s.worlds).sum();
+    assert_eq!(worlds, 5);
+
+    let mut members: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for bot in &bots {
+        members.entry(bot.world_id.clone()).or_default().insert(bot.you);
+    }
+    assert!(members.values().all(|m| m.len() == 10), "{members:?}");
+
+    // Every bot moves once, then watches its world's deltas.
+    for bot in &mut bots {
+        let (dx, dy) = legal_move(&bot.snapshot, bot.you);
+        send(&mut bot.ws, &ClientMsg::Input { seq: 1, action: Action::Move { dx, dy } }).await;
+    }
+    let watches = bots.into_iter().map(|mut bot| {
+        let expected: BTreeSet<u32> = members[&bot.world_id].iter().copied().filter(|id| *id != bot.you).collect();
+        async move {
+            let mut seen = BTreeSet::new();
+            let mut result = None;
+            while result.is_none() || !expected.is_subset(&seen) {
+                match recv(&mut bot.ws).await {
+                    Ok(ServerMsg::InputResult { seq: 1, outcome, .. }) => result = Some(outcome),
+                    Ok(ServerMsg::Delta { changes, .. }) => {
+                        for change in changes {
+                            if let Change::Moved { id, .. } = change {
+                                seen.insert(id);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(close) => panic!("bot {} closed: {close:?}", bot.you),
+                }
+            }
+            assert_eq!(result, Some(InputOutcome::Ok));
+            bot.ws.close(None).await.unwrap();
+        }
+    });
+    tokio::time::timeout(WAIT, futures_util::future::join_all(watches))
+        .await
+        .expect("some bot never saw every other member's move");
+
+    fleet.shutdown.cancel();
+    for server in fleet.servers {
+        server.await.unwrap().unwrap();
+    }
+}
+
+/// Tokens the game server must refuse, each with its reason in the close frame.
+#[tokio::test]
+async fn wrong_and_expired_tokens_are_refused_with_a_reason() {
+    let fleet = fleet().await;
+    let http = reqwest::Client::new();
+    let alloc = allocate(&http, &fleet.url, json!({"fleet": "town", "regions": ["eu-west"]})).await;
+    let claims = |server: &str, expires_at_ms: u64| JoinClaims {
+        world_id: alloc.world_id.clone(),
+        server: server.into(),
+        player_id: "mallory".into(),
+        expires_at_ms,
+    };
+    let later = unix_ms(SystemTime::now()) + 60_000;
+    let other = fleet.registry.get("gs-us").await.unwrap();
+    let cases: [(&str, String, &str); 4] = [
+        (
+            &alloc.address,
+            TokenKey::new("not-the-secret").sign(&claims("gs-eu", later)),
+            "join token signature does not match",
+        ),
+        (&alloc.address, TokenKey::new(SECRET).sign(&claims("gs-eu", 1)), "join token has expired"),
+        // A valid token for gs-eu, presented to gs-us.
+        (other.address.as_deref().unwrap(), alloc.join_token.clone(), "join token is for another server"),
+        (&alloc.address, format!("{}x", alloc.join_token), "join token signature does not match"),
+    ];
+    for (address, token, reason) in cases {
+        let (mut ws, _) = connect_async(address).await.unwrap();
+        send(&mut ws, &ClientMsg::Join { token }).await;
+        assert_eq!(recv(&mut ws).await.unwrap_err(), (gaia_api::protocol::close::BAD_TOKEN, reason.to_string()));
+    }
+    // The real token still works, and nothing above started a world.
+    let bot = join(&alloc).await;
+    assert_eq!(bot.world_id, alloc.world_id);
+    let servers: Vec<GameServer> = fleet.registry.list(Some("town")).await.unwrap();
+    assert_eq!(servers.iter().map(|s| s.worlds).sum::<u32>(), 1);
+    fleet.shutdown.cancel();
+}
