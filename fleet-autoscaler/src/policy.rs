@@ -5,7 +5,7 @@
 //! answers over time and [`crate::run`] feeds both from the registry.
 
 use gaia_api::fleet::{AutoscalerPolicy, BufferPolicy, DesiredReplicas, FleetConfig, FleetSpec};
-use gaia_api::gameserver::GameServer;
+use gaia_api::gameserver::{GameServer, GameServerState};
 
 /// One region of one fleet, as the buffer policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,14 @@ impl RegionStatus {
     /// other fleets or regions, and terminal ones, are ignored.
     pub fn observe(servers: &[GameServer], fleet: &FleetSpec, region: &str) -> RegionStatus {
         let live = servers.iter().filter(|s| s.fleet == fleet.name && s.region == region && !s.state.is_terminal());
+        // A Reserved or Draining server takes no new world: none of its slots is free.
+        // A Scheduled one is about to be Ready, so its slots count as free.
+        let used = |s: &GameServer| match s.state {
+            GameServerState::Reserved | GameServerState::Draining => fleet.world_capacity.max(s.worlds),
+            _ => s.worlds,
+        };
         let (replicas, used_worlds) =
-            live.fold((0u32, 0u32), |(n, used), s| (n.saturating_add(1), used.saturating_add(s.worlds)));
+            live.fold((0u32, 0u32), |(n, total), s| (n.saturating_add(1), total.saturating_add(used(s))));
         RegionStatus { replicas, used_worlds, world_capacity: fleet.world_capacity }
     }
 
@@ -153,6 +159,7 @@ autoscalers:
             server("b", "town", "eu", Ready, 0),
             server("c", "town", "eu", Allocated, 7),
             server("d", "town", "eu", Draining, 3),
+            server("j", "town", "eu", Reserved, 0),
             server("e", "town", "eu", Shutdown, 0),
             server("f", "town", "eu", Unhealthy, 0),
             server("g", "town", "eu", Error, 0),
@@ -160,8 +167,9 @@ autoscalers:
             server("i", "other", "eu", Allocated, 5),
         ];
         let status = RegionStatus::observe(&servers, &fleet_spec(), "eu");
-        assert_eq!(status, RegionStatus { replicas: 4, used_worlds: 10, world_capacity: 20 });
-        assert_eq!(status.free_slots_at(4), 70);
+        // Draining and Reserved servers take no world: all 20 of their slots count as used.
+        assert_eq!(status, RegionStatus { replicas: 5, used_worlds: 7 + 20 + 20, world_capacity: 20 });
+        assert_eq!(status.free_slots_at(5), 53);
         let empty = RegionStatus::observe(&servers, &fleet_spec(), "nowhere");
         assert_eq!(empty, RegionStatus { replicas: 0, used_worlds: 0, world_capacity: 20 });
     }
