@@ -208,6 +208,7 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
             regions = gaia_loadgen::wait_ready(&config) => regions?,
         };
         tracing::info!(?regions, "fleet ready; starting bots");
+        config.regions = regions;
         gaia_loadgen::run(config, shutdown.clone()).await
     }
     .await;

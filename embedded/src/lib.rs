@@ -82,11 +82,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         Arc::new(prometheus),
     );
 
-    // Every part runs under `parts`; the API under its own token so it outlives the
-    // controller's goodbyes.
+    // Every part runs under `parts`, and the API or the controller ending for any reason
+    // ends them all. The API has its own token so it outlives the controller's goodbyes.
     let parts = shutdown.child_token();
     let api_stop = CancellationToken::new();
-    let mut api = tokio::spawn(gaia_allocator::run(listener, state, api_stop.clone()));
+    let api = tokio::spawn(stop_all_after(parts.clone(), gaia_allocator::run(listener, state, api_stop.clone())));
     let sweeper = tokio::spawn(gaia_registry::run_sweeper(Arc::clone(&registry), config.sweep_every, parts.clone()));
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::initial_desired(&config.fleets));
     let autoscaler = tokio::spawn(gaia_fleet_autoscaler::run(
@@ -103,46 +103,35 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         metrics: Some(controller_metrics),
         ..Default::default()
     };
-    let mut controller = tokio::spawn(gaia_controller::run(
-        controller_config,
-        config.fleets.fleets.clone(),
-        Arc::clone(&registry),
-        desired_rx,
+    let controller = tokio::spawn(stop_all_after(
         parts.clone(),
+        gaia_controller::run(
+            controller_config,
+            config.fleets.fleets.clone(),
+            Arc::clone(&registry),
+            desired_rx,
+            parts.clone(),
+        ),
     ));
     tracing::info!(%url, fleets = config.fleets.fleets.len(), "embedded fleet running");
 
-    // Whichever ends first (shutdown, or a part failing) stops the rest.
-    let mut outcome: Result<(), Error> = Ok(());
-    let controller_done = tokio::select! {
-        _ = parts.cancelled() => None,
-        done = &mut controller => Some(done),
-        done = &mut api => {
-            outcome = match done {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::Api(e)),
-                Err(e) => Err(e.into()),
-            };
-            None
-        }
-    };
-    parts.cancel();
-    let controller_result = match controller_done {
-        Some(done) => done,
-        None => controller.await,
-    };
-    if let Err(e) = controller_result.map_err(Error::from).and_then(|r| r.map_err(Error::from)) {
-        tracing::error!(error = %e, "controller failed");
-        outcome = outcome.and(Err(e));
-    }
+    parts.cancelled().await;
+    // The controller stops its game servers while the API can still hear them; then the API.
+    let controller = controller.await.map_err(Error::from).and_then(|r| r.map_err(Error::from));
     api_stop.cancel();
-    if !api.is_finished() {
-        match api.await {
-            Ok(Err(e)) => outcome = outcome.and(Err(Error::Api(e))),
-            Err(e) => outcome = outcome.and(Err(e.into())),
-            Ok(Ok(())) => {}
+    let api = api.await.map_err(Error::from).and_then(|r| r.map_err(Error::Api));
+    let _ = tokio::join!(sweeper, autoscaler);
+    for result in [&controller, &api] {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "embedded fleet part failed");
         }
     }
-    let _ = tokio::join!(sweeper, autoscaler);
-    outcome
+    controller.and(api)
+}
+
+/// Runs `part`, then cancels `parts`: whichever part ends first ends the rest.
+async fn stop_all_after<T>(parts: CancellationToken, part: impl std::future::Future<Output = T>) -> T {
+    let out = part.await;
+    parts.cancel();
+    out
 }

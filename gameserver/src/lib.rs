@@ -253,7 +253,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     {
         tracing::warn!("connections did not close within 5 s");
     }
-    drop(rooms);
     background.cancel();
     if let Some(sdk) = &sdk {
         match sdk.shutdown().await {

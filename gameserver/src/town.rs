@@ -156,16 +156,13 @@ impl Town {
         entity
     }
 
-    fn entity_mut(&mut self, id: EntityId) -> Option<&mut Entity> {
-        self.entities.iter_mut().find(|e| e.id == id)
-    }
-
     /// Moves `id` one step by (dx, dy) if the target is free; the change it makes.
     fn step(&mut self, id: EntityId, dx: i8, dy: i8) -> Result<Change, String> {
         if !(-1..=1).contains(&dx) || !(-1..=1).contains(&dy) || (dx, dy) == (0, 0) {
             return Err(format!("invalid step ({dx}, {dy}): each must be -1, 0 or 1, not both 0"));
         }
-        let (x, y) = self.entities.iter().find(|e| e.id == id).map(|e| (e.x, e.y)).ok_or("no such entity")?;
+        let i = self.entities.iter().position(|e| e.id == id).ok_or("no such entity")?;
+        let (x, y) = (self.entities[i].x, self.entities[i].y);
         let (tx, ty) = (i32::from(x) + i32::from(dx), i32::from(y) + i32::from(dy));
         if tx < 0 || ty < 0 || tx >= i32::from(self.config.width) || ty >= i32::from(self.config.height) {
             return Err("off the map".into());
@@ -174,9 +171,7 @@ impl Town {
             return Err("blocked by a wall".into());
         }
         let (tx, ty) = (tx as u16, ty as u16);
-        if let Some(e) = self.entity_mut(id) {
-            (e.x, e.y) = (tx, ty);
-        }
+        (self.entities[i].x, self.entities[i].y) = (tx, ty);
         Ok(Change::Moved { id, x: tx, y: ty })
     }
 
