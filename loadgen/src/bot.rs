@@ -333,11 +333,18 @@ async fn run_inputs(
     input_period: Option<Duration>,
 ) -> Option<String> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
-    // Set when the steady phase starts: the first input goes at a random offset within
-    // one period so the bots' inputs are spread over it.
+    // Set once the steady phase has started: the first input goes at a random offset
+    // within one period so the bots' inputs are spread over it.
     let mut next_input: Option<Instant> = None;
     loop {
-        let steady_started = phases.steady.is_cancelled();
+        // Checked on every turn, not only in the wake-up branch below: a frame that wins
+        // the (biased) select as the phase starts must not make the bot miss it.
+        if next_input.is_none()
+            && phases.steady.is_cancelled()
+            && let Some(period) = input_period
+        {
+            next_input = Some(Instant::now() + period.mul_f64(rng.random::<f64>()));
+        }
         let due = next_input.unwrap_or_else(Instant::now);
         tokio::select! {
             biased;
@@ -347,11 +354,8 @@ async fn run_inputs(
                     return Some(why);
                 }
             }
-            _ = phases.steady.cancelled(), if !steady_started => {
-                if let Some(period) = input_period {
-                    next_input = Some(Instant::now() + period.mul_f64(rng.random::<f64>()));
-                }
-            }
+            // Only wakes the loop; the schedule is set at its top.
+            _ = phases.steady.cancelled(), if next_input.is_none() && input_period.is_some() => {}
             _ = tokio::time::sleep_until(due), if next_input.is_some() => {
                 if let Some(input) = state.next_input(&mut rng, Instant::now()) {
                     let frame = encode_client(&input);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gaia_api::allocation::{AllocationRequest, AllocationResponse};
-use gaia_api::gameserver::{GameServer, GameServerState};
+use gaia_api::gameserver::GameServer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -123,12 +123,9 @@ fn readiness(servers: &[GameServer], fleet: &str, wanted: &[String]) -> Result<V
         return Err(format!("fleet {fleet} has no game servers"));
     }
     let ready = |region: &str| {
-        servers.iter().any(|s| {
-            s.fleet == fleet
-                && s.region == region
-                && matches!(s.state, GameServerState::Ready | GameServerState::Allocated)
-                && s.address.is_some()
-        })
+        servers
+            .iter()
+            .any(|s| s.fleet == fleet && s.region == region && s.state.is_allocatable() && s.address.is_some())
     };
     let missing: Vec<&str> = regions.iter().map(String::as_str).filter(|r| !ready(r)).collect();
     if missing.is_empty() {
@@ -416,7 +413,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for outcome in outcomes {
         collector.add(outcome);
     }
-    Ok(collector.finish(steady, shutdown.is_cancelled()))
+    Ok(collector.finish(steady, shutdown.is_cancelled(), ctx.input_period))
 }
 
 #[cfg(test)]
@@ -436,7 +433,7 @@ mod tests {
         assert_eq!(plans, [WorldPlan { index: 0, bots: 0..2, regions: vec![] }]);
     }
 
-    fn server(name: &str, region: &str, state: GameServerState, address: bool) -> GameServer {
+    fn server(name: &str, region: &str, state: gaia_api::gameserver::GameServerState, address: bool) -> GameServer {
         let mut s = GameServer::scheduled(name, "town", region, 4, 100);
         s.state = state;
         s.address = address.then(|| format!("ws://{name}/ws"));
@@ -445,7 +442,7 @@ mod tests {
 
     #[test]
     fn readiness_names_what_is_missing() {
-        use GameServerState::*;
+        use gaia_api::gameserver::GameServerState::*;
         assert_eq!(readiness(&[], "town", &[]), Err("fleet town has no game servers".into()));
         let servers = [
             server("a", "eu-west", Allocated, true),

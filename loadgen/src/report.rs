@@ -172,6 +172,11 @@ pub struct Report {
     pub deltas_per_bot_s: f64,
     pub own_moves_seen: u64,
     pub bots_with_deltas: u64,
+    /// Bots that had at least one move accepted.
+    pub bots_with_inputs: u64,
+    /// Whether every joined bot was due to send inputs (a rate above 0 and a steady
+    /// phase of at least one period).
+    pub inputs_expected: bool,
     /// Joined bots whose accepted moves all showed up as their own `Moved` changes.
     pub bots_with_all_own_moves: u64,
     pub regions_used: BTreeMap<String, RegionUse>,
@@ -205,6 +210,9 @@ impl Report {
         }
         if self.bots_with_deltas < bots {
             problems.push(format!("{}/{bots} bots received deltas", self.bots_with_deltas));
+        }
+        if self.inputs_expected && self.bots_with_inputs < bots {
+            problems.push(format!("{}/{bots} bots had a move accepted", self.bots_with_inputs));
         }
         if self.bots_with_all_own_moves < bots {
             problems.push(format!("{}/{bots} bots saw all their own moves", self.bots_with_all_own_moves));
@@ -269,13 +277,15 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "deltas        {} received ({:.1} per bot per s); bots with deltas {}/{}; own moves seen {}/{}; \
-             bots with all own moves {}/{}",
+             bots with a move accepted {}/{}; bots with all own moves {}/{}",
             self.deltas,
             self.deltas_per_bot_s,
             self.bots_with_deltas,
             self.bots,
             self.own_moves_seen,
             self.inputs_ok,
+            self.bots_with_inputs,
+            self.bots,
             self.bots_with_all_own_moves,
             self.bots
         )?;
@@ -340,6 +350,8 @@ impl Collector {
             deltas_per_bot_s: 0.0,
             own_moves_seen: 0,
             bots_with_deltas: 0,
+            bots_with_inputs: 0,
+            inputs_expected: false,
             bots_with_all_own_moves: 0,
             regions_used: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -379,6 +391,7 @@ impl Collector {
             r.deltas += play.deltas;
             r.own_moves_seen += play.own_moves_seen;
             r.bots_with_deltas += u64::from(play.deltas > 0);
+            r.bots_with_inputs += u64::from(play.ok > 0);
             r.bots_with_all_own_moves += u64::from(play.ok == play.own_moves_seen);
             for us in play.input_latency_us {
                 r.input_latency.saturating_record(us.max(1));
@@ -393,9 +406,11 @@ impl Collector {
         }
     }
 
-    pub(crate) fn finish(mut self, steady: Duration, interrupted: bool) -> Report {
+    /// `input_period` is the time between one bot's inputs, if bots send any.
+    pub(crate) fn finish(mut self, steady: Duration, interrupted: bool, input_period: Option<Duration>) -> Report {
         let r = &mut self.report;
         r.steady = steady;
+        r.inputs_expected = input_period.is_some_and(|period| steady >= period);
         r.interrupted = interrupted;
         if let (Some(first), Some(last)) = (self.alloc_first, self.alloc_last) {
             let secs = last.saturating_duration_since(first).as_secs_f64();
@@ -445,7 +460,7 @@ mod tests {
         for o in outcomes {
             c.add(o);
         }
-        c.finish(Duration::from_secs(1), false)
+        c.finish(Duration::from_secs(1), false, Some(Duration::from_secs(1)))
     }
 
     #[test]
@@ -460,7 +475,7 @@ gaia loadgen: 2 bots, 2 worlds, regions eu-west,us-east, 1.0 s steady
 allocations   2 ok, 0 failed, 2 retried (429); 20.0/s; latency ms p50 1.0 p90 1.1 p99 1.1 max 1.1
 join          2 joined; ms p50 3.0 p90 3.0 p99 3.0 max 3.0
 inputs        20 sent, 20 ok, 0 rejected, 0 missing; input->result ms p50 45.0 p90 45.0 p99 45.0 max 45.0
-deltas        20 received (10.0 per bot per s); bots with deltas 2/2; own moves seen 20/20; bots with all own moves 2/2
+deltas        20 received (10.0 per bot per s); bots with deltas 2/2; own moves seen 20/20; bots with a move accepted 2/2; bots with all own moves 2/2
 worlds/servers per region: eu-west 1 worlds on 1 servers; us-east 1 worlds on 1 servers
 errors        none
 result        PASS";
@@ -478,6 +493,17 @@ result        PASS";
         let r = report(bots, 1);
         assert_eq!(r.problems(), ["1/2 bots saw all their own moves"]);
 
+        // A bot that never had a move accepted is not "clean" by having nothing to see.
+        let idle = || {
+            let mut bots = clean();
+            *bots[1].play.as_mut().unwrap() = PlayStats { deltas: 10, ..Default::default() };
+            bots
+        };
+        assert_eq!(report(idle(), 1).problems(), ["1/2 bots had a move accepted"]);
+        let mut c = Collector::new(2, 1, vec!["eu-west".into()]).unwrap();
+        idle().into_iter().for_each(|b| c.add(b));
+        assert!(c.finish(Duration::from_secs(1), false, None).is_clean(), "no inputs were due");
+
         let mut bots = clean();
         bots[1].play.as_mut().unwrap().deltas = 0;
         assert_eq!(report(bots, 1).problems(), ["1/2 bots received deltas"]);
@@ -490,7 +516,7 @@ result        PASS";
         let mut c = Collector::new(2, 1, vec!["eu-west".into()]).unwrap();
         c.add(joined_bot(0, 0, "eu-west", t0));
         c.add(joined_bot(1, 0, "eu-west", t0));
-        assert_eq!(c.finish(Duration::ZERO, true).problems(), ["interrupted"]);
+        assert_eq!(c.finish(Duration::ZERO, true, Some(Duration::from_secs(1))).problems(), ["interrupted"]);
     }
 
     #[test]
@@ -519,7 +545,7 @@ result        PASS";
     bot 1 in w0: 4001 join token has expired
     bot 2 in w0: 4001 join token has expired
     bot 3 in w0: 4001 join token has expired
-result        FAIL: 5 errors; 0/5 bots joined; 0/5 bots received deltas; 0/5 bots saw all their own moves"
+result        FAIL: 5 errors; 0/5 bots joined; 0/5 bots received deltas; 0/5 bots had a move accepted; 0/5 bots saw all their own moves"
             ),
             "{text}"
         );
