@@ -5,6 +5,7 @@
 //! - [`fleet`]: fleet and autoscaler specs (YAML).
 //! - [`allocation`]: the matchmaker's allocation request and response.
 //! - [`protocol`]: client WebSocket messages (bincode 2, versioned envelope).
+//! - [`town`]: the reference world's actions, snapshot and changes.
 //! - [`token`]: signed join tokens.
 
 pub mod allocation;
@@ -12,3 +13,4 @@ pub mod fleet;
 pub mod gameserver;
 pub mod protocol;
 pub mod token;
+pub mod town;

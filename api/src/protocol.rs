@@ -14,11 +14,10 @@ pub const MAX_CLIENT_FRAME: usize = 4 * 1024;
 /// Largest frame a server sends (a full snapshot of a big world fits).
 pub const MAX_SERVER_FRAME: usize = 1024 * 1024;
 
-/// Entity ids are unique within one world.
-pub type EntityId = u32;
-
+/// Client to server. `A` is the world's action type (for the reference world,
+/// [`crate::town::Action`]).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum ClientMsg {
+pub enum ClientMsg<A> {
     /// First frame on a connection: the token from the allocator.
     Join {
         token: String,
@@ -26,36 +25,41 @@ pub enum ClientMsg {
     /// Numbered per connection; each gets exactly one `InputResult`.
     Input {
         seq: u32,
-        action: Action,
+        action: A,
     },
     Ping {
         nonce: u64,
     },
 }
 
+/// Server to client. `V` is the world's view (a full snapshot a client can draw from)
+/// and `C` one change to it; for the reference world, [`crate::town::Snapshot`] and
+/// [`crate::town::Change`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum Action {
-    /// One step to a neighbouring cell (dx, dy in -1..=1, not both 0).
-    Move { dx: i8, dy: i8 },
-    /// Say something to the world.
-    Say { text: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum ServerMsg {
+pub enum ServerMsg<V, C> {
     /// Answer to `Join`: the whole world as of `tick`, and which entity is yours.
     Welcome {
         world_id: String,
-        you: EntityId,
+        you: u32,
         tick: u64,
-        snapshot: Snapshot,
+        snapshot: V,
     },
-    /// What changed in the world during `tick`. One per client per tick.
+    /// What changed in the world during `tick`: one frame per client per tick, the same
+    /// bytes for every member. `server_us` is when the tick ran (Unix microseconds), so
+    /// a client can tell how late it is.
     Delta {
         tick: u64,
-        changes: Vec<Change>,
+        server_us: u64,
+        changes: Vec<C>,
     },
-    /// The outcome of input `seq`, applied during `tick`.
+    /// The client fell behind and missed deltas: here is the whole world as of `tick`;
+    /// deltas resume with `tick + 1`.
+    Resync {
+        tick: u64,
+        snapshot: V,
+    },
+    /// The outcome of input `seq`, applied during `tick` (0 when it never reached the
+    /// world, e.g. when it was rate limited).
     InputResult {
         seq: u32,
         tick: u64,
@@ -79,64 +83,10 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum InputOutcome {
     Ok,
-    Rejected { reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct Snapshot {
-    pub width: u16,
-    pub height: u16,
-    /// Wall cells, row-major bitmap: bit `y * width + x`.
-    pub walls: Vec<u8>,
-    pub entities: Vec<Entity>,
-}
-
-/// The eight one-cell steps a `Move` may take.
-pub const STEPS: [(i8, i8); 8] = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)];
-
-impl Snapshot {
-    /// The steps from cell (x, y) whose target is inside the map and not a wall.
-    pub fn open_steps(&self, x: i32, y: i32) -> Vec<(i8, i8)> {
-        STEPS
-            .into_iter()
-            .filter(|&(dx, dy)| match (u16::try_from(x + i32::from(dx)), u16::try_from(y + i32::from(dy))) {
-                (Ok(tx), Ok(ty)) => !self.is_wall(tx, ty),
-                _ => false,
-            })
-            .collect()
-    }
-
-    pub fn is_wall(&self, x: u16, y: u16) -> bool {
-        if x >= self.width || y >= self.height {
-            return true;
-        }
-        let bit = usize::from(y) * usize::from(self.width) + usize::from(x);
-        self.walls.get(bit / 8).is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct Entity {
-    pub id: EntityId,
-    pub kind: EntityKind,
-    pub name: String,
-    pub x: u16,
-    pub y: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
-pub enum EntityKind {
-    Bot,
-    Player,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub enum Change {
-    Joined(Entity),
-    Moved { id: EntityId, x: u16, y: u16 },
-    Left { id: EntityId },
-    Said { id: EntityId, text: String },
-    Greeted { id: EntityId, other: EntityId },
+    /// Refused; `reason` is meant for the player's eyes.
+    Rejected {
+        reason: String,
+    },
 }
 
 /// WebSocket close codes (and `ServerMsg::Error` codes) the game server uses.
@@ -188,38 +138,47 @@ fn encode<T: Encode>(msg: &T) -> Vec<u8> {
     bincode::encode_to_vec((PROTOCOL_VERSION, msg), bincode::config::standard()).unwrap_or_default()
 }
 
+/// bincode's errors, in words a client author can act on.
+fn malformed(e: bincode::error::DecodeError) -> ProtocolError {
+    use bincode::error::DecodeError as E;
+    ProtocolError::Malformed(match e {
+        E::UnexpectedVariant { type_name, found, .. } => format!("unknown message kind {found} for {type_name}"),
+        E::UnexpectedEnd { additional } => format!("frame ends {additional} bytes early"),
+        E::LimitExceeded => "a length prefix claims more than the frame limit".into(),
+        other => other.to_string(),
+    })
+}
+
 fn decode<T: Decode<()>, const LIMIT: usize>(frame: &[u8]) -> Result<T, ProtocolError> {
     if frame.len() > LIMIT {
         return Err(ProtocolError::TooLarge(frame.len()));
     }
-    let (version, used): (u16, usize) =
-        bincode::decode_from_slice(frame, config::<LIMIT>()).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (version, used): (u16, usize) = bincode::decode_from_slice(frame, config::<LIMIT>()).map_err(malformed)?;
     if version != PROTOCOL_VERSION {
         return Err(ProtocolError::Version { got: version });
     }
     let body = &frame[used..];
-    let (msg, read): (T, usize) =
-        bincode::decode_from_slice(body, config::<LIMIT>()).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (msg, read): (T, usize) = bincode::decode_from_slice(body, config::<LIMIT>()).map_err(malformed)?;
     if read != body.len() {
         return Err(ProtocolError::Malformed(format!("{} trailing bytes", body.len() - read)));
     }
     Ok(msg)
 }
 
-pub fn encode_client(msg: &ClientMsg) -> Vec<u8> {
+pub fn encode_client<A: Encode>(msg: &ClientMsg<A>) -> Vec<u8> {
     encode(msg)
 }
 
-pub fn encode_server(msg: &ServerMsg) -> Vec<u8> {
+pub fn encode_server<V: Encode, C: Encode>(msg: &ServerMsg<V, C>) -> Vec<u8> {
     encode(msg)
 }
 
-pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtocolError> {
-    decode::<ClientMsg, MAX_CLIENT_FRAME>(frame)
+pub fn decode_client<A: Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, ProtocolError> {
+    decode::<ClientMsg<A>, MAX_CLIENT_FRAME>(frame)
 }
 
-pub fn decode_server(frame: &[u8]) -> Result<ServerMsg, ProtocolError> {
-    decode::<ServerMsg, MAX_SERVER_FRAME>(frame)
+pub fn decode_server<V: Decode<()>, C: Decode<()>>(frame: &[u8]) -> Result<ServerMsg<V, C>, ProtocolError> {
+    decode::<ServerMsg<V, C>, MAX_SERVER_FRAME>(frame)
 }
 
 #[cfg(test)]
@@ -227,60 +186,57 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    #[test]
-    fn round_trips() {
-        let msgs = [
-            ClientMsg::Join { token: "t".into() },
-            ClientMsg::Input { seq: 7, action: Action::Move { dx: -1, dy: 1 } },
-            ClientMsg::Input { seq: 8, action: Action::Say { text: "hi".into() } },
-            ClientMsg::Ping { nonce: u64::MAX },
-        ];
-        for msg in msgs {
-            assert_eq!(decode_client(&encode_client(&msg)), Ok(msg));
-        }
-        let snapshot = Snapshot {
-            width: 3,
-            height: 2,
-            walls: vec![0b0000_0010],
-            entities: vec![Entity { id: 1, kind: EntityKind::Bot, name: "ada".into(), x: 0, y: 1 }],
-        };
-        assert!(snapshot.is_wall(1, 0) && !snapshot.is_wall(0, 0) && snapshot.is_wall(3, 0));
-        assert_eq!(snapshot.open_steps(0, 1), vec![(1, 0), (0, -1)]);
-        assert_eq!(snapshot.open_steps(2, 0), vec![(0, 1), (-1, 1)]);
-        let msg = ServerMsg::Welcome { world_id: "w".into(), you: 1, tick: 5, snapshot };
-        assert_eq!(decode_server(&encode_server(&msg)), Ok(msg));
-    }
+    use crate::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 
     #[test]
     fn wrong_version_is_named() {
         let mut frame = encode_client(&ClientMsg::Ping { nonce: 1 });
         frame[0] = 9; // varint of a small u16 is one byte
-        assert_eq!(decode_client(&frame), Err(ProtocolError::Version { got: 9 }));
+        assert_eq!(decode_client::<Action>(&frame), Err(ProtocolError::Version { got: 9 }));
         assert_eq!(ProtocolError::Version { got: 9 }.close_code(), close::VERSION);
     }
 
     #[test]
     fn bad_frames_are_errors() {
-        assert!(matches!(decode_client(&[]), Err(ProtocolError::Malformed(_))));
-        assert!(matches!(decode_client(&[1, 200]), Err(ProtocolError::Malformed(_))));
+        let client = |frame: &[u8]| decode_client::<Action>(frame);
+        assert!(matches!(client(&[]), Err(ProtocolError::Malformed(_))));
+        // An unknown message kind is named as such.
+        let unknown = client(&[1, 200]);
+        assert!(
+            matches!(&unknown, Err(ProtocolError::Malformed(m)) if m == "unknown message kind 200 for ClientMsg"),
+            "{unknown:?}"
+        );
         let mut trailing = encode_client(&ClientMsg::Ping { nonce: 1 });
         trailing.push(0);
-        assert_eq!(decode_client(&trailing), Err(ProtocolError::Malformed("1 trailing bytes".into())));
+        assert_eq!(client(&trailing), Err(ProtocolError::Malformed("1 trailing bytes".into())));
         let big = vec![0u8; MAX_CLIENT_FRAME + 1];
-        assert_eq!(decode_client(&big), Err(ProtocolError::TooLarge(MAX_CLIENT_FRAME + 1)));
+        assert_eq!(client(&big), Err(ProtocolError::TooLarge(MAX_CLIENT_FRAME + 1)));
         // A length prefix claiming a huge string must not allocate it.
         let mut huge = encode_client(&ClientMsg::Join { token: String::new() });
         huge.truncate(2);
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0x7f]);
-        assert!(decode_client(&huge).is_err());
+        assert!(client(&huge).is_err());
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode_client(&bytes);
-            let _ = decode_server(&bytes);
+            let _ = decode_client::<Action>(&bytes);
+            let _ = decode_server::<Snapshot, Change>(&bytes);
+        }
+
+        /// Valid frames with arbitrary bytes spliced in: the decoder's deeper paths.
+        #[test]
+        fn mutated_frames_never_panic(seq in any::<u32>(), text in ".{0,40}", at in any::<usize>(), byte in any::<u8>()) {
+            let mut frame = encode_client(&ClientMsg::Input { seq, action: Action::Say { text } });
+            let i = at % frame.len();
+            frame[i] = byte;
+            let _ = decode_client::<Action>(&frame);
+            let delta: ServerMsg = ServerMsg::Delta { tick: 1, server_us: 2, changes: vec![Change::Left { id: seq }] };
+            let mut frame = encode_server(&delta);
+            let i = at % frame.len();
+            frame[i] = byte;
+            let _ = decode_server::<Snapshot, Change>(&frame);
         }
     }
 }

@@ -156,9 +156,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if args.exit_with_parent {
                 exit_with_parent()?;
             }
-            let listener = tokio::net::TcpListener::bind(args.config.listen)
-                .await
-                .with_context(|| format!("binding {}", args.config.listen))?;
+            let listener =
+                gaia_gameserver::bind(args.config.listen).with_context(|| format!("binding {}", args.config.listen))?;
             gaia_gameserver::run(args.config, listener, shutdown).await?;
         }
         Command::Loadgen(args) => return loadgen(args, shutdown).await,

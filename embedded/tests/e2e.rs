@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::AllocationResponse;
 use gaia_api::gameserver::{GameServer, GameServerState};
-use gaia_api::protocol::{Action, Change, ClientMsg, InputOutcome, ServerMsg, Snapshot, decode_server, encode_client};
+use gaia_api::protocol::{InputOutcome, decode_server, encode_client};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_registry::{MemoryRegistry, Registry};
 use serde_json::json;
 use tokio::net::TcpStream;
@@ -105,7 +106,7 @@ async fn join(alloc: &AllocationResponse) -> Bot {
     }
 }
 
-fn legal_move(snapshot: &gaia_api::protocol::Snapshot, you: u32) -> (i8, i8) {
+fn legal_move(snapshot: &Snapshot, you: u32) -> (i8, i8) {
     let me = snapshot.entities.iter().find(|e| e.id == you).unwrap();
     snapshot.open_steps(me.x.into(), me.y.into())[0]
 }

@@ -2,34 +2,45 @@
 //!
 //! The first frame must be `Join{token}` within `join_timeout`; the token must be signed
 //! by the allocator for this server and unexpired. After that the connection forwards
-//! inputs to its world and writes the frames the world queues for it. Every way a
-//! connection can go wrong ends in a close frame with one of [`close`]'s codes and a
-//! reason, and is counted; none of them touches the world beyond a `Leave`.
+//! inputs to its world and writes the frames the world queues for it, all that are
+//! queued in one flush. Frames are rate limited per connection: an input over the limit
+//! is answered `Rejected` at once, and a client that keeps flooding is closed. A client
+//! silent for `idle_timeout` is closed. Every way a connection can go wrong ends in a
+//! close frame with one of [`close`]'s codes and a reason, and is counted; none of them
+//! touches the world beyond a `Leave`.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use gaia_api::protocol::{ClientMsg, ServerMsg, close, decode_client, encode_server};
+use futures_util::{SinkExt, StreamExt};
+use gaia_api::protocol::{ClientMsg, InputOutcome, ServerMsg, close, decode_client, encode_server};
 use gaia_api::token::{TokenKey, unix_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::room::{JoinError, Rooms, WorldHandle};
+use crate::world::World;
 
 /// What every connection of one server shares.
-pub struct Ctx {
+pub struct Ctx<W: World> {
     pub server_name: String,
     pub key: TokenKey,
-    pub rooms: Arc<Rooms>,
+    pub rooms: Arc<Rooms<W>>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub join_timeout: Duration,
+    /// A joined client that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
     pub member_queue: usize,
+    /// Frames (inputs and pings) a client may send per second, on average...
+    pub frame_rate: NonZeroU32,
+    /// ...and in a burst.
+    pub frame_burst: NonZeroU32,
     /// Players who have joined a world, for the SDK's player count.
     pub players: AtomicU32,
 }
@@ -62,7 +73,7 @@ pub async fn close_with(socket: &mut WebSocket, metrics: &Metrics, closing: Clos
 }
 
 /// Runs one connection to its end.
-pub async fn serve(mut socket: WebSocket, ctx: Arc<Ctx>) {
+pub async fn serve<W: World>(mut socket: WebSocket, ctx: Arc<Ctx<W>>) {
     ctx.metrics.connections.inc();
     if let Some(closing) = session(&mut socket, &ctx).await {
         close_with(&mut socket, &ctx.metrics, closing).await;
@@ -96,7 +107,7 @@ async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
     }
 }
 
-fn decode(frame: &[u8]) -> Result<ClientMsg, Closing> {
+fn decode<A: bincode::Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, Closing> {
     decode_client(frame).map_err(|e| {
         let label = match e {
             gaia_api::protocol::ProtocolError::TooLarge(_) => "too_large",
@@ -108,7 +119,7 @@ fn decode(frame: &[u8]) -> Result<ClientMsg, Closing> {
 }
 
 /// The connection's life; `Some` is how to close it, `None` that the client is gone.
-async fn session(socket: &mut WebSocket, ctx: &Ctx) -> Option<Closing> {
+async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>) -> Option<Closing> {
     let first = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Some(going_away()),
         first = tokio::time::timeout(ctx.join_timeout, next_frame(socket, &ctx.metrics)) => first,
@@ -119,7 +130,7 @@ async fn session(socket: &mut WebSocket, ctx: &Ctx) -> Option<Closing> {
         Ok(Inbound::Bad(closing)) => return Some(closing),
         Ok(Inbound::Frame(frame)) => frame,
     };
-    let token = match decode(&frame) {
+    let token = match decode::<W::Action>(&frame) {
         Ok(ClientMsg::Join { token }) => token,
         Ok(_) => return Some(Closing::new(close::NOT_JOINED, "not_joined", "the first message must be Join")),
         Err(closing) => return Some(closing),
@@ -149,46 +160,89 @@ fn going_away() -> Closing {
     Closing::new(close::GOING_AWAY, "shutdown", "server shutting down")
 }
 
-/// After the join: world frames out, client inputs in.
-async fn play(
+/// After the join: world frames out, client inputs in. Ends when the client goes, breaks
+/// a rule, or the world lets it go (too slow, or the server is shutting down: then the
+/// world has sent its last tick first).
+async fn play<W: World>(
     socket: &mut WebSocket,
-    ctx: &Ctx,
-    world: &WorldHandle,
+    ctx: &Ctx<W>,
+    world: &WorldHandle<W::Action>,
     world_id: &str,
     frames: &mut mpsc::Receiver<Bytes>,
 ) -> Option<Closing> {
+    let quota = governor::Quota::per_second(ctx.frame_rate).allow_burst(ctx.frame_burst);
+    let limiter = governor::RateLimiter::direct(quota);
+    // Frames refused in a row; past the burst size the client is flooding.
+    let mut refused = 0u32;
+    let idle = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => return Some(going_away()),
-            frame = frames.recv() => match frame {
-                Some(frame) => {
-                    if socket.send(Message::Binary(frame)).await.is_err() {
-                        return None;
-                    }
+            frame = frames.recv() => {
+                let Some(frame) = frame else {
+                    return Some(if ctx.shutdown.is_cancelled() {
+                        going_away()
+                    } else {
+                        Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world")
+                    });
+                };
+                // Everything already queued goes out in one write.
+                let mut sent = socket.feed(Message::Binary(frame)).await;
+                while let (Ok(()), Ok(frame)) = (&sent, frames.try_recv()) {
+                    sent = socket.feed(Message::Binary(frame)).await;
                 }
-                None => return Some(Closing::new(close::TOO_SLOW, "too_slow", "fell behind: send queue full")),
-            },
+                if sent.is_err() || socket.flush().await.is_err() {
+                    return None;
+                }
+            }
+            _ = &mut idle => {
+                let reason = format!("nothing received for {:?}", ctx.idle_timeout);
+                return Some(Closing::new(close::IDLE, "idle", reason));
+            }
             inbound = next_frame(socket, &ctx.metrics) => {
                 let frame = match inbound {
                     Inbound::Frame(frame) => frame,
                     Inbound::Gone => return None,
                     Inbound::Bad(closing) => return Some(closing),
                 };
-                match decode(&frame) {
+                idle.as_mut().reset(tokio::time::Instant::now() + ctx.idle_timeout);
+                let msg = match decode::<W::Action>(&frame) {
+                    Ok(msg) => msg,
                     Err(closing) => return Some(closing),
-                    Ok(ClientMsg::Join { .. }) => {
+                };
+                if limiter.check().is_ok() {
+                    refused = 0;
+                } else {
+                    refused += 1;
+                    if refused > ctx.frame_burst.get() {
+                        let reason = format!("more than {} frames per second", ctx.frame_rate);
+                        return Some(Closing::new(close::RATE_LIMITED, "rate_limited", reason));
+                    }
+                    if let ClientMsg::Input { seq, .. } = msg {
+                        ctx.metrics.count_input_result("rate_limited");
+                        let reason = format!("slow down: at most {} inputs per second", ctx.frame_rate);
+                        let result: ServerMsg<(), ()> =
+                            ServerMsg::InputResult { seq, tick: 0, outcome: InputOutcome::Rejected { reason } };
+                        if socket.send(Message::Binary(encode_server(&result).into())).await.is_err() {
+                            return None;
+                        }
+                    }
+                    continue;
+                }
+                match msg {
+                    ClientMsg::Join { .. } => {
                         let reason = format!("already joined world {world_id}");
                         return Some(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
                     }
-                    Ok(ClientMsg::Input { seq, action }) => {
+                    ClientMsg::Input { seq, action } => {
                         if !world.input(seq, action).await {
                             return Some(going_away());
                         }
                     }
-                    Ok(ClientMsg::Ping { nonce }) => {
-                        let pong = encode_server(&ServerMsg::Pong { nonce });
-                        if socket.send(Message::Binary(pong.into())).await.is_err() {
+                    ClientMsg::Ping { nonce } => {
+                        let pong: ServerMsg<(), ()> = ServerMsg::Pong { nonce };
+                        if socket.send(Message::Binary(encode_server(&pong).into())).await.is_err() {
                             return None;
                         }
                     }

@@ -1,19 +1,24 @@
 //! The Gaia Fleet game server: hosts worlds in memory, ticks them and streams deltas to
 //! clients over WebSocket.
 //!
-//! - [`town`]: the reference AI-Town-style world, a pure `tick(events) -> output`.
-//! - [`room`]: the runtime: one task per world, shared delta encoding, slow-reader drops.
-//! - [`conn`]: one client connection (Join with a token, inputs, close reasons).
-//! - this file: [`Config`] and [`run`], which binds the routes (`/ws`, `/livez`,
-//!   `/readyz`, `/metrics`), registers with the control plane through the SDK, reports
-//!   world starts/ends and player counts, and drains on shutdown.
+//! - [`world`]: the [`World`](world::World) trait a game implements. Start here.
+//! - [`engine`]: one fixed step of one world, pure: events in, changes and results out.
+//! - [`town`]: the reference AI-Town-style world.
+//! - [`room`]: the runtime: one task per world, shared delta encoding, slow readers.
+//! - [`conn`]: one client connection (Join with a token, inputs, limits, close reasons).
+//! - this file: [`Config`], [`bind`] and [`run`]/[`run_world`], which serve the routes
+//!   (`/ws`, `/livez`, `/readyz`, `/metrics`), register with the control plane through
+//!   the SDK, report world starts/ends and player counts, and drain on shutdown.
 
 pub mod conn;
+pub mod engine;
 pub mod metrics;
 pub mod room;
 pub mod town;
+pub mod world;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use gaia_api::gameserver::RegisterRequest;
 use gaia_api::protocol::{MAX_CLIENT_FRAME, close};
 use gaia_api::token::TokenKey;
@@ -36,7 +42,8 @@ use tokio_util::task::TaskTracker;
 use crate::conn::{Closing, Ctx};
 use crate::metrics::Metrics;
 use crate::room::{RoomConfig, Rooms, WorldEvent};
-use crate::town::TownConfig;
+use crate::town::{Town, TownConfig};
+use crate::world::{NewWorld, World, seed_of};
 
 /// Everything a game server is told. The controller sets these as `GAIA_*` variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +86,22 @@ pub struct Config {
     /// How long a new connection has to send Join.
     #[arg(long, env = "GAIA_JOIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub join_timeout: Duration,
+    /// A joined client that sends nothing (not even a Ping) for this long is closed.
+    #[arg(long, env = "GAIA_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Frames (inputs and pings) one client may send per second; more are refused.
+    #[arg(long, env = "GAIA_CLIENT_FRAME_RATE", default_value_t = NonZeroU32::new(20).expect("20 > 0"))]
+    pub client_frame_rate: NonZeroU32,
+    /// Frames a client may send in a burst; refusing more than this many in a row closes it.
+    #[arg(long, env = "GAIA_CLIENT_FRAME_BURST", default_value_t = NonZeroU32::new(40).expect("40 > 0"))]
+    pub client_frame_burst: NonZeroU32,
+    /// Frames queued for one client; a client whose queue fills falls behind.
+    #[arg(long, env = "GAIA_CLIENT_QUEUE", default_value_t = 64)]
+    pub client_queue: usize,
+    /// How long a client may stay behind before it is dropped; until then it is
+    /// resynced with a snapshot once it reads again.
+    #[arg(long, env = "GAIA_MAX_BEHIND", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_behind: Duration,
 }
 
 impl Default for Config {
@@ -99,6 +122,11 @@ impl Default for Config {
             bots_per_world: 5,
             empty_world_grace: Duration::from_secs(5),
             join_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            client_frame_rate: NonZeroU32::new(20).expect("20 > 0"),
+            client_frame_burst: NonZeroU32::new(40).expect("40 > 0"),
+            client_queue: 64,
+            max_behind: Duration::from_secs(5),
         }
     }
 }
@@ -133,30 +161,52 @@ pub fn address(local: SocketAddr, advertise_host: Option<&str>) -> String {
     format!("ws://{host}:{}/ws", local.port())
 }
 
-#[derive(Clone)]
-struct AppState {
-    ctx: Arc<Ctx>,
+/// Binds a listener for a game server: a listen backlog of 4096, so a burst of
+/// thousands of clients connecting at once is queued rather than refused (the kernel
+/// caps it at `net.core.somaxconn`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+struct AppState<W: World> {
+    ctx: Arc<Ctx<W>>,
     /// One permit per connection; `player_capacity` of them.
     slots: Arc<Semaphore>,
     prometheus: Arc<prometheus_client::registry::Registry>,
     tasks: TaskTracker,
 }
 
-fn router(state: AppState) -> Router {
+impl<W: World> Clone for AppState<W> {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: Arc::clone(&self.ctx),
+            slots: Arc::clone(&self.slots),
+            prometheus: Arc::clone(&self.prometheus),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
+fn router<W: World>(state: AppState<W>) -> Router {
     Router::new()
-        .route("/ws", get(ws))
+        .route("/ws", get(ws::<W>))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text::<W>))
         .with_state(state)
 }
 
-async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws<W: World>(State(s): State<AppState<W>>, upgrade: WebSocketUpgrade) -> Response {
     let permit = Arc::clone(&s.slots).try_acquire_owned();
     let tasks = s.tasks.clone();
     upgrade
-        // Client frames are small: a small read buffer keeps idle connections cheap.
-        .read_buffer_size(8 * 1024)
+        // Client frames are small: small buffers keep connections cheap (tungstenite's
+        // default read buffer is 128 KiB per connection).
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
         // Leave room above the protocol limit so oversized frames get our close reason.
         .max_message_size(MAX_CLIENT_FRAME * 4)
         .max_frame_size(MAX_CLIENT_FRAME * 4)
@@ -176,7 +226,7 @@ async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
         })
 }
 
-async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoResponse {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -184,9 +234,22 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
-/// Runs a game server on `listener` until `shutdown`, then drains: clients are told
-/// the server is going away, worlds stop, and the control plane hears `shutdown`.
+/// Runs a game server of the reference world ([`Town`]); see [`run_world`].
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    let town = TownConfig { bots: config.bots_per_world, ..TownConfig::default() };
+    let new_world: NewWorld<Town> = Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)));
+    run_world(config, listener, new_world, shutdown).await
+}
+
+/// Runs a game server of worlds made by `new_world` on `listener` until `shutdown`, then
+/// drains: it stops accepting, every world finishes its tick and sends it, clients are
+/// closed with `GOING_AWAY`, and the control plane hears `shutdown`.
+pub async fn run_world<W: World>(
+    config: Config,
+    listener: TcpListener,
+    new_world: NewWorld<W>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     if config.join_secret.is_empty() {
         return Err(Error::Config("GAIA_JOIN_SECRET must not be empty".into()));
     }
@@ -202,10 +265,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         max_players: config.world_player_capacity as usize,
         max_worlds: config.world_capacity as usize,
         empty_grace: config.empty_world_grace,
-        town: TownConfig { bots: config.bots_per_world, ..TownConfig::default() },
-        ..RoomConfig::default()
+        member_queue: config.client_queue.max(2),
+        max_behind: config.max_behind,
     };
-    let rooms = Rooms::new(room_config.clone(), world_events, Arc::clone(&metrics), shutdown.clone());
+    let rooms = Rooms::new(room_config.clone(), new_world, world_events, Arc::clone(&metrics), shutdown.clone());
     let ctx = Arc::new(Ctx {
         server_name: config.name.clone(),
         key: TokenKey::new(config.join_secret.as_bytes()),
@@ -213,7 +276,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         metrics,
         shutdown: shutdown.clone(),
         join_timeout: config.join_timeout,
+        idle_timeout: config.idle_timeout,
         member_queue: room_config.member_queue,
+        frame_rate: config.client_frame_rate,
+        frame_burst: config.client_frame_burst,
         players: Default::default(),
     });
     let tasks = TaskTracker::new();
@@ -241,6 +307,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
     tracing::info!(name = %config.name, %address, "game server serving");
 
+    // Small frames must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     // Connections and worlds see the same token; give them a moment to say goodbye.
     tasks.close();
@@ -322,7 +394,7 @@ async fn report_worlds(sdk: Sdk, mut events: mpsc::UnboundedReceiver<WorldEvent>
 }
 
 /// Reports the player count every `period` when it changed.
-async fn report_players(sdk: Sdk, ctx: Arc<Ctx>, period: Duration, stop: CancellationToken) {
+async fn report_players<W: World>(sdk: Sdk, ctx: Arc<Ctx<W>>, period: Duration, stop: CancellationToken) {
     let mut last = 0;
     let mut ticker = tokio::time::interval(period);
     loop {

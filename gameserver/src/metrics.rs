@@ -29,9 +29,13 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     /// Connections closed by the server, by reason (`bad_token`, `malformed`, ...).
     pub closes: Family<ReasonLabels, Counter>,
-    /// Inputs applied, by result (`ok`, `rejected`).
+    /// Inputs, by result (`ok`, `rejected` by the world, `rate_limited`).
     pub inputs: Family<ResultLabels, Counter>,
-    /// Members dropped because their send queue was full.
+    /// Times a member's send queue was full and it missed deltas.
+    pub fell_behind: Counter,
+    /// Snapshots sent to members that caught up after falling behind.
+    pub resyncs: Counter,
+    /// Members dropped for staying behind too long.
     pub slow_dropped: Counter,
     /// Time to run one world tick and fan it out.
     pub tick_seconds: Histogram,
@@ -48,6 +52,8 @@ impl Metrics {
             bytes_sent: Counter::default(),
             closes: Family::default(),
             inputs: Family::default(),
+            fell_behind: Counter::default(),
+            resyncs: Counter::default(),
             slow_dropped: Counter::default(),
             // 1 µs .. ~0.5 s
             tick_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
@@ -60,17 +66,22 @@ impl Metrics {
         r.register("frames_sent", "WebSocket frames queued to clients", metrics.frames_sent.clone());
         r.register("bytes_sent", "WebSocket payload bytes queued to clients", metrics.bytes_sent.clone());
         r.register("closes", "Connections closed by the server, by reason", metrics.closes.clone());
-        r.register("inputs", "Client inputs applied, by result", metrics.inputs.clone());
-        r.register("slow_clients_dropped", "Members dropped for a full send queue", metrics.slow_dropped.clone());
+        r.register("inputs", "Client inputs, by result", metrics.inputs.clone());
+        r.register("fell_behind", "Times a member's send queue was full", metrics.fell_behind.clone());
+        r.register("resyncs", "Snapshots sent to members that caught up", metrics.resyncs.clone());
+        r.register("slow_clients_dropped", "Members dropped for staying behind", metrics.slow_dropped.clone());
         r.register("tick_duration_seconds", "Time to run and fan out one world tick", metrics.tick_seconds.clone());
         metrics
     }
 
     pub fn count_input(&self, outcome: &InputOutcome) {
-        let result = match outcome {
+        self.count_input_result(match outcome {
             InputOutcome::Ok => "ok",
             InputOutcome::Rejected { .. } => "rejected",
-        };
+        });
+    }
+
+    pub fn count_input_result(&self, result: &'static str) {
         self.inputs.get_or_create(&ResultLabels { result }).inc();
     }
 

@@ -2,15 +2,25 @@
 //!
 //! [`Rooms`] finds or starts the task for a world id; connections talk to a world only
 //! through its bounded command queue. Each tick the task hands the queued events to the
-//! pure [`Town::tick`], encodes the delta **once** and gives every member the same bytes.
-//! A member whose send queue is full is dropped (its connection closes with
-//! `TOO_SLOW`), so a slow reader can neither grow memory nor stall the world.
-//! A world with no members for `empty_grace` ends and gives its slot back.
+//! pure [`Engine::step`], encodes the delta **once** and gives every member the same
+//! bytes. Worlds are separate tasks, so the runtime spreads them over its threads and a
+//! slow world delays only itself.
+//!
+//! Slow readers: each member has a bounded send queue. When it is full the member is
+//! *behind*: it gets no deltas, and its input results are held (a few). Once its queue
+//! has drained to half, it gets a `Resync` (the whole world, encoded once per tick for
+//! everyone who needs one), its held results, and deltas again. A member behind for
+//! longer than `max_behind`, or with too many held results, is dropped (its connection
+//! closes with `TOO_SLOW`). So a slow reader can neither grow memory nor stall the world.
+//!
+//! A world with no members for `empty_grace` ends and gives its slot back. On shutdown
+//! each world runs one last tick with the inputs already queued, sends the results, and
+//! then lets its members go (their connections close with `GOING_AWAY`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use gaia_api::protocol::{ServerMsg, encode_server};
@@ -19,8 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::engine::{Engine, Event, TickOutput};
 use crate::metrics::Metrics;
-use crate::town::{Event, MemberId, Town, TownConfig};
+use crate::world::{MemberId, NewWorld, World};
 
 /// Commands queued per world before senders wait.
 const WORLD_QUEUE: usize = 4096;
@@ -34,9 +45,10 @@ pub struct RoomConfig {
     pub max_worlds: usize,
     /// How long a world with nobody in it lives on before it ends.
     pub empty_grace: Duration,
-    /// Frames queued per member before it counts as too slow.
+    /// Frames queued per member before it counts as behind.
     pub member_queue: usize,
-    pub town: TownConfig,
+    /// How long a member may stay behind before it is dropped.
+    pub max_behind: Duration,
 }
 
 impl Default for RoomConfig {
@@ -47,7 +59,7 @@ impl Default for RoomConfig {
             max_worlds: 10,
             empty_grace: Duration::from_secs(5),
             member_queue: 64,
-            town: TownConfig::default(),
+            max_behind: Duration::from_secs(5),
         }
     }
 }
@@ -70,22 +82,22 @@ pub enum WorldEvent {
     Ended(String),
 }
 
-enum Cmd {
+enum Cmd<A> {
     Join { member: MemberId, name: String, out: mpsc::Sender<Bytes>, reply: oneshot::Sender<Result<(), JoinError>> },
     Leave { member: MemberId },
-    Input { member: MemberId, seq: u32, action: gaia_api::protocol::Action },
+    Input { member: MemberId, seq: u32, action: A },
 }
 
 /// A member's way into its world.
-#[derive(Clone)]
-pub struct WorldHandle {
+pub struct WorldHandle<A> {
     member: MemberId,
-    tx: mpsc::Sender<Cmd>,
+    tx: mpsc::Sender<Cmd<A>>,
 }
 
-impl WorldHandle {
-    /// Queues an input for the next tick; waits while the world's queue is full.
-    pub async fn input(&self, seq: u32, action: gaia_api::protocol::Action) -> bool {
+impl<A> WorldHandle<A> {
+    /// Queues an input for the next tick; waits while the world's queue is full. False
+    /// when the world has stopped.
+    pub async fn input(&self, seq: u32, action: A) -> bool {
         self.tx.send(Cmd::Input { member: self.member, seq, action }).await.is_ok()
     }
 
@@ -94,16 +106,17 @@ impl WorldHandle {
     }
 }
 
-struct Room {
-    tx: mpsc::Sender<Cmd>,
+struct Room<A> {
+    tx: mpsc::Sender<Cmd<A>>,
     /// Tells apart a world that ended from a new one of the same id.
     generation: u64,
 }
 
 /// The worlds this server hosts.
-pub struct Rooms {
+pub struct Rooms<W: World> {
     config: RoomConfig,
-    rooms: Mutex<HashMap<String, Room>>,
+    new_world: NewWorld<W>,
+    rooms: Mutex<HashMap<String, Room<W::Action>>>,
     next: AtomicU64,
     events: mpsc::UnboundedSender<WorldEvent>,
     metrics: Arc<Metrics>,
@@ -111,16 +124,28 @@ pub struct Rooms {
     tasks: TaskTracker,
 }
 
-impl Rooms {
-    /// `events` receives each world's start and end, for the SDK.
+/// A member as its world sees it.
+struct Member {
+    out: mpsc::Sender<Bytes>,
+    /// The tick at which its queue was found full; `None` while it keeps up.
+    behind_since: Option<u64>,
+    /// Input results held while behind, sent after the resync.
+    held: Vec<Bytes>,
+}
+
+impl<W: World> Rooms<W> {
+    /// `new_world` makes the world for an id; `events` receives each world's start and
+    /// end, for the SDK.
     pub fn new(
         config: RoomConfig,
+        new_world: NewWorld<W>,
         events: mpsc::UnboundedSender<WorldEvent>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
+            new_world,
             rooms: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             events,
@@ -139,14 +164,15 @@ impl Rooms {
     }
 
     /// Joins `world_id`, starting it here if it is not running. The world sends the
-    /// member's frames (Welcome first) into `out`.
+    /// member's frames (Welcome first) into `out`; when it drops `out`, the member was
+    /// let go (too slow, or the server is shutting down).
     pub async fn join(
         self: &Arc<Self>,
         world_id: &str,
         member: MemberId,
         name: String,
         out: mpsc::Sender<Bytes>,
-    ) -> Result<WorldHandle, JoinError> {
+    ) -> Result<WorldHandle<W::Action>, JoinError> {
         // A world may end between finding it and joining it; then start it again. Two
         // tries are enough: the second finds a fresh world or starts one.
         for _ in 0..2 {
@@ -165,7 +191,7 @@ impl Rooms {
         Err(JoinError::ShuttingDown)
     }
 
-    fn find_or_start(self: &Arc<Self>, world_id: &str) -> Result<mpsc::Sender<Cmd>, JoinError> {
+    fn find_or_start(self: &Arc<Self>, world_id: &str) -> Result<mpsc::Sender<Cmd<W::Action>>, JoinError> {
         if self.shutdown.is_cancelled() {
             return Err(JoinError::ShuttingDown);
         }
@@ -182,9 +208,8 @@ impl Rooms {
         self.metrics.worlds.set(rooms.len() as i64);
         drop(rooms);
         let _ = self.events.send(WorldEvent::Started(world_id.to_string()));
-        let seed = seed_of(world_id);
-        let town = Town::new(self.config.town, seed);
-        self.tasks.spawn(Arc::clone(self).run_world(world_id.to_string(), generation, town, rx));
+        let engine = Engine::new((self.new_world)(world_id), 0);
+        self.tasks.spawn(Arc::clone(self).run_world(world_id.to_string(), generation, engine, rx));
         Ok(tx)
     }
 
@@ -198,12 +223,11 @@ impl Rooms {
         self: Arc<Self>,
         world_id: String,
         generation: u64,
-        mut town: Town,
-        mut rx: mpsc::Receiver<Cmd>,
+        mut engine: Engine<W>,
+        mut rx: mpsc::Receiver<Cmd<W::Action>>,
     ) {
-        let mut members: HashMap<MemberId, mpsc::Sender<Bytes>> = HashMap::new();
-        let mut joining: HashMap<MemberId, mpsc::Sender<Bytes>> = HashMap::new();
-        let mut pending: Vec<Event> = Vec::new();
+        let mut fanout = Fanout::new(&self.config);
+        let mut pending: Vec<Event<W::Action>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut empty_since = tokio::time::Instant::now();
@@ -211,30 +235,22 @@ impl Rooms {
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => {
+                    // Finish the tick: what clients already sent is applied and answered.
+                    while let Ok(cmd) = rx.try_recv() {
+                        fanout.take(cmd, &mut pending);
+                    }
+                    self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    break;
+                }
                 cmd = rx.recv() => match cmd {
-                    Some(Cmd::Join { member, name, out, reply }) => {
-                        if members.len() + joining.len() >= self.config.max_players {
-                            let _ = reply.send(Err(JoinError::WorldFull(self.config.max_players)));
-                        } else if reply.send(Ok(())).is_ok() {
-                            joining.insert(member, out);
-                            pending.push(Event::Join { member, name });
-                        }
-                    }
-                    Some(Cmd::Leave { member }) => {
-                        members.remove(&member);
-                        joining.remove(&member);
-                        pending.push(Event::Leave { member });
-                    }
-                    Some(Cmd::Input { member, seq, action }) => pending.push(Event::Input { member, seq, action }),
+                    Some(cmd) => fanout.take(cmd, &mut pending),
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    let started = std::time::Instant::now();
-                    let dropped = self.tick(&world_id, &mut town, std::mem::take(&mut pending), &mut members, &mut joining);
-                    pending.extend(dropped.into_iter().map(|member| Event::Leave { member }));
-                    self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
-                    if !members.is_empty() || !joining.is_empty() {
+                    self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    pending.extend(fanout.dropped.drain(..).map(|member| Event::Leave { member }));
+                    if !fanout.is_empty() {
                         empty_since = tokio::time::Instant::now();
                     } else if empty_since.elapsed() >= self.config.empty_grace && self.end(&world_id, generation) {
                         break;
@@ -242,10 +258,11 @@ impl Rooms {
                 }
             }
         }
-        // Joins that raced with the end are told to retry (their reply is dropped).
+        // Joins that raced with the end are told to retry (their reply is dropped);
+        // members are let go by dropping their queues.
         rx.close();
         while rx.recv().await.is_some() {}
-        tracing::debug!(world = %world_id, tick = town.tick_count(), "world stopped");
+        tracing::debug!(world = %world_id, tick = engine.tick(), "world stopped");
     }
 
     /// Removes the world from the map if it is still this generation; reports its end.
@@ -260,66 +277,153 @@ impl Rooms {
         false
     }
 
-    /// One tick: apply events, send results, welcomes and the shared delta. Returns the
-    /// members dropped for being too slow.
-    fn tick(
-        &self,
-        world_id: &str,
-        town: &mut Town,
-        events: Vec<Event>,
-        members: &mut HashMap<MemberId, mpsc::Sender<Bytes>>,
-        joining: &mut HashMap<MemberId, mpsc::Sender<Bytes>>,
-    ) -> Vec<MemberId> {
-        let out = town.tick(events);
-        let mut slow = Vec::new();
-        let mut send = |member: MemberId, out: &mpsc::Sender<Bytes>, frame: Bytes| {
-            self.metrics.frames_sent.inc();
-            self.metrics.bytes_sent.inc_by(frame.len() as u64);
-            if out.try_send(frame).is_err() {
-                slow.push(member);
-            }
-        };
-        // Welcomes first, so an input sent right after Join finds its member.
-        let mut fresh = Vec::with_capacity(out.joined.len());
-        if !out.joined.is_empty() {
-            let snapshot = town.snapshot();
-            for (member, you) in out.joined {
-                let Some(tx) = joining.remove(&member) else { continue };
-                let welcome = ServerMsg::Welcome {
-                    world_id: world_id.to_string(),
-                    you,
-                    tick: out.tick,
-                    snapshot: snapshot.clone(),
-                };
-                send(member, &tx, encode_server(&welcome).into());
-                members.insert(member, tx);
-                fresh.push(member);
-            }
-        }
-        for (member, seq, outcome) in out.results {
-            self.metrics.count_input(&outcome);
-            if let Some(tx) = members.get(&member) {
-                send(member, tx, encode_server(&ServerMsg::InputResult { seq, tick: out.tick, outcome }).into());
-            }
-        }
-        // Encoded once, shared by every member. The snapshot a joiner just got already
-        // holds this tick, so it gets deltas from the next one.
-        let delta: Bytes = encode_server(&ServerMsg::Delta { tick: out.tick, changes: out.changes }).into();
-        for (member, tx) in members.iter() {
-            if !fresh.contains(member) {
-                send(*member, tx, delta.clone());
-            }
-        }
-        for member in &slow {
-            members.remove(member);
-            self.metrics.slow_dropped.inc();
-        }
-        slow
+    fn tick(&self, world_id: &str, engine: &mut Engine<W>, fanout: &mut Fanout, events: Vec<Event<W::Action>>) {
+        let started = std::time::Instant::now();
+        let out = engine.step(events);
+        fanout.send(world_id, engine, out, &self.metrics);
+        self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 
-/// A world's RNG seed, from its id, so a world id always yields the same map.
-fn seed_of(world_id: &str) -> u64 {
-    // FNV-1a: stable across runs and platforms, unlike the std hasher.
-    world_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+/// The members of one world and the sending of each tick's frames to them.
+struct Fanout {
+    members: HashMap<MemberId, Member>,
+    /// Accepted joins, waiting for the tick that welcomes them.
+    joining: HashMap<MemberId, mpsc::Sender<Bytes>>,
+    /// Members let go this tick, for the next tick's `Leave`.
+    dropped: Vec<MemberId>,
+    max_players: usize,
+    queue: usize,
+    max_behind_ticks: u64,
+}
+
+impl Fanout {
+    fn new(config: &RoomConfig) -> Self {
+        let tick = config.tick.as_secs_f64().max(1e-6);
+        Self {
+            members: HashMap::new(),
+            joining: HashMap::new(),
+            dropped: Vec::new(),
+            max_players: config.max_players,
+            queue: config.member_queue,
+            max_behind_ticks: (config.max_behind.as_secs_f64() / tick).ceil() as u64,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.joining.is_empty()
+    }
+
+    /// Takes in one command between ticks.
+    fn take<A>(&mut self, cmd: Cmd<A>, pending: &mut Vec<Event<A>>) {
+        match cmd {
+            Cmd::Join { member, name, out, reply } => {
+                if self.members.len() + self.joining.len() >= self.max_players {
+                    let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
+                } else if reply.send(Ok(())).is_ok() {
+                    self.joining.insert(member, out);
+                    pending.push(Event::Join { member, name });
+                }
+            }
+            Cmd::Leave { member } => {
+                self.members.remove(&member);
+                self.joining.remove(&member);
+                pending.push(Event::Leave { member });
+            }
+            Cmd::Input { member, seq, action } => pending.push(Event::Input { member, seq, action }),
+        }
+    }
+
+    /// Sends one tick's welcomes, results and the shared delta; resyncs members that
+    /// caught up and drops those too far behind.
+    fn send<W: World>(&mut self, world_id: &str, engine: &Engine<W>, out: TickOutput<W::Change>, metrics: &Metrics) {
+        let tick = out.tick;
+        // The whole world, encoded at most once per tick, for joiners and resyncs.
+        let mut view: Option<W::View> = None;
+        let mut resync: Option<Bytes> = None;
+
+        // Welcomes first, so an input sent right after Join finds its member. The
+        // snapshot a joiner gets already holds this tick, so it gets deltas from the next.
+        let mut fresh = Vec::with_capacity(out.joined.len());
+        for (member, you) in out.joined {
+            let Some(tx) = self.joining.remove(&member) else { continue };
+            let snapshot = view.get_or_insert_with(|| engine.world().view());
+            let welcome: ServerMsg<&W::View, ()> =
+                ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
+            let mut m = Member { out: tx, behind_since: None, held: Vec::new() };
+            deliver(&mut m, Bytes::from(encode_server(&welcome)), false, tick, metrics);
+            self.members.insert(member, m);
+            fresh.push(member);
+        }
+        for (member, seq, outcome) in out.results {
+            metrics.count_input(&outcome);
+            let Some(m) = self.members.get_mut(&member) else { continue };
+            let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
+            let frame = Bytes::from(encode_server(&result));
+            if m.behind_since.is_some() {
+                m.held.push(frame);
+            } else {
+                deliver(m, frame, true, tick, metrics);
+            }
+        }
+        let server_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let delta: ServerMsg<(), W::Change> = ServerMsg::Delta { tick, server_us, changes: out.changes };
+        let delta = Bytes::from(encode_server(&delta));
+        for (&id, m) in self.members.iter_mut() {
+            if fresh.contains(&id) {
+                continue;
+            }
+            match m.behind_since {
+                None => deliver(m, delta.clone(), false, tick, metrics),
+                Some(since) => {
+                    if m.out.is_closed() || tick - since > self.max_behind_ticks || m.held.len() > self.queue {
+                        self.dropped.push(id);
+                    } else if m.out.capacity() >= self.queue / 2 + m.held.len() {
+                        let frame = resync
+                            .get_or_insert_with(|| {
+                                let snapshot = view.get_or_insert_with(|| engine.world().view());
+                                let msg: ServerMsg<&W::View, ()> = ServerMsg::Resync { tick, snapshot };
+                                Bytes::from(encode_server(&msg))
+                            })
+                            .clone();
+                        m.behind_since = None;
+                        metrics.resyncs.inc();
+                        deliver(m, frame, false, tick, metrics);
+                        for frame in std::mem::take(&mut m.held) {
+                            deliver(m, frame, true, tick, metrics);
+                        }
+                    }
+                }
+            }
+        }
+        for id in &self.dropped {
+            if self.members.remove(id).is_some() {
+                metrics.slow_dropped.inc();
+            }
+        }
+    }
+}
+
+/// Queues `frame` for `m`. When its queue is full, marks it behind and, if the frame
+/// `must_arrive` (an input result), holds it for after the resync; a delta or snapshot
+/// is covered by the resync itself.
+fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: &Metrics) {
+    let len = frame.len() as u64;
+    match m.out.try_send(frame) {
+        Ok(()) => {
+            metrics.frames_sent.inc();
+            metrics.bytes_sent.inc_by(len);
+        }
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            if m.behind_since.is_none() {
+                metrics.fell_behind.inc();
+                m.behind_since = Some(tick);
+            }
+            if must_arrive {
+                m.held.push(frame);
+            }
+        }
+        // The connection is gone; its Leave is on the way.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
 }

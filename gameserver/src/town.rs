@@ -1,29 +1,34 @@
-//! The reference world: an AI-Town-style grid where bots wander and greet each other and
-//! players move and talk.
+//! The reference world: an AI-Town-style grid with walls, where bots pick destinations,
+//! find paths to them, meet and hold short conversations, and players move and chat.
 //!
-//! Pure and deterministic: [`Town::tick`] takes the events of one tick (joins, leaves,
-//! inputs, in arrival order) and returns what changed and each input's result. The same
-//! seed and the same events give the same output, so tests can replay a world. No I/O,
-//! no clock: the runtime in `room.rs` feeds it.
+//! Implements [`World`]. Deterministic: the map comes from the seed, and each tick's
+//! randomness from (seed, tick), so a restored world goes on exactly as the original
+//! would have.
 
 use std::collections::HashMap;
 
-use gaia_api::protocol::{Action, Change, Entity, EntityId, EntityKind, InputOutcome, Snapshot};
+use bincode::{Decode, Encode};
+use gaia_api::town::{Action, Change, Entity, EntityId, EntityKind, Snapshot};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// A connection inside one world, as the runtime numbers them.
-pub type MemberId = u64;
+use crate::world::{MemberId, RestoreError, World};
 
 /// Longest `Say` text accepted, in bytes.
 pub const MAX_SAY: usize = 200;
 
-/// Ticks a bot waits before greeting anyone again.
-const GREET_COOLDOWN: u64 = 50;
+/// A bot takes a step about one tick in `BOT_PACE` (bots stroll; players may move every tick).
+const BOT_PACE: u8 = 3;
+/// Ticks between the lines of a conversation.
+const LINE_TICKS: u64 = 10;
+/// Ticks a bot keeps to itself after a conversation.
+const COOLDOWN_TICKS: u64 = 100;
+/// What two bots say to each other, in turn; `{}` is the other's name.
+const LINES: [&str; 4] = ["hello, {}", "lovely day in town, {}", "have you seen the well, {}?", "see you around, {}"];
 
 const BOT_NAMES: [&str; 8] = ["ada", "bob", "cyd", "dot", "eve", "fay", "gus", "hal"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct TownConfig {
     pub width: u16,
     pub height: u16,
@@ -39,42 +44,34 @@ impl Default for TownConfig {
     }
 }
 
-/// What happened since the last tick, in the order it arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Join { member: MemberId, name: String },
-    Leave { member: MemberId },
-    Input { member: MemberId, seq: u32, action: Action },
-}
-
-/// The outcome of one tick.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TickOutput {
-    pub tick: u64,
-    /// Everything every member should learn, in order.
-    pub changes: Vec<Change>,
-    /// One result per input event, in input order.
-    pub results: Vec<(MemberId, u32, InputOutcome)>,
-    /// Members who joined this tick and the entity each now controls.
-    pub joined: Vec<(MemberId, EntityId)>,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 struct Bot {
     id: EntityId,
-    goal: (u16, u16),
-    last_greet: u64,
+    /// Cells still to walk, next first.
+    path: Vec<(u16, u16)>,
+    /// No conversations before this tick.
+    quiet_until: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct Conversation {
+    /// `a` started it and speaks first.
+    a: EntityId,
+    b: EntityId,
+    started: u64,
+    lines_said: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Town {
     config: TownConfig,
+    seed: u64,
     walls: Vec<u8>,
-    tick: u64,
-    rng: SmallRng,
     next_id: EntityId,
-    /// Every entity by id, in a stable order for snapshots.
+    /// Every entity, in a stable order for snapshots.
     entities: Vec<Entity>,
     bots: Vec<Bot>,
+    conversations: Vec<Conversation>,
     players: HashMap<MemberId, EntityId>,
 }
 
@@ -90,37 +87,31 @@ impl Town {
         }
         let mut town = Self {
             config,
+            seed,
             walls,
-            tick: 0,
-            rng,
             next_id: 1,
             entities: Vec::new(),
             bots: Vec::new(),
+            conversations: Vec::new(),
             players: HashMap::new(),
         };
         for i in 0..config.bots {
             let name = format!("{}-{i}", BOT_NAMES[usize::from(i) % BOT_NAMES.len()]);
-            let entity = town.spawn(EntityKind::Bot, name);
-            let goal = town.free_cell();
-            town.bots.push(Bot { id: entity.id, goal, last_greet: 0 });
+            let id = town.spawn(EntityKind::Bot, name, &mut rng).id;
+            town.bots.push(Bot { id, path: Vec::new(), quiet_until: 0 });
         }
         town
-    }
-
-    pub fn tick_count(&self) -> u64 {
-        self.tick
     }
 
     pub fn players(&self) -> usize {
         self.players.len()
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            width: self.config.width,
-            height: self.config.height,
-            walls: self.walls.clone(),
-            entities: self.entities.clone(),
+    /// Walls the cell at (x, y); for tests that need a map of a given shape.
+    pub fn set_wall(&mut self, x: u16, y: u16) {
+        if x < self.config.width && y < self.config.height {
+            let bit = usize::from(y) * usize::from(self.config.width) + usize::from(x);
+            self.walls[bit / 8] |= 1 << (bit % 8);
         }
     }
 
@@ -132,12 +123,20 @@ impl Town {
         self.walls[bit / 8] & (1 << (bit % 8)) != 0
     }
 
+    fn position(&self, id: EntityId) -> Option<(u16, u16)> {
+        self.entities.iter().find(|e| e.id == id).map(|e| (e.x, e.y))
+    }
+
+    fn name(&self, id: EntityId) -> &str {
+        self.entities.iter().find(|e| e.id == id).map_or("", |e| e.name.as_str())
+    }
+
     /// A random cell that is not a wall. Falls back to scanning so a map of walls still
     /// yields a cell deterministically.
-    fn free_cell(&mut self) -> (u16, u16) {
+    fn free_cell(&self, rng: &mut SmallRng) -> (u16, u16) {
         for _ in 0..64 {
-            let x = self.rng.random_range(0..self.config.width);
-            let y = self.rng.random_range(0..self.config.height);
+            let x = rng.random_range(0..self.config.width);
+            let y = rng.random_range(0..self.config.height);
             if !self.is_wall(x.into(), y.into()) {
                 return (x, y);
             }
@@ -148,12 +147,31 @@ impl Town {
             .unwrap_or((0, 0))
     }
 
-    fn spawn(&mut self, kind: EntityKind, name: String) -> Entity {
-        let (x, y) = self.free_cell();
+    fn spawn(&mut self, kind: EntityKind, name: String, rng: &mut SmallRng) -> Entity {
+        let (x, y) = self.free_cell(rng);
         let entity = Entity { id: self.next_id, kind, name, x, y };
         self.next_id += 1;
         self.entities.push(entity.clone());
         entity
+    }
+
+    /// The shortest walk from `from` to `to` (8-way, around walls), without `from`.
+    fn path(&self, from: (u16, u16), to: (u16, u16)) -> Vec<(u16, u16)> {
+        let neighbours = |&(x, y): &(u16, u16)| {
+            gaia_api::town::STEPS
+                .into_iter()
+                .map(move |(dx, dy)| (i32::from(x) + i32::from(dx), i32::from(y) + i32::from(dy)))
+                .filter(|&(x, y)| !self.is_wall(x, y))
+                .map(|(x, y)| ((x as u16, y as u16), 1u32))
+                .collect::<Vec<_>>()
+        };
+        let distance = |&(x, y): &(u16, u16)| u32::from(x.abs_diff(to.0).max(y.abs_diff(to.1)));
+        pathfinding::directed::astar::astar(&from, neighbours, distance, |&cell| cell == to)
+            .map(|(mut cells, _)| {
+                cells.remove(0);
+                cells
+            })
+            .unwrap_or_default()
     }
 
     /// Moves `id` one step by (dx, dy) if the target is free; the change it makes.
@@ -161,8 +179,8 @@ impl Town {
         if !(-1..=1).contains(&dx) || !(-1..=1).contains(&dy) || (dx, dy) == (0, 0) {
             return Err(format!("invalid step ({dx}, {dy}): each must be -1, 0 or 1, not both 0"));
         }
-        let i = self.entities.iter().position(|e| e.id == id).ok_or("no such entity")?;
-        let (x, y) = (self.entities[i].x, self.entities[i].y);
+        let entity = self.entities.iter().position(|e| e.id == id).ok_or("no such entity")?;
+        let (x, y) = (self.entities[entity].x, self.entities[entity].y);
         let (tx, ty) = (i32::from(x) + i32::from(dx), i32::from(y) + i32::from(dy));
         if tx < 0 || ty < 0 || tx >= i32::from(self.config.width) || ty >= i32::from(self.config.height) {
             return Err("off the map".into());
@@ -171,132 +189,195 @@ impl Town {
             return Err("blocked by a wall".into());
         }
         let (tx, ty) = (tx as u16, ty as u16);
-        (self.entities[i].x, self.entities[i].y) = (tx, ty);
+        (self.entities[entity].x, self.entities[entity].y) = (tx, ty);
         Ok(Change::Moved { id, x: tx, y: ty })
     }
 
-    fn apply(&mut self, member: MemberId, action: Action) -> Result<Change, String> {
-        let id = *self.players.get(&member).ok_or("not in this world")?;
-        match action {
-            Action::Move { dx, dy } => self.step(id, dx, dy),
-            Action::Say { text } if text.is_empty() => Err("nothing to say".into()),
-            Action::Say { text } if text.len() > MAX_SAY => Err(format!("text longer than {MAX_SAY} bytes")),
-            Action::Say { text } => Ok(Change::Said { id, text }),
-        }
+    fn talking(&self, id: EntityId) -> bool {
+        self.conversations.iter().any(|c| c.a == id || c.b == id)
     }
 
-    /// One fixed time step: apply `events` in order, then let the bots act.
-    pub fn tick(&mut self, events: Vec<Event>) -> TickOutput {
-        self.tick += 1;
-        let mut out = TickOutput { tick: self.tick, ..Default::default() };
-        for event in events {
-            match event {
-                Event::Join { member, name } => {
-                    if self.players.contains_key(&member) {
-                        continue;
-                    }
-                    let entity = self.spawn(EntityKind::Player, name);
-                    self.players.insert(member, entity.id);
-                    out.joined.push((member, entity.id));
-                    out.changes.push(Change::Joined(entity));
-                }
-                Event::Leave { member } => {
-                    if let Some(id) = self.players.remove(&member) {
-                        self.entities.retain(|e| e.id != id);
-                        out.changes.push(Change::Left { id });
-                    }
-                }
-                Event::Input { member, seq, action } => {
-                    let outcome = match self.apply(member, action) {
-                        Ok(change) => {
-                            out.changes.push(change);
-                            InputOutcome::Ok
-                        }
-                        Err(reason) => InputOutcome::Rejected { reason },
-                    };
-                    out.results.push((member, seq, outcome));
-                }
-            }
-        }
-        self.move_bots(&mut out.changes);
-        out
-    }
-
-    /// Each bot takes a step toward its goal about one tick in three, picks a new goal
-    /// when it arrives or is stuck, and greets another bot it bumps into.
-    fn move_bots(&mut self, changes: &mut Vec<Change>) {
+    /// Bots not in a conversation walk their path, picking a new destination when they
+    /// arrive.
+    fn walk(&mut self, rng: &mut SmallRng, delta: &mut Vec<Change>) {
         for i in 0..self.bots.len() {
-            if self.rng.random_range(0..3u8) != 0 {
+            let id = self.bots[i].id;
+            if self.talking(id) || rng.random_range(0..BOT_PACE) != 0 {
                 continue;
             }
-            let Bot { id, goal, .. } = self.bots[i];
-            let Some((x, y)) = self.entities.iter().find(|e| e.id == id).map(|e| (e.x, e.y)) else { continue };
-            if (x, y) == goal {
-                self.bots[i].goal = self.free_cell();
+            let Some(here) = self.position(id) else { continue };
+            if self.bots[i].path.is_empty() {
+                let goal = self.free_cell(rng);
+                self.bots[i].path = self.path(here, goal);
                 continue;
             }
-            let toward = |from: u16, to: u16| (i32::from(to) - i32::from(from)).signum() as i8;
-            let (dx, dy) = (toward(x, goal.0), toward(y, goal.1));
-            let step = self.step(id, dx, dy).or_else(|_| self.step(id, dx, 0)).or_else(|_| self.step(id, 0, dy));
-            match step {
-                Ok(change) => changes.push(change),
-                // Walled in on the direct line: try elsewhere next time.
-                Err(_) => self.bots[i].goal = self.free_cell(),
+            let next = self.bots[i].path.remove(0);
+            let (dx, dy) = (next.0 as i32 - here.0 as i32, next.1 as i32 - here.1 as i32);
+            match self.step(id, dx as i8, dy as i8) {
+                Ok(change) => delta.push(change),
+                Err(_) => self.bots[i].path.clear(),
             }
         }
-        self.greet(changes);
     }
 
-    fn greet(&mut self, changes: &mut Vec<Change>) {
-        let tick = self.tick;
+    /// Free bots next to each other start a conversation; running ones go on a line at a
+    /// time and end when the lines run out.
+    fn converse(&mut self, tick: u64, delta: &mut Vec<Change>) {
+        let mut i = 0;
+        while i < self.conversations.len() {
+            let c = self.conversations[i].clone();
+            if (tick - c.started).is_multiple_of(LINE_TICKS) {
+                if usize::from(c.lines_said) == LINES.len() {
+                    delta.push(Change::Parted { id: c.a, other: c.b });
+                    for bot in self.bots.iter_mut().filter(|b| b.id == c.a || b.id == c.b) {
+                        bot.quiet_until = tick + COOLDOWN_TICKS;
+                    }
+                    self.conversations.remove(i);
+                    continue;
+                }
+                let (speaker, listener) = if c.lines_said.is_multiple_of(2) { (c.a, c.b) } else { (c.b, c.a) };
+                let text = LINES[usize::from(c.lines_said)].replace("{}", self.name(listener));
+                delta.push(Change::Said { id: speaker, text });
+                self.conversations[i].lines_said += 1;
+            }
+            i += 1;
+        }
         for i in 0..self.bots.len() {
-            if tick < self.bots[i].last_greet + GREET_COOLDOWN && self.bots[i].last_greet != 0 {
+            let me = &self.bots[i];
+            if me.quiet_until > tick || self.talking(me.id) {
                 continue;
             }
-            let me = self.bots[i].id;
-            let Some(pos) = self.entities.iter().find(|e| e.id == me).map(|e| (e.x, e.y)) else { continue };
-            let near =
-                self.entities.iter().find(|e| e.id != me && e.x.abs_diff(pos.0) <= 1 && e.y.abs_diff(pos.1) <= 1);
-            if let Some(other) = near {
-                let (other, name) = (other.id, other.name.clone());
-                self.bots[i].last_greet = tick;
-                changes.push(Change::Greeted { id: me, other });
-                changes.push(Change::Said { id: me, text: format!("hello, {name}") });
+            let Some((x, y)) = self.position(me.id) else { continue };
+            let partner = self.bots.iter().find(|other| {
+                other.id != me.id
+                    && other.quiet_until <= tick
+                    && !self.talking(other.id)
+                    && self.position(other.id).is_some_and(|(ox, oy)| ox.abs_diff(x) <= 1 && oy.abs_diff(y) <= 1)
+            });
+            if let Some(other) = partner {
+                let (a, b) = (me.id, other.id);
+                delta.push(Change::Greeted { id: a, other: b });
+                // The first line is said at once, the rest every LINE_TICKS.
+                self.conversations.push(Conversation { a, b, started: tick, lines_said: 0 });
+                let text = LINES[0].replace("{}", self.name(b));
+                delta.push(Change::Said { id: a, text });
+                if let Some(c) = self.conversations.last_mut() {
+                    c.lines_said = 1;
+                }
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl World for Town {
+    type Action = Action;
+    type Change = Change;
+    type View = Snapshot;
 
-    fn open_town() -> Town {
-        Town::new(TownConfig { width: 8, height: 6, bots: 0, wall_percent: 0 }, 1)
+    fn join(&mut self, member: MemberId, name: &str, delta: &mut Vec<Change>) -> u32 {
+        // Where a player appears is part of the world's randomness: seed it from the
+        // member count and next id so replays agree.
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ u64::from(self.next_id).rotate_left(32));
+        let entity = self.spawn(EntityKind::Player, name.to_string(), &mut rng);
+        self.players.insert(member, entity.id);
+        let id = entity.id;
+        delta.push(Change::Joined(entity));
+        id
     }
 
-    fn join(town: &mut Town, member: MemberId) -> EntityId {
-        let out = town.tick(vec![Event::Join { member, name: format!("p{member}") }]);
+    fn leave(&mut self, member: MemberId, delta: &mut Vec<Change>) {
+        if let Some(id) = self.players.remove(&member) {
+            self.entities.retain(|e| e.id != id);
+            delta.push(Change::Left { id });
+        }
+    }
+
+    fn apply(&mut self, member: MemberId, action: Action, delta: &mut Vec<Change>) -> Result<(), String> {
+        let id = *self.players.get(&member).ok_or("not in this world")?;
+        let change = match action {
+            Action::Move { dx, dy } => self.step(id, dx, dy)?,
+            Action::Say { text } if text.trim().is_empty() => return Err("nothing to say".into()),
+            Action::Say { text } if text.len() > MAX_SAY => return Err(format!("text longer than {MAX_SAY} bytes")),
+            Action::Say { text } => Change::Said { id, text },
+        };
+        delta.push(change);
+        Ok(())
+    }
+
+    fn tick(&mut self, tick: u64, delta: &mut Vec<Change>) {
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ tick.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.walk(&mut rng, delta);
+        self.converse(tick, delta);
+    }
+
+    fn view(&self) -> Snapshot {
+        Snapshot {
+            width: self.config.width,
+            height: self.config.height,
+            walls: self.walls.clone(),
+            entities: self.entities.clone(),
+        }
+    }
+
+    fn save(&self) -> Vec<u8> {
+        // Encoding into a Vec cannot fail for these types.
+        bincode::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
+        let (mut town, read): (Town, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| RestoreError(e.to_string()))?;
+        if read != bytes.len() {
+            return Err(RestoreError(format!("{} trailing bytes", bytes.len() - read)));
+        }
+        let cells = usize::from(town.config.width) * usize::from(town.config.height);
+        if town.walls.len() != cells.div_ceil(8) {
+            return Err(RestoreError(format!("wall map of {} bytes for {cells} cells", town.walls.len())));
+        }
+        // Players come back by joining again.
+        let players: Vec<EntityId> = town.players.drain().map(|(_, id)| id).collect();
+        town.entities.retain(|e| !players.contains(&e.id));
+        Ok(town)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gaia_api::protocol::InputOutcome;
+
+    use super::*;
+    use crate::engine::{Engine, Event, TickOutput};
+
+    fn open_town() -> Engine<Town> {
+        Engine::new(Town::new(TownConfig { width: 8, height: 6, bots: 0, wall_percent: 0 }, 1), 0)
+    }
+
+    fn join(engine: &mut Engine<Town>, member: MemberId) -> EntityId {
+        let out = engine.step(vec![Event::Join { member, name: format!("p{member}") }]);
         out.joined[0].1
     }
 
-    fn position(town: &Town, id: EntityId) -> (u16, u16) {
-        town.snapshot().entities.iter().find(|e| e.id == id).map(|e| (e.x, e.y)).unwrap()
+    fn position(engine: &Engine<Town>, id: EntityId) -> (u16, u16) {
+        engine.world().position(id).unwrap()
+    }
+
+    fn input(member: MemberId, seq: u32, action: Action) -> Event<Action> {
+        Event::Input { member, seq, action }
     }
 
     #[test]
     fn inputs_apply_in_order_and_each_gets_a_result() {
-        let mut town = open_town();
-        let id = join(&mut town, 7);
-        let (x, y) = position(&town, id);
+        let mut engine = open_town();
+        let id = join(&mut engine, 7);
+        let (x, y) = position(&engine, id);
         let dx = if x + 1 < 8 { 1 } else { -1 };
         let events = vec![
-            Event::Input { member: 7, seq: 1, action: Action::Move { dx, dy: 0 } },
-            Event::Input { member: 7, seq: 2, action: Action::Say { text: "hi".into() } },
-            Event::Input { member: 7, seq: 3, action: Action::Move { dx: 2, dy: 0 } },
-            Event::Input { member: 7, seq: 4, action: Action::Move { dx: -dx, dy: 0 } },
+            input(7, 1, Action::Move { dx, dy: 0 }),
+            input(7, 2, Action::Say { text: "hi".into() }),
+            input(7, 3, Action::Move { dx: 2, dy: 0 }),
+            input(7, 4, Action::Move { dx: -dx, dy: 0 }),
         ];
-        let out = town.tick(events);
+        let out = engine.step(events);
         let seqs: Vec<u32> = out.results.iter().map(|r| r.1).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
         assert_eq!(out.results[0].2, InputOutcome::Ok);
@@ -304,80 +385,129 @@ mod tests {
         let x1 = (i32::from(x) + i32::from(dx)) as u16;
         assert_eq!(
             out.changes,
-            vec![Change::Moved { id, x: x1, y }, Change::Said { id, text: "hi".into() }, Change::Moved { id, x, y },]
+            vec![Change::Moved { id, x: x1, y }, Change::Said { id, text: "hi".into() }, Change::Moved { id, x, y }]
         );
     }
 
     #[test]
-    fn walls_and_edges_refuse_moves() {
+    fn walls_edges_and_bad_text_refuse_inputs() {
         let mut town = Town::new(TownConfig { width: 2, height: 1, bots: 0, wall_percent: 0 }, 3);
-        // Put a wall on cell (1, 0) and the player on (0, 0).
-        town.walls[0] |= 0b10;
-        let id = join(&mut town, 1);
-        assert_eq!(position(&town, id), (0, 0));
-        let reason = |out: TickOutput| match &out.results[0].2 {
+        town.set_wall(1, 0);
+        let mut engine = Engine::new(town, 0);
+        let id = join(&mut engine, 1);
+        assert_eq!(position(&engine, id), (0, 0));
+        let reason = |out: TickOutput<Change>| match &out.results[0].2 {
             InputOutcome::Rejected { reason } => reason.clone(),
             InputOutcome::Ok => panic!("accepted"),
         };
-        let out = town.tick(vec![Event::Input { member: 1, seq: 1, action: Action::Move { dx: 1, dy: 0 } }]);
-        assert_eq!(reason(out), "blocked by a wall");
-        let out = town.tick(vec![Event::Input { member: 1, seq: 2, action: Action::Move { dx: -1, dy: 0 } }]);
-        assert_eq!(reason(out), "off the map");
+        assert_eq!(reason(engine.step(vec![input(1, 1, Action::Move { dx: 1, dy: 0 })])), "blocked by a wall");
+        assert_eq!(reason(engine.step(vec![input(1, 2, Action::Move { dx: -1, dy: 0 })])), "off the map");
         let long = "x".repeat(MAX_SAY + 1);
-        let out = town.tick(vec![Event::Input { member: 1, seq: 3, action: Action::Say { text: long } }]);
-        assert!(reason(out).contains("longer than"));
-        let out = town.tick(vec![Event::Input { member: 9, seq: 1, action: Action::Say { text: "x".into() } }]);
-        assert_eq!(reason(out), "not in this world");
+        assert!(reason(engine.step(vec![input(1, 3, Action::Say { text: long })])).contains("longer than"));
+        assert_eq!(reason(engine.step(vec![input(1, 4, Action::Say { text: "  ".into() })])), "nothing to say");
+        assert_eq!(reason(engine.step(vec![input(9, 1, Action::Say { text: "x".into() })])), "not in this world");
+        // Refused inputs changed nothing.
+        assert_eq!(position(&engine, id), (0, 0));
     }
 
     #[test]
-    fn join_and_leave_show_in_changes_and_snapshot() {
-        let mut town = open_town();
-        let id = join(&mut town, 1);
-        assert_eq!(town.players(), 1);
-        assert!(town.snapshot().entities.iter().any(|e| e.id == id && e.kind == EntityKind::Player));
-        let out = town.tick(vec![Event::Leave { member: 1 }, Event::Leave { member: 1 }]);
+    fn join_and_leave_show_in_changes_and_view() {
+        let mut engine = open_town();
+        let id = join(&mut engine, 1);
+        assert_eq!(engine.world().players(), 1);
+        assert!(engine.world().view().entities.iter().any(|e| e.id == id && e.kind == EntityKind::Player));
+        let out = engine.step(vec![Event::Leave { member: 1 }, Event::Leave { member: 1 }]);
         assert_eq!(out.changes, vec![Change::Left { id }]);
-        assert_eq!(town.players(), 0);
-        assert!(town.snapshot().entities.is_empty());
+        assert_eq!(engine.world().players(), 0);
+        assert!(engine.world().view().entities.is_empty());
     }
 
-    #[test]
-    fn same_seed_same_world() {
-        let run = |seed| {
-            let mut town = Town::new(TownConfig::default(), seed);
-            let mut all = vec![town.snapshot()];
-            let mut outs = Vec::new();
-            for t in 0..200u32 {
-                let events = if t == 5 {
-                    vec![Event::Join { member: 1, name: "p".into() }]
-                } else {
-                    vec![Event::Input { member: 1, seq: t, action: Action::Move { dx: 1, dy: 1 } }]
+    /// A scripted session: two players join, move, talk and one leaves.
+    fn replay(seed: u64) -> Vec<TickOutput<Change>> {
+        let mut engine = Engine::new(Town::new(TownConfig::default(), seed), 0);
+        (0..400u32)
+            .map(|t| {
+                let events = match t {
+                    5 => vec![Event::Join { member: 1, name: "p".into() }, Event::Join { member: 2, name: "q".into() }],
+                    300 => vec![Event::Leave { member: 2 }],
+                    t if t % 3 == 0 => vec![input(1, t, Action::Move { dx: 1, dy: 1 })],
+                    t => vec![input(2, t, Action::Say { text: format!("line {t}") })],
                 };
-                outs.push(town.tick(events));
-            }
-            all.push(town.snapshot());
-            (all, outs)
-        };
-        assert_eq!(run(42), run(42));
-        assert_ne!(run(42).0, run(43).0);
+                engine.step(events)
+            })
+            .collect()
     }
 
     #[test]
-    fn bots_wander_and_greet() {
-        let mut town = Town::new(TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0 }, 9);
-        let mut moved = 0;
-        let mut greeted = 0;
-        for _ in 0..300 {
-            for change in town.tick(Vec::new()).changes {
+    fn same_seed_same_deltas() {
+        assert_eq!(replay(42), replay(42));
+        assert_ne!(replay(42), replay(43));
+    }
+
+    #[test]
+    fn a_restored_world_goes_on_as_the_original() {
+        let mut original = Engine::new(Town::new(TownConfig::default(), 7), 0);
+        for _ in 0..150 {
+            original.step(Vec::new());
+        }
+        let bytes = original.world().save();
+        let mut restored = Engine::new(Town::restore(&bytes).unwrap(), original.tick());
+        for _ in 0..150 {
+            assert_eq!(original.step(Vec::new()), restored.step(Vec::new()));
+        }
+        assert!(Town::restore(&bytes[..bytes.len() / 2]).is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Town::restore(&trailing).is_err());
+    }
+
+    #[test]
+    fn restore_drops_players() {
+        let mut engine = open_town();
+        let id = join(&mut engine, 1);
+        let town = Town::restore(&engine.world().save()).unwrap();
+        assert_eq!(town.players(), 0);
+        assert!(town.position(id).is_none());
+    }
+
+    #[test]
+    fn paths_go_around_walls() {
+        // A wall across the middle column with one gap at the bottom.
+        let mut town = Town::new(TownConfig { width: 5, height: 4, bots: 0, wall_percent: 0 }, 1);
+        for y in 0..3 {
+            town.set_wall(2, y);
+        }
+        let path = town.path((0, 0), (4, 0));
+        assert_eq!(path.last(), Some(&(4, 0)));
+        assert!(path.contains(&(2, 3)), "path {path:?} does not use the gap");
+        let mut at = (0u16, 0u16);
+        for &cell in &path {
+            assert!(at.0.abs_diff(cell.0) <= 1 && at.1.abs_diff(cell.1) <= 1, "jump from {at:?} to {cell:?}");
+            assert!(!town.is_wall(cell.0.into(), cell.1.into()));
+            at = cell;
+        }
+        town.set_wall(2, 3);
+        assert!(town.path((0, 0), (4, 0)).is_empty(), "no way through a closed wall");
+    }
+
+    #[test]
+    fn bots_walk_meet_and_hold_conversations() {
+        let mut engine = Engine::new(Town::new(TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0 }, 9), 0);
+        let (mut moved, mut greeted, mut said, mut parted) = (0, 0, 0, 0);
+        for _ in 0..600 {
+            for change in engine.step(Vec::new()).changes {
                 match change {
                     Change::Moved { .. } => moved += 1,
                     Change::Greeted { .. } => greeted += 1,
+                    Change::Said { .. } => said += 1,
+                    Change::Parted { .. } => parted += 1,
                     _ => {}
                 }
             }
         }
         assert!(moved > 50, "bots barely moved: {moved}");
-        assert!(greeted > 0, "six bots on a 6x6 map never met");
+        assert!(greeted > 0 && parted > 0, "no whole conversation: {greeted} greeted, {parted} parted");
+        // Every finished conversation said all its lines.
+        assert!(said >= parted * LINES.len(), "{said} lines for {parted} conversations");
     }
 }

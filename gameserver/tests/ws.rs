@@ -5,10 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{
-    Action, Change, ClientMsg, InputOutcome, PROTOCOL_VERSION, ServerMsg, close, decode_server, encode_client,
-};
+use gaia_api::protocol::{InputOutcome, PROTOCOL_VERSION, close, decode_server, encode_client};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,7 +61,7 @@ async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
     }
 }
 
-async fn join(url: &str, world: &str, player: &str) -> (Ws, u32, gaia_api::protocol::Snapshot) {
+async fn join(url: &str, world: &str, player: &str) -> (Ws, u32, Snapshot) {
     let (mut ws, _) = connect_async(url).await.unwrap();
     send(&mut ws, &ClientMsg::Join { token: token(world, player, "gs-1", 30_000) }).await;
     match recv(&mut ws).await {
@@ -90,7 +89,7 @@ async fn refused(url: &str, frame: Message) -> (u16, String) {
 }
 
 /// A legal one-step move from the entity's position in `snapshot`.
-fn legal_move(snapshot: &gaia_api::protocol::Snapshot, you: u32) -> (i8, i8) {
+fn legal_move(snapshot: &Snapshot, you: u32) -> (i8, i8) {
     let me = snapshot.entities.iter().find(|e| e.id == you).unwrap();
     snapshot.open_steps(me.x.into(), me.y.into())[0]
 }

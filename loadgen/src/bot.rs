@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::AllocationResponse;
-use gaia_api::protocol::{
-    Action, ClientMsg, EntityId, InputOutcome, ServerMsg, Snapshot, decode_server, encode_client,
-};
+use gaia_api::protocol::{InputOutcome, decode_server, encode_client};
+use gaia_api::town::{Action, Change, ClientMsg, EntityId, ServerMsg, Snapshot};
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -22,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::report::{BotOutcome, ErrorKind, PlayStats};
@@ -51,6 +50,8 @@ pub(crate) struct BotState {
     /// Accepted, waiting for our `Moved` in a Delta. Only the sum of the steps matters
     /// for where we will be, so their order does not.
     awaiting_move: VecDeque<(i8, i8)>,
+    /// Set in the steady phase: tick-to-client latency is recorded then.
+    pub(crate) measuring: bool,
     stats: PlayStats,
     errors: Vec<(ErrorKind, String)>,
 }
@@ -72,6 +73,7 @@ impl BotState {
             next_seq: 1,
             awaiting_result: HashMap::new(),
             awaiting_move: VecDeque::new(),
+            measuring: false,
             stats: PlayStats::default(),
             errors: Vec::new(),
         })
@@ -112,10 +114,14 @@ impl BotState {
     /// Takes in one message from the server after the Welcome.
     pub(crate) fn on_message(&mut self, msg: ServerMsg, now: Instant) {
         match msg {
-            ServerMsg::Delta { changes, .. } => {
+            ServerMsg::Delta { changes, server_us, .. } => {
                 self.stats.deltas += 1;
+                if self.measuring {
+                    let late = crate::unix_us().saturating_sub(server_us);
+                    self.stats.tick_latency_us.push(u32::try_from(late).unwrap_or(u32::MAX));
+                }
                 for change in changes {
-                    if let gaia_api::protocol::Change::Moved { id, x, y } = change
+                    if let Change::Moved { id, x, y } = change
                         && id == self.you
                     {
                         self.stats.own_moves_seen += 1;
@@ -144,6 +150,19 @@ impl BotState {
                 }
             }
             ServerMsg::Pong { .. } => {}
+            // We missed deltas: the snapshot says where we are, and any accepted move we
+            // did not see is in it.
+            ServerMsg::Resync { snapshot, .. } => {
+                self.stats.resyncs += 1;
+                match snapshot.entities.iter().find(|e| e.id == self.you) {
+                    Some(me) => {
+                        self.pos = (me.x, me.y);
+                        self.stats.own_moves_seen += self.awaiting_move.len() as u64;
+                        self.awaiting_move.clear();
+                    }
+                    None => self.error(ErrorKind::Protocol, format!("Resync without our entity {}", self.you)),
+                }
+            }
             ServerMsg::Welcome { world_id, .. } => {
                 self.error(ErrorKind::Protocol, format!("second Welcome (world {world_id})"));
             }
@@ -214,7 +233,11 @@ async fn next_inbound(ws: &mut Socket) -> Inbound {
 
 /// Connects, sends Join and waits for the Welcome.
 async fn join(address: &str, token: &str) -> Result<(Socket, String, EntityId, Snapshot), (ErrorKind, String)> {
-    let (mut ws, _) = match tokio::time::timeout(JOIN_TIMEOUT, tokio_tungstenite::connect_async(address)).await {
+    // Server frames are small: tungstenite's default 128 KiB read buffer would cost
+    // 1.3 GB over 10,000 bots and be zeroed on every read.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
+    let connect = tokio_tungstenite::connect_async_with_config(address, Some(config), true);
+    let (mut ws, _) = match tokio::time::timeout(JOIN_TIMEOUT, connect).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(e)) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
         Err(_) => return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {JOIN_TIMEOUT:?}"))),
@@ -240,6 +263,7 @@ fn kind_of(msg: &ServerMsg) -> &'static str {
     match msg {
         ServerMsg::Welcome { .. } => "Welcome",
         ServerMsg::Delta { .. } => "Delta",
+        ServerMsg::Resync { .. } => "Resync",
         ServerMsg::InputResult { .. } => "InputResult",
         ServerMsg::Migrate { .. } => "Migrate",
         ServerMsg::Error { .. } => "Error",
@@ -339,6 +363,9 @@ async fn run_inputs(
     loop {
         // Checked on every turn, not only in the wake-up branch below: a frame that wins
         // the (biased) select as the phase starts must not make the bot miss it.
+        if !state.measuring && phases.steady.is_cancelled() {
+            state.measuring = true;
+        }
         if next_input.is_none()
             && phases.steady.is_cancelled()
             && let Some(period) = input_period
@@ -393,7 +420,7 @@ pub(crate) fn micros(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use gaia_api::protocol::{Change, Entity, EntityKind};
+    use gaia_api::town::{Entity, EntityKind};
 
     use super::*;
 
@@ -417,7 +444,7 @@ mod tests {
     }
 
     fn moved(id: EntityId, x: u16, y: u16) -> ServerMsg {
-        ServerMsg::Delta { tick: 1, changes: vec![Change::Moved { id, x, y }] }
+        ServerMsg::Delta { tick: 1, server_us: 0, changes: vec![Change::Moved { id, x, y }] }
     }
 
     fn result(seq: u32, ok: bool) -> ServerMsg {
@@ -501,7 +528,7 @@ mod tests {
         assert_eq!(bot.stats.own_moves_seen, 0);
         bot.on_message(moved(7, 0, 1), t0);
         assert_eq!((bot.pos, bot.expected_pos()), ((0, 1), (0, 1)));
-        bot.on_message(ServerMsg::Delta { tick: 2, changes: vec![] }, t0);
+        bot.on_message(ServerMsg::Delta { tick: 2, server_us: 0, changes: vec![] }, t0);
         let (stats, errors) = bot.finish(false);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(stats.input_latency_us, vec![40_000]);

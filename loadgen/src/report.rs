@@ -87,6 +87,10 @@ pub(crate) struct PlayStats {
     pub deltas: u64,
     pub own_moves_seen: u64,
     pub input_latency_us: Vec<u64>,
+    /// From each Delta's `server_us` to its arrival, steady phase only.
+    pub tick_latency_us: Vec<u32>,
+    /// Snapshots received after falling behind.
+    pub resyncs: u64,
 }
 
 /// Where a bot's allocation placed it.
@@ -167,6 +171,10 @@ pub struct Report {
     pub inputs_missing: u64,
     /// Microseconds from sending an input to its result.
     pub input_latency: Histogram<u64>,
+    /// Microseconds from a tick's run on the server to its Delta's arrival (steady phase).
+    pub tick_latency: Histogram<u64>,
+    /// Resync snapshots: a bot fell behind and missed deltas.
+    pub resyncs: u64,
     pub deltas: u64,
     /// Deltas per connected bot per second.
     pub deltas_per_bot_s: f64,
@@ -289,6 +297,12 @@ impl fmt::Display for Report {
             self.bots_with_all_own_moves,
             self.bots
         )?;
+        writeln!(
+            f,
+            "ticks         tick->client ms {}; resyncs after falling behind {}",
+            Latency(&self.tick_latency),
+            self.resyncs
+        )?;
         let regions: Vec<String> = self
             .regions_used
             .iter()
@@ -346,6 +360,8 @@ impl Collector {
             inputs_rejected: 0,
             inputs_missing: 0,
             input_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            tick_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            resyncs: 0,
             deltas: 0,
             deltas_per_bot_s: 0.0,
             own_moves_seen: 0,
@@ -396,6 +412,10 @@ impl Collector {
             for us in play.input_latency_us {
                 r.input_latency.saturating_record(us.max(1));
             }
+            for us in play.tick_latency_us {
+                r.tick_latency.saturating_record(u64::from(us).max(1));
+            }
+            r.resyncs += play.resyncs;
         }
         for (kind, message) in bot.errors {
             let tally = r.errors.entry(kind).or_default();
@@ -451,6 +471,8 @@ mod tests {
             deltas: 10,
             own_moves_seen: 10,
             input_latency_us: vec![45_000; 10],
+            tick_latency_us: vec![2_000; 10],
+            resyncs: 0,
         });
         o
     }
@@ -476,6 +498,7 @@ allocations   2 ok, 0 failed, 2 retried (429); 20.0/s; latency ms p50 1.0 p90 1.
 join          2 joined; ms p50 3.0 p90 3.0 p99 3.0 max 3.0
 inputs        20 sent, 20 ok, 0 rejected, 0 missing; input->result ms p50 45.0 p90 45.0 p99 45.0 max 45.0
 deltas        20 received (10.0 per bot per s); bots with deltas 2/2; own moves seen 20/20; bots with a move accepted 2/2; bots with all own moves 2/2
+ticks         tick->client ms p50 2.0 p90 2.0 p99 2.0 max 2.0; resyncs after falling behind 0
 worlds/servers per region: eu-west 1 worlds on 1 servers; us-east 1 worlds on 1 servers
 errors        none
 result        PASS";

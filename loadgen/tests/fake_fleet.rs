@@ -17,10 +17,8 @@ use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::{AllocationRequest, AllocationResponse, ErrorBody, ErrorDetail};
 use gaia_api::gameserver::{GameServer, GameServerState};
-use gaia_api::protocol::{
-    Action, Change, ClientMsg, Entity, EntityId, EntityKind, InputOutcome, ServerMsg, Snapshot, decode_client,
-    encode_server,
-};
+use gaia_api::protocol::{InputOutcome, decode_client, encode_server};
+use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityId, EntityKind, ServerMsg, Snapshot};
 use gaia_loadgen::{Config, ErrorKind, RegionUse, run, wait_ready};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -167,7 +165,7 @@ fn tick(fleet: &Fleet) {
             }
         }
         for member in &world.members {
-            let _ = member.out.send(ServerMsg::Delta { tick, changes: changes.clone() });
+            let _ = member.out.send(ServerMsg::Delta { tick, server_us: 0, changes: changes.clone() });
         }
     }
 }
