@@ -75,8 +75,12 @@ pub struct Config {
     pub world_player_capacity: u32,
     #[arg(long, env = "GAIA_HEALTH_PERIOD_SECONDS", default_value_t = 2)]
     pub health_period_seconds: u32,
-    #[arg(long, env = "GAIA_TICK_HZ", default_value_t = 10)]
+    /// World ticks per second: inputs are applied and answered at each tick.
+    #[arg(long, env = "GAIA_TICK_HZ", default_value_t = 20)]
     pub tick_hz: u32,
+    /// Delta frames per second to each client; must divide GAIA_TICK_HZ.
+    #[arg(long, env = "GAIA_DELTA_HZ", default_value_t = 10)]
+    pub delta_hz: u32,
     /// Server-side bots in every world.
     #[arg(long, env = "GAIA_BOTS_PER_WORLD", default_value_t = 5)]
     pub bots_per_world: u16,
@@ -118,7 +122,8 @@ impl Default for Config {
             player_capacity: 300,
             world_player_capacity: 30,
             health_period_seconds: 2,
-            tick_hz: 10,
+            tick_hz: 20,
+            delta_hz: 10,
             bots_per_world: 5,
             empty_world_grace: Duration::from_secs(5),
             join_timeout: Duration::from_secs(10),
@@ -256,12 +261,17 @@ pub async fn run_world<W: World>(
     if config.tick_hz == 0 || config.tick_hz > 1000 {
         return Err(Error::Config("GAIA_TICK_HZ must be 1 to 1000".into()));
     }
+    if config.delta_hz == 0 || !config.tick_hz.is_multiple_of(config.delta_hz) {
+        let (tick, delta) = (config.tick_hz, config.delta_hz);
+        return Err(Error::Config(format!("GAIA_DELTA_HZ ({delta}) must divide GAIA_TICK_HZ ({tick})")));
+    }
     let address = address(listener.local_addr()?, config.advertise_host.as_deref());
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut prometheus));
     let (world_events, world_events_rx) = mpsc::unbounded_channel();
     let room_config = RoomConfig {
         tick: Duration::from_secs(1) / config.tick_hz,
+        send_every: config.tick_hz / config.delta_hz,
         max_players: config.world_player_capacity as usize,
         max_worlds: config.world_capacity as usize,
         empty_grace: config.empty_world_grace,

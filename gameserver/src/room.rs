@@ -2,9 +2,11 @@
 //!
 //! [`Rooms`] finds or starts the task for a world id; connections talk to a world only
 //! through its bounded command queue. Each tick the task hands the queued events to the
-//! pure [`Engine::step`], encodes the delta **once** and gives every member the same
-//! bytes. Worlds are separate tasks, so the runtime spreads them over its threads and a
-//! slow world delays only itself.
+//! pure [`Engine::step`] and sends each input's result at once. Every `send_every` ticks
+//! it encodes the changes since the last frame **once**, as one Delta, and gives every
+//! member the same bytes: inputs are answered at the tick rate (20 Hz by default) while
+//! clients get one frame per delta period (10 Hz). Worlds are separate tasks, so the
+//! runtime spreads them over its threads and a slow world delays only itself.
 //!
 //! Slow readers: each member has a bounded send queue. When it is full the member is
 //! *behind*: it gets no deltas, and its input results are held (a few). Once its queue
@@ -38,7 +40,10 @@ const WORLD_QUEUE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct RoomConfig {
+    /// The fixed time step: inputs are applied and answered at each tick.
     pub tick: Duration,
+    /// Ticks per delta frame: changes of this many ticks are coalesced into one frame.
+    pub send_every: u32,
     /// Players one world holds.
     pub max_players: usize,
     /// Worlds this server hosts at once.
@@ -54,7 +59,8 @@ pub struct RoomConfig {
 impl Default for RoomConfig {
     fn default() -> Self {
         Self {
-            tick: Duration::from_millis(100),
+            tick: Duration::from_millis(50),
+            send_every: 2,
             max_players: 30,
             max_worlds: 10,
             empty_grace: Duration::from_secs(5),
@@ -127,10 +133,19 @@ pub struct Rooms<W: World> {
 /// A member as its world sees it.
 struct Member {
     out: mpsc::Sender<Bytes>,
-    /// The tick at which its queue was found full; `None` while it keeps up.
-    behind_since: Option<u64>,
-    /// Input results held while behind, sent after the resync.
+    standing: Standing,
+    /// Input results held until the Welcome or the resync.
     held: Vec<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// In the world; its Welcome goes with the next delta frame.
+    Welcoming { you: u32 },
+    /// Keeping up: gets every delta.
+    Live,
+    /// Its queue was full at tick `since`; it gets a resync once it drains.
+    Behind { since: u64 },
 }
 
 impl<W: World> Rooms<W> {
@@ -226,7 +241,7 @@ impl<W: World> Rooms<W> {
         mut engine: Engine<W>,
         mut rx: mpsc::Receiver<Cmd<W::Action>>,
     ) {
-        let mut fanout = Fanout::new(&self.config);
+        let mut fanout = Fanout::<W::Change>::new(&self.config);
         let mut pending: Vec<Event<W::Action>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -241,6 +256,9 @@ impl<W: World> Rooms<W> {
                         fanout.take(cmd, &mut pending);
                     }
                     self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    if !engine.tick().is_multiple_of(fanout.send_every) {
+                        fanout.flush(&world_id, &engine, engine.tick(), &self.metrics);
+                    }
                     break;
                 }
                 cmd = rx.recv() => match cmd {
@@ -277,7 +295,13 @@ impl<W: World> Rooms<W> {
         false
     }
 
-    fn tick(&self, world_id: &str, engine: &mut Engine<W>, fanout: &mut Fanout, events: Vec<Event<W::Action>>) {
+    fn tick(
+        &self,
+        world_id: &str,
+        engine: &mut Engine<W>,
+        fanout: &mut Fanout<W::Change>,
+        events: Vec<Event<W::Action>>,
+    ) {
         let started = std::time::Instant::now();
         let out = engine.step(events);
         fanout.send(world_id, engine, out, &self.metrics);
@@ -286,27 +310,33 @@ impl<W: World> Rooms<W> {
 }
 
 /// The members of one world and the sending of each tick's frames to them.
-struct Fanout {
+struct Fanout<C> {
     members: HashMap<MemberId, Member>,
-    /// Accepted joins, waiting for the tick that welcomes them.
+    /// Accepted joins, waiting for the tick that adds them to the world.
     joining: HashMap<MemberId, mpsc::Sender<Bytes>>,
+    /// Changes since the last delta frame.
+    changes: Vec<C>,
     /// Members let go this tick, for the next tick's `Leave`.
     dropped: Vec<MemberId>,
     max_players: usize,
     queue: usize,
     max_behind_ticks: u64,
+    /// Ticks per delta frame.
+    send_every: u64,
 }
 
-impl Fanout {
+impl<C: bincode::Encode> Fanout<C> {
     fn new(config: &RoomConfig) -> Self {
         let tick = config.tick.as_secs_f64().max(1e-6);
         Self {
             members: HashMap::new(),
             joining: HashMap::new(),
+            changes: Vec::new(),
             dropped: Vec::new(),
             max_players: config.max_players,
             queue: config.member_queue,
             max_behind_ticks: (config.max_behind.as_secs_f64() / tick).ceil() as u64,
+            send_every: u64::from(config.send_every.max(1)),
         }
     }
 
@@ -334,48 +364,62 @@ impl Fanout {
         }
     }
 
-    /// Sends one tick's welcomes, results and the shared delta; resyncs members that
-    /// caught up and drops those too far behind.
-    fn send<W: World>(&mut self, world_id: &str, engine: &Engine<W>, out: TickOutput<W::Change>, metrics: &Metrics) {
+    /// Takes one tick's output: input results go out at once (held for members not
+    /// welcomed yet or behind), changes wait for the next delta frame.
+    fn send<W: World<Change = C>>(
+        &mut self,
+        world_id: &str,
+        engine: &Engine<W>,
+        out: TickOutput<C>,
+        metrics: &Metrics,
+    ) {
         let tick = out.tick;
-        // The whole world, encoded at most once per tick, for joiners and resyncs.
-        let mut view: Option<W::View> = None;
-        let mut resync: Option<Bytes> = None;
-
-        // Welcomes first, so an input sent right after Join finds its member. The
-        // snapshot a joiner gets already holds this tick, so it gets deltas from the next.
-        let mut fresh = Vec::with_capacity(out.joined.len());
         for (member, you) in out.joined {
-            let Some(tx) = self.joining.remove(&member) else { continue };
-            let snapshot = view.get_or_insert_with(|| engine.world().view());
-            let welcome: ServerMsg<&W::View, ()> =
-                ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
-            let mut m = Member { out: tx, behind_since: None, held: Vec::new() };
-            deliver(&mut m, Bytes::from(encode_server(&welcome)), false, tick, metrics);
-            self.members.insert(member, m);
-            fresh.push(member);
+            if let Some(tx) = self.joining.remove(&member) {
+                self.members
+                    .insert(member, Member { out: tx, standing: Standing::Welcoming { you }, held: Vec::new() });
+            }
         }
         for (member, seq, outcome) in out.results {
             metrics.count_input(&outcome);
             let Some(m) = self.members.get_mut(&member) else { continue };
             let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
             let frame = Bytes::from(encode_server(&result));
-            if m.behind_since.is_some() {
-                m.held.push(frame);
-            } else {
-                deliver(m, frame, true, tick, metrics);
+            match m.standing {
+                Standing::Live => deliver(m, frame, true, tick, metrics),
+                Standing::Welcoming { .. } | Standing::Behind { .. } => m.held.push(frame),
             }
         }
+        self.changes.extend(out.changes);
+        if tick.is_multiple_of(self.send_every) {
+            self.flush(world_id, engine, tick, metrics);
+        }
+    }
+
+    /// Sends the coalesced delta (encoded once, the same bytes for every member), the
+    /// welcomes, and the resyncs of members that caught up; drops those too far behind.
+    fn flush<W: World<Change = C>>(&mut self, world_id: &str, engine: &Engine<W>, tick: u64, metrics: &Metrics) {
+        // The whole world, built and encoded at most once per flush.
+        let mut view: Option<W::View> = None;
+        let mut resync: Option<Bytes> = None;
         let server_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        let delta: ServerMsg<(), W::Change> = ServerMsg::Delta { tick, server_us, changes: out.changes };
+        let delta: ServerMsg<(), C> = ServerMsg::Delta { tick, server_us, changes: std::mem::take(&mut self.changes) };
         let delta = Bytes::from(encode_server(&delta));
         for (&id, m) in self.members.iter_mut() {
-            if fresh.contains(&id) {
-                continue;
-            }
-            match m.behind_since {
-                None => deliver(m, delta.clone(), false, tick, metrics),
-                Some(since) => {
+            match m.standing {
+                Standing::Live => deliver(m, delta.clone(), false, tick, metrics),
+                // The snapshot holds everything up to this tick, so no delta this time.
+                Standing::Welcoming { you } => {
+                    let snapshot = view.get_or_insert_with(|| engine.world().view());
+                    let welcome: ServerMsg<&W::View, ()> =
+                        ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
+                    m.standing = Standing::Live;
+                    deliver(m, Bytes::from(encode_server(&welcome)), false, tick, metrics);
+                    for frame in std::mem::take(&mut m.held) {
+                        deliver(m, frame, true, tick, metrics);
+                    }
+                }
+                Standing::Behind { since } => {
                     if m.out.is_closed() || tick - since > self.max_behind_ticks || m.held.len() > self.queue {
                         self.dropped.push(id);
                     } else if m.out.capacity() >= self.queue / 2 + m.held.len() {
@@ -386,7 +430,7 @@ impl Fanout {
                                 Bytes::from(encode_server(&msg))
                             })
                             .clone();
-                        m.behind_since = None;
+                        m.standing = Standing::Live;
                         metrics.resyncs.inc();
                         deliver(m, frame, false, tick, metrics);
                         for frame in std::mem::take(&mut m.held) {
@@ -415,9 +459,9 @@ fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: 
             metrics.bytes_sent.inc_by(len);
         }
         Err(mpsc::error::TrySendError::Full(frame)) => {
-            if m.behind_since.is_none() {
+            if !matches!(m.standing, Standing::Behind { .. }) {
                 metrics.fell_behind.inc();
-                m.behind_since = Some(tick);
+                m.standing = Standing::Behind { since: tick };
             }
             if must_arrive {
                 m.held.push(frame);
