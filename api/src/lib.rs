@@ -4,6 +4,7 @@
 //! - [`gameserver`]: the game-server record and its lifecycle state machine.
 //! - [`fleet`]: fleet and autoscaler specs (YAML).
 //! - [`allocation`]: the matchmaker's allocation request and response.
+//! - [`process`]: this process's CPU time and memory, for metrics and reports.
 //! - [`protocol`]: client WebSocket messages (bincode 2, versioned envelope).
 //! - [`town`]: the reference world's actions, snapshot and changes.
 //! - [`token`]: signed join tokens.
@@ -11,6 +12,7 @@
 pub mod allocation;
 pub mod fleet;
 pub mod gameserver;
+pub mod process;
 pub mod protocol;
 pub mod token;
 pub mod town;

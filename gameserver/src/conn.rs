@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use gaia_api::protocol::{ClientMsg, InputOutcome, ServerMsg, close, decode_client, encode_server};
 use gaia_api::token::{TokenKey, unix_ms};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -36,6 +37,9 @@ pub struct Ctx<W: World> {
     pub join_timeout: Duration,
     /// A joined client that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that takes no bytes for this long is dropped without a goodbye (its
+    /// socket is full, so a close frame could not reach it either).
+    pub write_timeout: Duration,
     pub member_queue: usize,
     /// Frames (inputs and pings) a client may send per second, on average...
     pub frame_rate: NonZeroU32,
@@ -69,7 +73,8 @@ pub async fn close_with(socket: &mut WebSocket, metrics: &Metrics, closing: Clos
         reason.pop();
     }
     let frame = CloseFrame { code: closing.code, reason: reason.into() };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    // A client that does not read could hold this send forever.
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
 }
 
 /// Runs one connection to its end.
@@ -92,7 +97,19 @@ enum Inbound {
 async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
     loop {
         match socket.next().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Inbound::Gone,
+            None | Some(Ok(Message::Close(_))) => return Inbound::Gone,
+            Some(Err(e)) => {
+                // tungstenite refuses frames over the upgrade's limit before we see them.
+                let inner = e.into_inner();
+                if let Some(tungstenite::Error::Capacity(e)) = inner.downcast_ref::<tungstenite::Error>() {
+                    return Inbound::Bad(Closing::new(
+                        close::FRAME_TOO_LARGE,
+                        "too_large",
+                        format!("frame too large: {e}"),
+                    ));
+                }
+                return Inbound::Gone;
+            }
             Some(Ok(Message::Binary(bytes))) => {
                 metrics.frames_received.inc();
                 metrics.bytes_received.inc_by(bytes.len() as u64);
@@ -187,13 +204,24 @@ async fn play<W: World>(
                         Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world")
                     });
                 };
-                // Everything already queued goes out in one write.
-                let mut sent = socket.feed(Message::Binary(frame)).await;
-                while let (Ok(()), Ok(frame)) = (&sent, frames.try_recv()) {
-                    sent = socket.feed(Message::Binary(frame)).await;
-                }
-                if sent.is_err() || socket.flush().await.is_err() {
-                    return None;
+                // Everything already queued goes out in one write. A client that does
+                // not take it within `write_timeout` is gone as far as we care.
+                let write = async {
+                    socket.feed(Message::Binary(frame)).await?;
+                    while let Ok(frame) = frames.try_recv() {
+                        socket.feed(Message::Binary(frame)).await?;
+                    }
+                    socket.flush().await
+                };
+                match tokio::time::timeout(ctx.write_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        let reason = format!("did not read for {:?}", ctx.write_timeout);
+                        ctx.metrics.count_close("too_slow");
+                        tracing::debug!(%reason, "dropping a client that does not read");
+                        return None;
+                    }
                 }
             }
             _ = &mut idle => {

@@ -232,6 +232,7 @@ async fn ws<W: World>(State(s): State<AppState<W>>, upgrade: WebSocketUpgrade) -
 }
 
 async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoResponse {
+    s.ctx.metrics.observe_process();
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
@@ -287,6 +288,9 @@ pub async fn run_world<W: World>(
         shutdown: shutdown.clone(),
         join_timeout: config.join_timeout,
         idle_timeout: config.idle_timeout,
+        // Longer than the world's own patience, so a slow reader is resynced or dropped
+        // by its world first; this catches one that stopped reading altogether.
+        write_timeout: config.max_behind * 2,
         member_queue: room_config.member_queue,
         frame_rate: config.client_frame_rate,
         frame_burst: config.client_frame_burst,

@@ -1,5 +1,7 @@
 //! The game server's Prometheus metrics, all under `gaia_gameserver_`.
 
+use std::sync::atomic::AtomicU64;
+
 use gaia_api::protocol::InputOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +41,10 @@ pub struct Metrics {
     pub slow_dropped: Counter,
     /// Time to run one world tick and fan it out.
     pub tick_seconds: Histogram,
+    /// Set at each scrape: CPU seconds this process has used, all threads.
+    pub process_cpu_seconds: Gauge<f64, AtomicU64>,
+    /// Set at each scrape: resident memory.
+    pub process_resident_bytes: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +63,8 @@ impl Metrics {
             slow_dropped: Counter::default(),
             // 1 µs .. ~0.5 s
             tick_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            process_cpu_seconds: Gauge::default(),
+            process_resident_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("gaia_gameserver");
         r.register("connections", "Open WebSocket connections", metrics.connections.clone());
@@ -71,7 +79,18 @@ impl Metrics {
         r.register("resyncs", "Snapshots sent to members that caught up", metrics.resyncs.clone());
         r.register("slow_clients_dropped", "Members dropped for staying behind", metrics.slow_dropped.clone());
         r.register("tick_duration_seconds", "Time to run and fan out one world tick", metrics.tick_seconds.clone());
+        r.register("process_cpu_seconds", "CPU seconds used by this process", metrics.process_cpu_seconds.clone());
+        r.register("process_resident_bytes", "Resident memory of this process", metrics.process_resident_bytes.clone());
         metrics
+    }
+
+    /// Reads this process's CPU time and memory into their gauges (before a scrape).
+    pub fn observe_process(&self) {
+        let usage = gaia_api::process::usage();
+        self.process_cpu_seconds.set(usage.cpu_seconds);
+        if let Some(bytes) = usage.rss_bytes {
+            self.process_resident_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn count_input(&self, outcome: &InputOutcome) {

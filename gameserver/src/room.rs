@@ -6,7 +6,8 @@
 //! it encodes the changes since the last frame **once**, as one Delta, and gives every
 //! member the same bytes: inputs are answered at the tick rate (20 Hz by default) while
 //! clients get one frame per delta period (10 Hz). Worlds are separate tasks, so the
-//! runtime spreads them over its threads and a slow world delays only itself.
+//! runtime spreads them over its threads and a slow world delays only itself, as long as
+//! slow worlds are fewer than the runtime's worker threads (a tick runs on a worker).
 //!
 //! Slow readers: each member has a bounded send queue. When it is full the member is
 //! *behind*: it gets no deltas, and its input results are held (a few). Once its queue
@@ -273,6 +274,10 @@ impl<W: World> Rooms<W> {
                     } else if empty_since.elapsed() >= self.config.empty_grace && self.end(&world_id, generation) {
                         break;
                     }
+                    // A tick longer than the period leaves the ticker always ready; give
+                    // the thread back so the connections this tick woke (queued behind
+                    // us on this worker) run now, not when the world next waits.
+                    tokio::task::yield_now().await;
                 }
             }
         }

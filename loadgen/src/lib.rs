@@ -13,6 +13,7 @@
 mod bot;
 mod matchmaker;
 mod report;
+mod resources;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::matchmaker::{Matchmaker, chain};
 use crate::report::{BotOutcome, Collector, Placement};
 pub use crate::report::{ErrorKind, ErrorTally, RegionUse, Report};
+pub use crate::resources::ProcessUse;
 
 /// How often [`wait_ready`] looks at the fleet.
 const READY_POLL: Duration = Duration::from_millis(200);
@@ -356,8 +358,9 @@ async fn world(ctx: Arc<Ctx>, plan: WorldPlan, members: Vec<(usize, Settled)>) -
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
     config.validate()?;
     let http = http_client()?;
+    let servers = list_servers(&http, &config).await.map_err(anyhow::Error::msg)?;
+    let before = resources::sample(&http, &servers).await;
     let regions = if config.regions.is_empty() {
-        let servers = list_servers(&http, &config).await.map_err(anyhow::Error::msg)?;
         let regions = regions_of(&servers, &config.fleet, &[]);
         anyhow::ensure!(!regions.is_empty(), "fleet {} has no game servers to find regions from", config.fleet);
         regions
@@ -372,7 +375,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         joined: AtomicUsize::new(0),
     });
     let ctx = Arc::new(Ctx {
-        matchmaker: Matchmaker::new(http, &config.allocator_url, config.allocate_timeout),
+        matchmaker: Matchmaker::new(http.clone(), &config.allocator_url, config.allocate_timeout),
         phases: phases.clone(),
         permits: Arc::new(Semaphore::new(config.connect_concurrency)),
         fleet: config.fleet.clone(),
@@ -396,8 +399,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let joined = phases.joined.load(Ordering::Relaxed);
     let mut steady = Duration::ZERO;
+    let mut processes = Vec::new();
     if !shutdown.is_cancelled() && joined > 0 {
         tracing::info!(joined, "steady phase");
+        let servers = list_servers(&http, &config).await.unwrap_or_default();
+        let start_samples = resources::sample(&http, &servers).await;
+        let start_usage = gaia_api::process::usage();
         let start = Instant::now();
         phases.steady.cancel();
         tokio::select! {
@@ -405,6 +412,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = tokio::time::sleep(config.duration) => {}
         }
         steady = start.elapsed();
+        let end_samples = resources::sample(&http, &servers).await;
+        let end_usage = gaia_api::process::usage();
+        processes = resources::usage((start_usage, end_usage), &before, &start_samples, &end_samples, steady);
     }
     phases.stop.cancel();
     tracing::info!("stopping bots");
@@ -418,7 +428,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for outcome in outcomes {
         collector.add(outcome);
     }
-    Ok(collector.finish(steady, shutdown.is_cancelled(), ctx.input_period))
+    let mut report = collector.finish(steady, shutdown.is_cancelled(), ctx.input_period);
+    report.processes = processes;
+    Ok(report)
 }
 
 #[cfg(test)]

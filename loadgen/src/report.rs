@@ -189,6 +189,8 @@ pub struct Report {
     pub bots_with_all_own_moves: u64,
     pub regions_used: BTreeMap<String, RegionUse>,
     pub errors: BTreeMap<ErrorKind, ErrorTally>,
+    /// CPU and memory over the steady phase: the load generator, then each game server.
+    pub processes: Vec<crate::ProcessUse>,
 }
 
 impl Report {
@@ -310,6 +312,9 @@ impl fmt::Display for Report {
             .collect();
         let regions = if regions.is_empty() { "none".to_string() } else { regions.join("; ") };
         writeln!(f, "worlds/servers per region: {regions}")?;
+        for process in &self.processes {
+            writeln!(f, "process       {process}")?;
+        }
         if self.errors.is_empty() {
             writeln!(f, "errors        none")?;
         } else {
@@ -371,6 +376,7 @@ impl Collector {
             bots_with_all_own_moves: 0,
             regions_used: BTreeMap::new(),
             errors: BTreeMap::new(),
+            processes: Vec::new(),
         };
         Ok(Self { report, alloc_first: None, alloc_last: None, connected_s: 0.0, used: BTreeMap::new() })
     }

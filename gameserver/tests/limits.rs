@@ -1,0 +1,651 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+//! The game server's limits, seen from real WebSocket clients of a standalone server on an
+//! ephemeral port: input floods are refused and then closed (`RATE_LIMITED`), silent
+//! clients are closed (`IDLE`) while pinging ones are not, a reader that stalls is resynced
+//! with a snapshot once it reads again, a drain answers the inputs already sent before it
+//! says `GOING_AWAY`, bad frames on a joined socket each get their own close code and are
+//! counted by reason, and a world whose ticks are slow does not slow the others. Each test
+//! also checks what `/metrics` counted.
+//!
+//! A reader that never reads (bounded memory, `TOO_SLOW`) is in `slow_reader.rs`: it
+//! measures the process's memory, which other tests running alongside would disturb.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bincode::{Decode, Encode};
+use futures_util::{SinkExt, StreamExt};
+use gaia_api::protocol::{ClientMsg, InputOutcome, PROTOCOL_VERSION, ServerMsg, close, decode_server, encode_client};
+use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::town::{Action, Change, Snapshot};
+use gaia_gameserver::Config;
+use gaia_gameserver::world::{MemberId, NewWorld, RestoreError, World};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A message from the server, or the close frame's (code, reason) as an Err.
+type Received<V, C> = Result<ServerMsg<V, C>, (u16, String)>;
+
+const SECRET: &str = "s3cret";
+const NAME: &str = "gs-limits";
+
+// ---------------------------------------------------------------------------------------
+// A server and its clients.
+
+struct Server {
+    addr: SocketAddr,
+    url: String,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>,
+}
+
+impl Server {
+    async fn start<F>(config: Config, run: impl FnOnce(Config, TcpListener, CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = Result<(), gaia_gameserver::Error>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let config = Config { name: NAME.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
+        let done = tokio::spawn(run(config, listener, shutdown.clone()));
+        Self { addr, url: gaia_gameserver::address(addr, None), shutdown, done }
+    }
+
+    /// The reference world, without bots.
+    async fn town(config: Config) -> Self {
+        Self::start(config, gaia_gameserver::run).await
+    }
+
+    async fn probe(config: Config, new_world: NewWorld<Probe>) -> Self {
+        Self::start(config, move |config, listener, shutdown| {
+            gaia_gameserver::run_world(config, listener, new_world, shutdown)
+        })
+        .await
+    }
+
+    async fn metrics(&self) -> String {
+        let response = reqwest::get(format!("http://{}/metrics", self.addr)).await.unwrap();
+        assert!(response.status().is_success());
+        response.text().await.unwrap()
+    }
+
+    /// One sample of `/metrics`, e.g. `gaia_gameserver_closes_total{reason="idle"}`; 0 when
+    /// the labelled series has not been created yet.
+    async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
+    }
+
+    /// Waits (up to 10 s) until `series` is at least `min`.
+    async fn metric_reaches(&self, series: &str, min: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(series).await;
+            if value >= min {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {value}, never reached {min}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.done.await.unwrap().unwrap();
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+fn token(world: &str, player: &str) -> String {
+    TokenKey::new(SECRET).sign(&JoinClaims {
+        world_id: world.into(),
+        server: NAME.into(),
+        player_id: player.into(),
+        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
+    })
+}
+
+async fn send<A: Encode>(ws: &mut Ws, msg: &ClientMsg<A>) {
+    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
+}
+
+async fn recv<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> Received<V, C> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
+            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err((0, e.to_string())),
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code and reason.
+async fn closed<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> (u16, String) {
+    loop {
+        if let Err(close) = recv::<V, C>(ws).await {
+            return close;
+        }
+    }
+}
+
+/// Connects and joins `world`; returns the socket, `Welcome::you` and `Welcome::tick`.
+async fn join_with<V: Decode<()>, C: Decode<()>>(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, u64, V) {
+    send(&mut ws, &ClientMsg::<()>::Join { token: token(world, player) }).await;
+    match recv::<V, C>(&mut ws).await {
+        Ok(ServerMsg::Welcome { world_id, you, tick, snapshot }) => {
+            assert_eq!(world_id, world);
+            (ws, you, tick, snapshot)
+        }
+        Ok(_) => panic!("expected Welcome, got another message"),
+        Err(close) => panic!("expected Welcome, got closed with {close:?}"),
+    }
+}
+
+async fn join<V: Decode<()>, C: Decode<()>>(url: &str, world: &str, player: &str) -> (Ws, u32, u64, V) {
+    let (ws, _) = connect_async(url).await.unwrap();
+    join_with::<V, C>(ws, world, player).await
+}
+
+async fn join_town(url: &str, world: &str, player: &str) -> (Ws, u32, u64, Snapshot) {
+    join::<Snapshot, Change>(url, world, player).await
+}
+
+fn say(seq: u32, text: &str) -> ClientMsg<Action> {
+    ClientMsg::Input { seq, action: Action::Say { text: text.into() } }
+}
+
+/// Reads town frames until the result of input `seq`; also returns the ticks of the deltas
+/// seen on the way.
+async fn result_of(ws: &mut Ws, seq: u32) -> (u64, InputOutcome, Vec<u64>) {
+    let mut deltas = Vec::new();
+    loop {
+        match recv::<Snapshot, Change>(ws).await {
+            Ok(ServerMsg::InputResult { seq: s, tick, outcome }) if s == seq => return (tick, outcome, deltas),
+            Ok(ServerMsg::Delta { tick, .. }) => deltas.push(tick),
+            Ok(_) => {}
+            Err(close) => panic!("closed with {close:?} while waiting for the result of input {seq}"),
+        }
+    }
+}
+
+/// Reads town frames until `n` deltas arrived; returns their ticks.
+async fn deltas(ws: &mut Ws, n: usize) -> Vec<u64> {
+    let mut ticks = Vec::new();
+    while ticks.len() < n {
+        match recv::<Snapshot, Change>(ws).await {
+            Ok(ServerMsg::Delta { tick, .. }) => ticks.push(tick),
+            Ok(_) => {}
+            Err(close) => panic!("closed with {close:?} while waiting for deltas"),
+        }
+    }
+    ticks
+}
+
+fn increasing(ticks: &[u64]) -> bool {
+    ticks.windows(2).all(|w| w[0] < w[1])
+}
+
+// ---------------------------------------------------------------------------------------
+// A test world: every tick it adds `noise` bytes of change (to make deltas big) and
+// sleeps `sleep` (to make it slow). Members are entities; `Mark(n)` inputs are recorded and
+// part of the view.
+
+#[derive(Default)]
+struct Probe {
+    noise: usize,
+    sleep: Duration,
+    next_id: u32,
+    members: BTreeMap<MemberId, u32>,
+    marks: Vec<u32>,
+}
+
+#[derive(Debug, Encode, Decode)]
+struct Mark(u32);
+
+#[derive(Debug, Encode, Decode)]
+enum ProbeChange {
+    Joined(u32),
+    Left(u32),
+    Marked(u32),
+    Noise(Vec<u8>),
+}
+
+#[derive(Debug, Encode, Decode)]
+struct ProbeView {
+    entities: Vec<u32>,
+    marks: Vec<u32>,
+}
+
+impl World for Probe {
+    type Action = Mark;
+    type Change = ProbeChange;
+    type View = ProbeView;
+
+    fn join(&mut self, member: MemberId, _name: &str, delta: &mut Vec<ProbeChange>) -> u32 {
+        self.next_id += 1;
+        self.members.insert(member, self.next_id);
+        delta.push(ProbeChange::Joined(self.next_id));
+        self.next_id
+    }
+
+    fn leave(&mut self, member: MemberId, delta: &mut Vec<ProbeChange>) {
+        if let Some(id) = self.members.remove(&member) {
+            delta.push(ProbeChange::Left(id));
+        }
+    }
+
+    fn apply(&mut self, _member: MemberId, Mark(mark): Mark, delta: &mut Vec<ProbeChange>) -> Result<(), String> {
+        self.marks.push(mark);
+        delta.push(ProbeChange::Marked(mark));
+        Ok(())
+    }
+
+    fn tick(&mut self, _tick: u64, delta: &mut Vec<ProbeChange>) {
+        if !self.sleep.is_zero() {
+            std::thread::sleep(self.sleep);
+        }
+        if self.noise > 0 {
+            delta.push(ProbeChange::Noise(vec![0xa5; self.noise]));
+        }
+    }
+
+    fn view(&self) -> ProbeView {
+        ProbeView { entities: self.members.values().copied().collect(), marks: self.marks.clone() }
+    }
+
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn restore(_: &[u8]) -> Result<Self, RestoreError> {
+        Err(RestoreError("probe worlds are not saved".into()))
+    }
+}
+
+type ProbeMsg = ServerMsg<ProbeView, ProbeChange>;
+
+async fn recv_probe(ws: &mut Ws) -> Received<ProbeView, ProbeChange> {
+    recv::<ProbeView, ProbeChange>(ws).await
+}
+
+/// A client socket whose receive buffer is small, so a client that stops reading stalls
+/// the server's writes after kilobytes, not megabytes.
+async fn connect_small(addr: SocketAddr, url: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.unwrap();
+    ws
+}
+
+// ---------------------------------------------------------------------------------------
+// Input floods.
+
+#[tokio::test]
+async fn a_flooding_client_is_refused_then_closed_and_others_play_on() {
+    let rate = 5;
+    let burst = 10;
+    let s = Server::town(Config {
+        client_frame_rate: rate.try_into().unwrap(),
+        client_frame_burst: burst.try_into().unwrap(),
+        ..Default::default()
+    })
+    .await;
+    let (mut good, _, _, _) = join_town(&s.url, "w1", "good").await;
+    let (mut flood, _, _, _) = join_town(&s.url, "w1", "flood").await;
+
+    // 500 inputs as fast as the socket takes them. The server closes the connection
+    // part-way, so late sends may fail; that is the point.
+    for seq in 1..=500 {
+        if flood.feed(Message::Binary(encode_client(&say(seq, "flood")).into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = flood.flush().await;
+
+    let mut slow_down = 0;
+    let close = loop {
+        match recv::<Snapshot, Change>(&mut flood).await {
+            Ok(ServerMsg::InputResult { outcome: InputOutcome::Rejected { reason }, tick, .. }) => {
+                assert!(reason.starts_with("slow down"), "{reason}");
+                assert_eq!(tick, 0, "a refused input never reaches the world");
+                slow_down += 1;
+            }
+            Ok(_) => {}
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(close, (close::RATE_LIMITED, format!("more than {rate} frames per second")));
+    // The first `burst` frames pass; then up to `burst` refusals in a row are answered
+    // (more if the bucket refilled meanwhile), and the next one closes the connection.
+    assert!(slow_down >= burst, "only {slow_down} inputs were refused before the close");
+
+    // The well-behaved member in the same world plays on.
+    send(&mut good, &say(1, "still here")).await;
+    let (tick, outcome, _) = result_of(&mut good, 1).await;
+    assert_eq!(outcome, InputOutcome::Ok);
+    let ticks = deltas(&mut good, 3).await;
+    assert!(increasing(&ticks) && ticks[0] >= tick, "{ticks:?} after the result at tick {tick}");
+
+    let text = s.metrics().await;
+    assert_eq!(metric(&text, r#"gaia_gameserver_inputs_total{result="rate_limited"}"#), f64::from(slow_down));
+    assert_eq!(metric(&text, r#"gaia_gameserver_closes_total{reason="rate_limited"}"#), 1.0);
+    assert!(metric(&text, r#"gaia_gameserver_inputs_total{result="ok"}"#) >= f64::from(burst) + 1.0, "{text}");
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle clients.
+
+#[tokio::test]
+async fn a_silent_member_is_closed_and_a_pinging_one_is_not() {
+    let idle = Duration::from_millis(300);
+    let s = Server::town(Config { idle_timeout: idle, ..Default::default() }).await;
+    let (mut pinger, _, _, _) = join_town(&s.url, "w1", "pinger").await;
+    let sent_join = Instant::now();
+    let (mut silent, _, _, _) = join_town(&s.url, "w1", "silent").await;
+
+    // The silent member reads (deltas keep coming) but never sends: closed after `idle`.
+    let silent = tokio::spawn(async move {
+        let close = closed::<Snapshot, Change>(&mut silent).await;
+        (close, sent_join.elapsed())
+    });
+
+    // The pinger sends a Ping every 100 ms for more than three idle timeouts.
+    let mut pongs = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let until = tokio::time::Instant::now() + idle * 4;
+    let mut nonce = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            _ = ticker.tick() => {
+                nonce += 1;
+                send(&mut pinger, &ClientMsg::<Action>::Ping { nonce }).await;
+            }
+            msg = recv::<Snapshot, Change>(&mut pinger) => match msg {
+                Ok(ServerMsg::Pong { .. }) => pongs += 1,
+                Ok(_) => {}
+                Err(close) => panic!("the pinging member was closed: {close:?}"),
+            },
+        }
+    }
+    assert!(pongs >= 10, "{pongs} pongs");
+
+    let ((code, reason), after) = silent.await.unwrap();
+    assert_eq!((code, reason.as_str()), (close::IDLE, "nothing received for 300ms"));
+    assert!(after >= idle && after < idle * 4, "closed after {after:?}");
+
+    // Still open and answering.
+    send(&mut pinger, &ClientMsg::<Action>::Ping { nonce: 999 }).await;
+    loop {
+        match recv::<Snapshot, Change>(&mut pinger).await {
+            Ok(ServerMsg::Pong { nonce: 999 }) => break,
+            Ok(_) => {}
+            Err(close) => panic!("the pinging member was closed: {close:?}"),
+        }
+    }
+    assert_eq!(s.metric(r#"gaia_gameserver_closes_total{reason="idle"}"#).await, 1.0);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A reader that stalls, then reads again.
+
+#[tokio::test]
+async fn a_reader_that_stalls_is_resynced_when_it_reads_again() {
+    let config = Config {
+        tick_hz: 100,
+        delta_hz: 100,
+        client_queue: 4,
+        max_behind: Duration::from_secs(20),
+        ..Default::default()
+    };
+    // 64 KiB of change every 10 ms: the stalled client's kernel buffers fill in well under
+    // a second, and then its queue.
+    let s = Server::probe(config, Arc::new(|_: &str| Probe { noise: 64 * 1024, ..Default::default() })).await;
+    let (mut slow, me, _, _) =
+        join_with::<ProbeView, ProbeChange>(connect_small(s.addr, &s.url).await, "w", "slow").await;
+
+    // Another member reads everything and marks the world every 20 ms; `acked` is the
+    // highest mark the world has applied.
+    let (mut other, _, _, _) = join::<ProbeView, ProbeChange>(&s.url, "w", "other").await;
+    let acked = Arc::new(AtomicU32::new(0));
+    let stop = CancellationToken::new();
+    let marker = tokio::spawn({
+        let (acked, stop) = (Arc::clone(&acked), stop.clone());
+        async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(20));
+            let mut next = 1;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return other,
+                    _ = ticker.tick() => {
+                        send(&mut other, &ClientMsg::Input { seq: next, action: Mark(next) }).await;
+                        next += 1;
+                    }
+                    msg = recv_probe(&mut other) => match msg {
+                        Ok(ServerMsg::InputResult { seq, outcome: InputOutcome::Ok, .. }) => {
+                            acked.fetch_max(seq, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(close) => panic!("the reading member was closed: {close:?}"),
+                    },
+                }
+            }
+        }
+    });
+
+    // `slow` stops reading. Once its queue is full it is behind; give the other member's
+    // marks a moment to land in the world while it is.
+    s.metric_reaches("gaia_gameserver_fell_behind_total", 1.0).await;
+    let behind_at = acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while acked.load(Ordering::Relaxed) < behind_at + 5 {
+        assert!(Instant::now() < deadline, "the other member's marks stopped being applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let applied = acked.load(Ordering::Relaxed);
+    assert_eq!(s.metric("gaia_gameserver_resyncs_total").await, 0.0);
+
+    // Reading again: first what was queued before it fell behind, then a Resync of the
+    // whole world, then deltas from the next tick on.
+    let mut last_delta = 0;
+    let (resync_tick, snapshot) = loop {
+        match recv_probe(&mut slow).await.unwrap() {
+            ProbeMsg::Delta { tick, .. } => last_delta = tick,
+            ProbeMsg::Resync { tick, snapshot } => break (tick, snapshot),
+            _ => {}
+        }
+    };
+    assert!(last_delta + 1 < resync_tick, "no deltas were missed: last {last_delta}, resync at {resync_tick}");
+    assert!(snapshot.entities.contains(&me), "own entity {me} missing from {:?}", snapshot.entities);
+    // The marks made while it was behind are in the snapshot.
+    let missing: Vec<u32> = (1..=applied).filter(|m| !snapshot.marks.contains(m)).collect();
+    assert!(missing.is_empty(), "marks {missing:?} were applied but are not in the snapshot");
+    let mut ticks = Vec::new();
+    while ticks.len() < 10 {
+        match recv_probe(&mut slow).await.unwrap() {
+            ProbeMsg::Delta { tick, .. } => ticks.push(tick),
+            ProbeMsg::Resync { .. } => panic!("a second resync: the client fell behind again"),
+            _ => {}
+        }
+    }
+    assert_eq!(ticks[0], resync_tick + 1, "deltas resume right after the resync's tick");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+
+    stop.cancel();
+    let _other = marker.await.unwrap();
+    assert!(s.metric("gaia_gameserver_resyncs_total").await >= 1.0);
+    assert!(s.metric("gaia_gameserver_fell_behind_total").await >= 1.0);
+    assert_eq!(s.metric("gaia_gameserver_slow_clients_dropped_total").await, 0.0);
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Graceful drain.
+
+#[tokio::test]
+async fn a_drain_answers_inputs_already_sent_then_says_going_away() {
+    // One tick a second: the drain starts long before the next regular tick.
+    let s = Server::town(Config { tick_hz: 1, delta_hz: 1, ..Default::default() }).await;
+    let (mut ws, _, welcome_tick, _) = join_town(&s.url, "w1", "p").await;
+    send(&mut ws, &say(1, "last words")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drain = Instant::now();
+    s.shutdown.cancel();
+
+    let (tick, outcome, _) = result_of(&mut ws, 1).await;
+    assert_eq!((tick, outcome), (welcome_tick + 1, InputOutcome::Ok));
+    assert!(drain.elapsed() < Duration::from_millis(600), "answered after {:?}: at a regular tick", drain.elapsed());
+    // The last tick's delta, then the close.
+    let mut said = false;
+    let close = loop {
+        match recv::<Snapshot, Change>(&mut ws).await {
+            Ok(ServerMsg::Delta { tick, changes, .. }) => {
+                assert_eq!(tick, welcome_tick + 1);
+                said |= changes.iter().any(|c| matches!(c, Change::Said { text, .. } if text == "last words"));
+            }
+            Ok(_) => {}
+            Err(close) => break close,
+        }
+    };
+    assert!(said, "the last tick's delta did not arrive before the close");
+    assert_eq!(close, (close::GOING_AWAY, "server shutting down".into()));
+    tokio::time::timeout(Duration::from_secs(5), s.done).await.unwrap().unwrap().unwrap();
+    assert!(connect_async(&s.url).await.is_err(), "still accepting connections after the drain");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad frames on a joined socket.
+
+#[tokio::test]
+async fn bad_frames_on_a_joined_socket_close_it_with_their_own_code() {
+    let s = Server::town(Config::default()).await;
+    let (mut watcher, _, _, _) = join_town(&s.url, "w1", "watcher").await;
+
+    let mut wrong_version = encode_client(&ClientMsg::<Action>::Ping { nonce: 1 });
+    wrong_version[0] = (PROTOCOL_VERSION + 1) as u8;
+    let mut truncated = encode_client(&say(1, "hello"));
+    truncated.truncate(truncated.len() - 3);
+    let join_again = encode_client(&ClientMsg::<Action>::Join { token: token("w1", "p5") });
+    let cases: [(Message, u16, &str); 7] = [
+        (
+            Message::Binary(vec![1, 200].into()),
+            close::MALFORMED,
+            "malformed frame: unknown message kind 200 for ClientMsg",
+        ),
+        (
+            Message::Binary(wrong_version.into()),
+            close::VERSION,
+            "protocol version 2 is not supported (server speaks 1)",
+        ),
+        (Message::Binary(truncated.into()), close::MALFORMED, "malformed frame: frame ends 3 bytes early"),
+        (Message::text("{\"say\":\"hi\"}"), close::MALFORMED, "text frames are not spoken here"),
+        (Message::Binary(vec![1; 5000].into()), close::FRAME_TOO_LARGE, "frame of 5000 bytes exceeds the limit"),
+        // Past the WebSocket layer's own limit (4 x 4 KiB): tungstenite refuses it unread.
+        (
+            Message::Binary(vec![1; 100_000].into()),
+            close::FRAME_TOO_LARGE,
+            "frame too large: Message too long: 100000 > 16384",
+        ),
+        (Message::Binary(join_again.into()), close::ALREADY_JOINED, "already joined world w1"),
+    ];
+    for (i, (frame, code, reason)) in cases.into_iter().enumerate() {
+        let (mut ws, _, _, _) = join_town(&s.url, "w1", &format!("p{i}")).await;
+        ws.send(frame).await.unwrap();
+        assert_eq!(closed::<Snapshot, Change>(&mut ws).await, (code, reason.to_string()), "case {i}");
+    }
+
+    // The world and the server carry on; every bad connection is gone.
+    send(&mut watcher, &say(1, "all quiet")).await;
+    assert_eq!(result_of(&mut watcher, 1).await.1, InputOutcome::Ok);
+    assert!(increasing(&deltas(&mut watcher, 2).await));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metric("gaia_gameserver_connections").await != 1.0 {
+        assert!(Instant::now() < deadline, "closed connections still counted as open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = s.metrics().await;
+    let closes = |reason: &str| metric(&text, &format!("gaia_gameserver_closes_total{{reason=\"{reason}\"}}"));
+    assert_eq!(closes("malformed"), 3.0, "{text}");
+    assert_eq!(closes("version"), 1.0, "{text}");
+    assert_eq!(closes("too_large"), 2.0, "{text}");
+    assert_eq!(closes("already_joined"), 1.0, "{text}");
+    s.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A slow world does not slow the others.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_world_does_not_delay_the_others() {
+    let tick = Duration::from_millis(150);
+    let config = Config { tick_hz: 20, delta_hz: 20, ..Default::default() };
+    let new_world: NewWorld<Probe> = Arc::new(move |id: &str| Probe {
+        sleep: if id == "slow" { tick } else { Duration::ZERO },
+        ..Default::default()
+    });
+    let s = Server::probe(config, new_world).await;
+    let t0 = Instant::now();
+
+    // A member in the slow world, reading whatever it is sent.
+    let (mut in_slow, _) = connect_async(&s.url).await.unwrap();
+    send(&mut in_slow, &ClientMsg::<Mark>::Join { token: token("slow", "s") }).await;
+    let slow_ticks = tokio::spawn(async move {
+        let mut ticks = Vec::new();
+        while let Some(Ok(Message::Binary(b))) = in_slow.next().await {
+            if let ProbeMsg::Welcome { tick, .. } | ProbeMsg::Delta { tick, .. } = decode_server(&b).unwrap() {
+                ticks.push((t0.elapsed(), tick));
+            }
+        }
+        ticks
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut fast, _, _, _) = join::<ProbeView, ProbeChange>(&s.url, "fast", "f").await;
+    let started = Instant::now();
+    let mut ticks = Vec::new();
+    let mut gaps = Vec::new();
+    let mut last = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        if let Ok(ProbeMsg::Delta { tick, .. }) = recv_probe(&mut fast).await {
+            ticks.push(tick);
+            gaps.push(last.elapsed());
+            last = Instant::now();
+        }
+    }
+    // 40 expected, one every 50 ms; a fast world sharing a thread with the slow one would
+    // also see gaps of 150 ms.
+    let span = ticks.last().unwrap() - ticks[0];
+    assert!(ticks.len() >= 25 && span >= 25, "{} deltas in 2 s, ticks {ticks:?}", ticks.len());
+    let longest = *gaps.iter().max().unwrap();
+    assert!(longest < Duration::from_millis(140), "a gap of {longest:?} between deltas: {gaps:?}");
+
+    // The slow world ticked all along, at most once per 150 ms, and its own member got
+    // each tick as it happened, not in a burst at the end (the world yields its thread
+    // after every tick, so the connection it woke gets to run).
+    let cancelled_at = t0.elapsed();
+    s.shutdown.cancel();
+    let slow_ticks = slow_ticks.await.unwrap();
+    let slow_last = slow_ticks.last().unwrap().1;
+    assert!((5..=20).contains(&slow_last), "the slow world reached tick {slow_last}: {slow_ticks:?}");
+    let on_time = slow_ticks.iter().filter(|(at, _)| *at < cancelled_at).count();
+    assert!(on_time >= 5, "only {on_time} of the slow world's frames arrived before shutdown: {slow_ticks:?}");
+    tokio::time::timeout(Duration::from_secs(10), s.done).await.unwrap().unwrap().unwrap();
+}

@@ -1,0 +1,154 @@
+//! What the run cost: CPU and memory of the load generator and of each game server.
+//!
+//! Game servers publish their CPU seconds, resident memory and connection count on
+//! `/metrics` (`gaia_gameserver_process_cpu_seconds`, `..._process_resident_bytes`,
+//! `..._connections`). The run samples every server before the bots start, when the
+//! steady phase starts and when it ends. CPU is the steady phase's share of one core;
+//! memory per connection is the growth since before the bots, over the connections.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use gaia_api::gameserver::GameServer;
+use gaia_api::process::Usage;
+
+/// One scrape of a game server's `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sample {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub connections: u64,
+}
+
+/// Server name -> sample, for the servers that answered.
+pub(crate) type Samples = BTreeMap<String, Sample>;
+
+/// The numbers the report needs from a `/metrics` text; `None` if one is missing.
+pub(crate) fn parse(text: &str) -> Option<Sample> {
+    let value = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    Some(Sample {
+        cpu_seconds: value("gaia_gameserver_process_cpu_seconds")?,
+        rss_bytes: value("gaia_gameserver_process_resident_bytes")? as u64,
+        connections: value("gaia_gameserver_connections")? as u64,
+    })
+}
+
+/// `ws://host:port/ws` -> `http://host:port/metrics`.
+fn metrics_url(address: &str) -> Option<String> {
+    let host = address.strip_prefix("ws://")?.split('/').next()?;
+    Some(format!("http://{host}/metrics"))
+}
+
+/// Scrapes every server with an address; those that do not answer are left out.
+pub(crate) async fn sample(http: &reqwest::Client, servers: &[GameServer]) -> Samples {
+    let mut samples = Samples::new();
+    for server in servers {
+        let Some(url) = server.address.as_deref().and_then(metrics_url) else { continue };
+        let text = async { http.get(&url).timeout(Duration::from_secs(5)).send().await?.text().await };
+        match text.await {
+            Ok(text) => match parse(&text) {
+                Some(sample) => {
+                    samples.insert(server.name.clone(), sample);
+                }
+                None => tracing::warn!(%url, "metrics lack process figures"),
+            },
+            Err(e) => tracing::warn!(%url, error = %e, "cannot scrape game server"),
+        }
+    }
+    samples
+}
+
+/// One process's share of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessUse {
+    pub name: String,
+    /// Steady phase, in percent of one core.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    /// Connections at the end of the steady phase (game servers).
+    pub connections: Option<u64>,
+    /// Resident memory growth since before the bots, per connection.
+    pub bytes_per_connection: Option<f64>,
+}
+
+/// Folds the samples into one line per process: the load generator first.
+pub(crate) fn usage(
+    loadgen: (Usage, Usage),
+    before: &Samples,
+    start: &Samples,
+    end: &Samples,
+    steady: Duration,
+) -> Vec<ProcessUse> {
+    let secs = steady.as_secs_f64().max(1e-3);
+    let mut out = vec![ProcessUse {
+        name: "loadgen".into(),
+        cpu_percent: (loadgen.1.cpu_seconds - loadgen.0.cpu_seconds) / secs * 100.0,
+        rss_bytes: loadgen.1.rss_bytes.unwrap_or(0),
+        connections: None,
+        bytes_per_connection: None,
+    }];
+    for (name, last) in end {
+        let Some(first) = start.get(name) else { continue };
+        let per_connection = before
+            .get(name)
+            .filter(|_| last.connections > 0)
+            .map(|b| last.rss_bytes.saturating_sub(b.rss_bytes) as f64 / last.connections as f64);
+        out.push(ProcessUse {
+            name: name.clone(),
+            cpu_percent: (last.cpu_seconds - first.cpu_seconds) / secs * 100.0,
+            rss_bytes: last.rss_bytes,
+            connections: Some(last.connections),
+            bytes_per_connection: per_connection,
+        });
+    }
+    out
+}
+
+impl fmt::Display for ProcessUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = self.rss_bytes as f64 / (1024.0 * 1024.0);
+        write!(f, "{} cpu {:.0}% rss {mib:.1} MiB", self.name, self.cpu_percent)?;
+        if let Some(connections) = self.connections {
+            write!(f, ", {connections} connections")?;
+        }
+        if let Some(bytes) = self.bytes_per_connection {
+            write!(f, ", {:.1} KiB per connection", bytes / 1024.0)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_gameserver_metrics() {
+        let text = "# HELP gaia_gameserver_connections Open WebSocket connections\n\
+                    gaia_gameserver_connections 3000\n\
+                    gaia_gameserver_connections_other 1\n\
+                    gaia_gameserver_process_cpu_seconds 12.5\n\
+                    gaia_gameserver_process_resident_bytes 52428800\n";
+        assert_eq!(parse(text), Some(Sample { cpu_seconds: 12.5, rss_bytes: 52_428_800, connections: 3000 }));
+        assert_eq!(parse("gaia_gameserver_connections 1\n"), None);
+        assert_eq!(metrics_url("ws://127.0.0.1:4000/ws").as_deref(), Some("http://127.0.0.1:4000/metrics"));
+        assert_eq!(metrics_url("http://x"), None);
+    }
+
+    #[test]
+    fn usage_is_per_steady_second_and_growth_per_connection() {
+        let s = |cpu, mib: u64, connections| Sample { cpu_seconds: cpu, rss_bytes: mib << 20, connections };
+        let before = Samples::from([("gs".to_string(), s(1.0, 10, 0))]);
+        let start = Samples::from([("gs".to_string(), s(5.0, 30, 1024))]);
+        let end = Samples::from([("gs".to_string(), s(15.0, 30, 1024))]);
+        let lg = |cpu| Usage { cpu_seconds: cpu, rss_bytes: Some(1 << 20) };
+        let got = usage((lg(0.0), lg(5.0)), &before, &start, &end, Duration::from_secs(20));
+        assert_eq!(got[0].cpu_percent, 25.0);
+        assert_eq!(got[1].cpu_percent, 50.0);
+        assert_eq!(got[1].bytes_per_connection, Some(20.0 * 1024.0));
+        assert_eq!(got[1].to_string(), "gs cpu 50% rss 30.0 MiB, 1024 connections, 20.0 KiB per connection");
+    }
+}
