@@ -213,7 +213,13 @@ async fn play<W: World>(
                     }
                     socket.flush().await
                 };
-                match tokio::time::timeout(ctx.write_timeout, write).await {
+                // Most writes finish at once; only one that waits gets a timer.
+                tokio::pin!(write);
+                let written = match futures_util::poll!(&mut write) {
+                    std::task::Poll::Ready(done) => Ok(done),
+                    std::task::Poll::Pending => tokio::time::timeout(ctx.write_timeout, write).await,
+                };
+                match written {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return None,
                     Err(_) => {
