@@ -146,3 +146,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     gaia_gameserver::run_world(config, listener, new_world, shutdown).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use gaia_api::protocol::InputOutcome;
+    use gaia_gameserver::engine::{Engine, Event};
+
+    use super::*;
+
+    fn add(member: MemberId, seq: u32, by: i64) -> Event<Action> {
+        Event::Input { member, seq, action: Action::Add { by } }
+    }
+
+    #[test]
+    fn inputs_apply_in_order_and_refusals_change_nothing() {
+        let mut engine = Engine::new(Counter::new(seed_of("w")), 0);
+        let out =
+            engine.step(vec![Event::Join { member: 7, name: "ada".into() }, add(7, 1, 3), add(7, 2, 99), add(8, 1, 1)]);
+        assert_eq!(out.joined, vec![(7, 1)]);
+        assert_eq!(out.results[0].2, InputOutcome::Ok);
+        assert!(matches!(&out.results[1].2, InputOutcome::Rejected { reason } if reason.starts_with("add 1 to 10")));
+        assert_eq!(out.results[2].2, InputOutcome::Rejected { reason: "not in this world".into() });
+        assert_eq!(
+            out.changes,
+            vec![Change::Joined { seat: 1, name: "ada".into() }, Change::Added { seat: 1, by: 3, total: 3 }]
+        );
+        assert_eq!(engine.world().view(), Tally { total: 3, seats: vec![(1, "ada".into())] });
+    }
+
+    #[test]
+    fn a_restored_world_goes_on_as_the_original() {
+        let mut original = Engine::new(Counter::new(seed_of("w")), 0);
+        for _ in 0..250 {
+            original.step(Vec::new());
+        }
+        let bytes = original.world().save();
+        let mut restored = Engine::new(Counter::restore(&bytes).unwrap(), original.tick());
+        for _ in 0..1000 {
+            assert_eq!(original.step(Vec::new()), restored.step(Vec::new()));
+        }
+        assert!(Counter::restore(&bytes[..1]).is_err());
+    }
+}
