@@ -307,10 +307,11 @@ autoscalers:
     }
 
     #[test]
-    fn shipped_example_is_valid() {
-        let text = include_str!("../../examples/fleet.yaml");
-        let config = FleetConfig::from_yaml(text).unwrap();
-        assert!(config.fleets.iter().all(|f| f.regions.len() >= 2));
+    fn shipped_examples_are_valid() {
+        for text in [include_str!("../../examples/fleet.yaml"), include_str!("../../examples/fleet-10k.yaml")] {
+            let config = FleetConfig::from_yaml(text).unwrap();
+            assert!(config.fleets.iter().all(|f| f.regions.len() >= 2));
+        }
     }
 
     fn err(text: &str) -> String {
