@@ -89,6 +89,11 @@ pub enum InputOutcome {
     },
 }
 
+/// Now, in microseconds since the Unix epoch: the clock of `Delta::server_us`.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 /// WebSocket close codes (and `ServerMsg::Error` codes) the game server uses.
 pub mod close {
     /// Server is shutting down or draining (RFC 6455 "going away").

@@ -177,6 +177,15 @@ fn going_away() -> Closing {
     Closing::new(close::GOING_AWAY, "shutdown", "server shutting down")
 }
 
+/// Sends a frame the connection answers itself (not from the world); false if the
+/// client is gone.
+async fn send_now(socket: &mut WebSocket, metrics: &Metrics, msg: ServerMsg<(), ()>) -> bool {
+    let frame = encode_server(&msg);
+    metrics.frames_sent.inc();
+    metrics.bytes_sent.inc_by(frame.len() as u64);
+    socket.send(Message::Binary(frame.into())).await.is_ok()
+}
+
 /// After the join: world frames out, client inputs in. Ends when the client goes, breaks
 /// a rule, or the world lets it go (too slow, or the server is shutting down: then the
 /// world has sent its last tick first).
@@ -223,9 +232,8 @@ async fn play<W: World>(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return None,
                     Err(_) => {
-                        let reason = format!("did not read for {:?}", ctx.write_timeout);
                         ctx.metrics.count_close("too_slow");
-                        tracing::debug!(%reason, "dropping a client that does not read");
+                        tracing::debug!(timeout = ?ctx.write_timeout, "dropping a client that does not read");
                         return None;
                     }
                 }
@@ -256,9 +264,8 @@ async fn play<W: World>(
                     if let ClientMsg::Input { seq, .. } = msg {
                         ctx.metrics.count_input_result("rate_limited");
                         let reason = format!("slow down: at most {} inputs per second", ctx.frame_rate);
-                        let result: ServerMsg<(), ()> =
-                            ServerMsg::InputResult { seq, tick: 0, outcome: InputOutcome::Rejected { reason } };
-                        if socket.send(Message::Binary(encode_server(&result).into())).await.is_err() {
+                        let outcome = InputOutcome::Rejected { reason };
+                        if !send_now(socket, &ctx.metrics, ServerMsg::InputResult { seq, tick: 0, outcome }).await {
                             return None;
                         }
                     }
@@ -275,8 +282,7 @@ async fn play<W: World>(
                         }
                     }
                     ClientMsg::Ping { nonce } => {
-                        let pong: ServerMsg<(), ()> = ServerMsg::Pong { nonce };
-                        if socket.send(Message::Binary(encode_server(&pong).into())).await.is_err() {
+                        if !send_now(socket, &ctx.metrics, ServerMsg::Pong { nonce }).await {
                             return None;
                         }
                     }

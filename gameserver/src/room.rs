@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gaia_api::protocol::{ServerMsg, encode_server};
@@ -412,7 +412,7 @@ impl<C: bincode::Encode> Fanout<C> {
         // The whole world, built and encoded at most once per flush.
         let mut view: Option<W::View> = None;
         let mut resync: Option<Bytes> = None;
-        let server_us = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let server_us = gaia_api::protocol::unix_us();
         let delta: ServerMsg<(), C> = ServerMsg::Delta { tick, server_us, changes: std::mem::take(&mut self.changes) };
         let delta = Bytes::from(encode_server(&delta));
         for (&id, m) in self.members.iter_mut() {

@@ -117,7 +117,7 @@ impl BotState {
             ServerMsg::Delta { changes, server_us, .. } => {
                 self.stats.deltas += 1;
                 if self.measuring {
-                    let late = crate::unix_us().saturating_sub(server_us);
+                    let late = gaia_api::protocol::unix_us().saturating_sub(server_us);
                     self.stats.tick_latency_us.push(u32::try_from(late).unwrap_or(u32::MAX));
                 }
                 for change in changes {

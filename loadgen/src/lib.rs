@@ -92,11 +92,6 @@ impl Config {
     }
 }
 
-/// Now, in microseconds since the Unix epoch (the clock `Delta::server_us` uses).
-pub(crate) fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
 fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder().build().context("building the HTTP client")
 }
