@@ -1,30 +1,37 @@
 //! The control-plane HTTP API.
 //!
 //! One axum router serves matchmakers (`POST /v1/allocations`), game servers' SDK calls
-//! (`/v1/gameservers/{name}/...`), reads of the fleet (`GET /v1/gameservers`) and the
-//! operational endpoints (`/livez`, `/readyz`, `/metrics`). Every handler is a thin shell
-//! over the [`Registry`]; errors become status codes in one place, [`ApiError`].
+//! (`/v1/gameservers/{name}/...`, including drain, moving a world and watching the own
+//! record), reads of the fleet (`GET /v1/gameservers`) and the operational endpoints
+//! (`/livez`, `/readyz`, `/metrics`). Every handler is a thin shell over the [`Registry`];
+//! errors become status codes in one place, [`ApiError`].
 //! Start with [`router`]; [`run`] serves it until shutdown.
 
 mod error;
 mod json;
 pub mod metrics;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gaia_api::allocation::{AllocationRequest, AllocationResponse};
+use bytes::Bytes;
+use gaia_api::allocation::{AllocationRequest, AllocationResponse, MoveResponse};
 use gaia_api::fleet::check_name;
-use gaia_api::gameserver::{GameServer, GameServerState, PlayerCountRequest, RegisterRequest, SetLabelRequest};
+use gaia_api::gameserver::{
+    GameServer, GameServerState, PlayerCountRequest, RegisterRequest, SetLabelRequest, WorldStartedRequest,
+};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
-use gaia_registry::Registry;
+use gaia_registry::{Registry, RegistryEvent};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -57,6 +64,9 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// Everything this process exports on /metrics.
     prometheus: Arc<prometheus_client::registry::Registry>,
+    /// Ends long-lived responses (watch streams); [`run`] sets it to its own shutdown so
+    /// a graceful shutdown does not wait for them.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -73,6 +83,7 @@ impl AppState {
             token_ttl: config.join_token_ttl,
             metrics: Arc::new(metrics),
             prometheus,
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -84,11 +95,14 @@ pub fn router(state: AppState) -> Router {
         .route("/reserve", post(|s, p| to_state(s, p, GameServerState::Reserved, "reserve")))
         .route("/allocate", post(|s, p| to_state(s, p, GameServerState::Allocated, "allocate")))
         .route("/shutdown", post(|s, p| to_state(s, p, GameServerState::Shutdown, "shutdown")))
+        .route("/drain", post(|s, p| to_state(s, p, GameServerState::Draining, "drain")))
         .route("/health", post(health))
         .route("/labels", put(set_label))
         .route("/players", put(set_players))
+        .route("/watch", get(watch))
         .route("/worlds/{world}/started", post(world_started))
-        .route("/worlds/{world}/ended", post(world_ended));
+        .route("/worlds/{world}/ended", post(world_ended))
+        .route("/worlds/{world}/move", post(move_world));
     Router::new()
         .route("/v1/allocations", post(allocate))
         .route("/v1/gameservers", get(list_servers))
@@ -104,6 +118,7 @@ pub fn router(state: AppState) -> Router {
 /// Serves [`router`] on `listener` until `shutdown` is cancelled.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "control-plane API listening");
+    let state = AppState { shutdown: shutdown.clone(), ..state };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
@@ -137,6 +152,7 @@ async fn allocate_inner(
         server: server.name.clone(),
         player_id: placement.player_id.clone(),
         expires_at_ms,
+        epoch: placement.epoch,
     });
     Ok(AllocationResponse {
         world_id: placement.world_id,
@@ -147,6 +163,7 @@ async fn allocate_inner(
         address,
         join_token,
         lease: placement.lease,
+        epoch: placement.epoch,
     })
 }
 
@@ -254,10 +271,12 @@ async fn set_players(
 async fn world_started(
     State(s): State<AppState>,
     Path((name, world)): Path<(String, String)>,
+    body: Result<JsonBody<WorldStartedRequest>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let result = async {
         server_name(&name)?;
-        Ok(s.registry.world_started(&name, &world).await?)
+        let JsonBody(req) = body?;
+        Ok(s.registry.world_started(&name, &world, req.epoch).await?)
     }
     .await;
     sdk_call(&s, "world_started", result).map(|()| StatusCode::NO_CONTENT)
@@ -273,6 +292,97 @@ async fn world_ended(
     }
     .await;
     sdk_call(&s, "world_ended", result).map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn move_world(
+    State(s): State<AppState>,
+    Path((name, world)): Path<(String, String)>,
+) -> Result<Json<MoveResponse>, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        let placement = s.registry.move_world(&name, &world).await?;
+        let server = placement.server;
+        let address = server.address.ok_or_else(|| ApiError::NoAddress(server.name.clone()))?;
+        tracing::info!(world = %world, from = %name, to = %server.name, epoch = placement.epoch, "world moved");
+        Ok(MoveResponse {
+            world_id: placement.world_id,
+            server: server.name,
+            region: server.region,
+            address,
+            epoch: placement.epoch,
+        })
+    }
+    .await;
+    sdk_call(&s, "move_world", result).map(Json)
+}
+
+/// `GET /v1/gameservers/{name}/watch`: newline-delimited JSON records of the server, the
+/// current one first, then one after each of its state changes. The stream ends after a
+/// terminal record (nothing changes after it), when the record is gone, or at shutdown.
+async fn watch(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let result = async {
+        server_name(&name)?;
+        // Subscribe before the first read, so no change falls between the two.
+        let events = s.registry.subscribe();
+        let first = s.registry.get(&name).await?;
+        Ok((events, first))
+    }
+    .await;
+    let (events, first) = sdk_call(&s, "watch", result)?;
+    let watch = Watch {
+        registry: Arc::clone(&s.registry),
+        name,
+        events,
+        shutdown: s.shutdown.clone(),
+        next: Some(first),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        let record = w.next_record().await?;
+        w.done = record.state.is_terminal();
+        let mut line = serde_json::to_vec(&record).ok()?;
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), w))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+/// One watch stream's state. Nothing is buffered per watcher beyond the broadcast
+/// receiver: a watcher that reads slowly lags, and then gets the current record.
+struct Watch {
+    registry: Arc<dyn Registry>,
+    name: String,
+    events: broadcast::Receiver<RegistryEvent>,
+    shutdown: CancellationToken,
+    /// The record to send next, without waiting for a change.
+    next: Option<GameServer>,
+    done: bool,
+}
+
+impl Watch {
+    async fn next_record(&mut self) -> Option<GameServer> {
+        if self.done {
+            return None;
+        }
+        if let Some(record) = self.next.take() {
+            return Some(record);
+        }
+        loop {
+            let event = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                event = self.events.recv() => event,
+            };
+            match event {
+                Ok(RegistryEvent::StateChanged { name, .. }) if name == self.name => break,
+                Ok(_) => {}
+                // Some events were lost, maybe ours: send the record as it is now.
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+        // Gone (removed) or the backend failed: end the stream; the watcher reconnects.
+        self.registry.get(&self.name).await.ok()
+    }
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use futures_util::StreamExt;
 use gaia_allocator::{AppState, Config, Metrics, router};
-use gaia_api::allocation::{AllocationResponse, ErrorBody};
+use gaia_api::allocation::{AllocationResponse, ErrorBody, MoveResponse};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_api::token::{TokenKey, unix_ms};
 use gaia_registry::{MemoryRegistry, Registry};
@@ -67,8 +68,18 @@ async fn allocation_returns_address_and_a_token_the_server_accepts() {
     let claims = TokenKey::new(SECRET).verify(&resp.join_token, "s2", unix_ms(std::time::SystemTime::now())).unwrap();
     assert_eq!(
         (claims.world_id, claims.player_id, claims.expires_at_ms),
-        (resp.world_id, resp.player_id, lease.expires_at_ms)
+        (resp.world_id.clone(), resp.player_id, lease.expires_at_ms)
     );
+    assert!(resp.epoch > 0);
+    assert_eq!(claims.epoch, resp.epoch, "the token carries the placement's epoch");
+
+    // Joining the running world: the same epoch, in the answer and in the token.
+    let body = json!({"fleet":"town","worldId":resp.world_id}).to_string();
+    let (status, v) = call(&app, Method::POST, "/v1/allocations", &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let joined: AllocationResponse = serde_json::from_value(v).unwrap();
+    let claims = TokenKey::new(SECRET).verify(&joined.join_token, "s2", unix_ms(std::time::SystemTime::now())).unwrap();
+    assert_eq!((joined.epoch, claims.epoch), (resp.epoch, resp.epoch));
 }
 
 #[tokio::test]
@@ -123,7 +134,11 @@ async fn sdk_lifecycle_through_http() {
     ready_server(&app, "s1", "eu-west", 2).await;
     let (_, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
     let world = v["worldId"].as_str().unwrap().to_string();
-    let (status, _) = call(&app, Method::POST, &format!("/v1/gameservers/s1/worlds/{world}/started"), "").await;
+    let epoch = v["epoch"].as_u64().unwrap();
+    let started = format!("/v1/gameservers/s1/worlds/{world}/started");
+    let (status, v) = call(&app, Method::POST, &started, "").await;
+    assert_eq!((status, error(&v).error.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"), "epoch required");
+    let (status, _) = call(&app, Method::POST, &started, &json!({ "epoch": epoch }).to_string()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = call(&app, Method::PUT, "/v1/gameservers/s1/players", r#"{"players":3}"#).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -209,4 +224,99 @@ async fn concurrent_allocations_fill_every_slot_exactly_once() {
     for s in &servers {
         assert_eq!((s.name.as_str(), s.worlds, s.state), (s.name.as_str(), 10, GameServerState::Allocated));
     }
+}
+
+#[tokio::test]
+async fn drain_then_move_a_world_with_a_new_epoch() {
+    let (app, _) = app();
+    ready_server(&app, "s1", "eu-west", 1).await;
+    let (_, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town","worldId":"w1"}"#).await;
+    let placed: AllocationResponse = serde_json::from_value(v).unwrap();
+    assert_eq!(placed.server, "s1");
+    let started = json!({ "epoch": placed.epoch }).to_string();
+    let (status, _) = call(&app, Method::POST, "/v1/gameservers/s1/worlds/w1/started", &started).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/drain", "").await;
+    assert_eq!((status, v["state"].as_str()), (StatusCode::OK, Some("Draining")));
+    // The world is about to move: matchmakers get 429 and retry.
+    let (status, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town","worldId":"w1"}"#).await;
+    assert_eq!((status, error(&v).error.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "no_capacity"));
+    // Nowhere to go yet.
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/worlds/w1/move", "").await;
+    assert_eq!((status, error(&v).error.code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "no_capacity"));
+
+    ready_server(&app, "s2", "us-east", 1).await;
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/worlds/w1/move", "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(5), "worldId, server, region, address, epoch: {v}");
+    let moved: MoveResponse = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        (moved.world_id.as_str(), moved.server.as_str(), moved.region.as_str(), moved.address.as_str()),
+        ("w1", "s2", "us-east", "ws://127.0.0.1:9/s2")
+    );
+    assert!(moved.epoch > placed.epoch);
+
+    // Joins now land on s2 with the new epoch; the old server's start is refused.
+    let (_, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town","worldId":"w1"}"#).await;
+    let joined: AllocationResponse = serde_json::from_value(v).unwrap();
+    assert_eq!((joined.server.as_str(), joined.epoch), ("s2", moved.epoch));
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/worlds/w1/started", &started).await;
+    assert_eq!((status, error(&v).error.code.as_str()), (StatusCode::CONFLICT, "conflict"));
+    let (status, v) = call(&app, Method::POST, "/v1/gameservers/s1/worlds/w1/move", "").await;
+    assert_eq!((status, error(&v).error.code.as_str()), (StatusCode::NOT_FOUND, "world_not_found"));
+    let (status, _) = call(&app, Method::POST, "/v1/gameservers/nobody/worlds/w1/move", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, v) = call(&app, Method::GET, "/v1/gameservers/s1", "").await;
+    assert_eq!((v["state"].as_str(), v["worlds"].as_u64()), (Some("Draining"), Some(0)));
+}
+
+/// Reads newline-delimited JSON records off a response body.
+struct Lines {
+    body: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// The next record, or `None` when the stream ended.
+    async fn next(&mut self) -> Option<GameServer> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), self.body.next())
+                .await
+                .expect("a record within 5 s")?;
+            self.buf.extend_from_slice(&chunk.unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_streams_the_record_on_each_state_change() {
+    let (app, registry) = app();
+    ready_server(&app, "s1", "eu-west", 1).await;
+    let req = Request::builder().uri("/v1/gameservers/s1/watch").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut lines = Lines { body: resp.into_body().into_data_stream(), buf: Vec::new() };
+    assert_eq!(lines.next().await.unwrap().state, GameServerState::Ready, "the current record first");
+
+    // Changes that are not state changes of this server send nothing.
+    ready_server(&app, "s2", "eu-west", 1).await;
+    registry.set_players("s1", 4).await.unwrap();
+    let (status, _) = call(&app, Method::POST, "/v1/gameservers/s1/drain", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let draining = lines.next().await.unwrap();
+    assert_eq!((draining.name.as_str(), draining.state, draining.players), ("s1", GameServerState::Draining, 4));
+
+    // A terminal record is the last one.
+    call(&app, Method::POST, "/v1/gameservers/s1/shutdown", "").await;
+    assert_eq!(lines.next().await.unwrap().state, GameServerState::Shutdown);
+    assert!(lines.next().await.is_none(), "the stream ends after a terminal record");
+
+    let req = Request::builder().uri("/v1/gameservers/nobody/watch").body(Body::empty()).unwrap();
+    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
 }

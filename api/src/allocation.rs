@@ -2,7 +2,8 @@
 //!
 //! `POST /v1/allocations` takes an [`AllocationRequest`] and answers an
 //! [`AllocationResponse`], or an [`ErrorBody`] with 400 (bad field), 404 (unknown
-//! fleet) or 429 (no capacity). See docs/architecture.md for the whole contract.
+//! fleet) or 429 (no capacity). Moving a world off its server answers a
+//! [`MoveResponse`]. See docs/architecture.md for the whole contract.
 
 use std::collections::BTreeMap;
 
@@ -157,6 +158,24 @@ pub struct AllocationResponse {
     /// is already running.
     #[serde(default)]
     pub lease: Option<Lease>,
+    /// The world's epoch at this placement (also signed into the join token): bumped each
+    /// time the world is assigned to a server, it fences the world's checkpoints.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+/// Answer to `POST /v1/gameservers/{name}/worlds/{worldId}/move`: where the world lives
+/// now. The new server holds its slot under a lease until the world starts there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveResponse {
+    pub world_id: String,
+    pub server: String,
+    pub region: String,
+    /// WebSocket address of the new server.
+    pub address: String,
+    /// The world's new epoch; checkpoints written under an older one are stale.
+    pub epoch: u64,
 }
 
 /// Every error the HTTP APIs return has this shape.

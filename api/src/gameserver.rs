@@ -195,6 +195,14 @@ pub struct SetLabelRequest {
     pub value: String,
 }
 
+/// SDK call: a world is loaded on the calling server and its first player joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorldStartedRequest {
+    /// The epoch of the placement the server loaded the world for (from the join token).
+    pub epoch: u64,
+}
+
 /// SDK call: the calling server's current player count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

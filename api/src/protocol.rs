@@ -65,7 +65,10 @@ pub enum ServerMsg<V, C> {
         tick: u64,
         outcome: InputOutcome,
     },
-    /// The world moved: reconnect to `address` and join with `token`.
+    /// The world moved (its server is draining): reconnect to `address` and join with
+    /// `token`. Every input applied before the move has had its result, and the last
+    /// delta came before this; an input without a result was not applied, so send it
+    /// again after joining. The server closes the connection (1001) right after.
     Migrate {
         address: String,
         token: String,
@@ -109,6 +112,9 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4009;
     pub const IDLE: u16 = 4010;
     pub const FRAME_TOO_LARGE: u16 = 4011;
+    /// The world cannot run here now (its checkpoint could not be read, or it moved to
+    /// another server): allocate again and join where the allocator says.
+    pub const WORLD_UNAVAILABLE: u16 = 4012;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,6 +19,10 @@ pub struct JoinClaims {
     pub player_id: String,
     /// Unix time in milliseconds after which the token is refused.
     pub expires_at_ms: u64,
+    /// The world's epoch at this placement: the registry bumps it each time the world
+    /// is assigned to a server, and the server fences its checkpoints with it.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +95,13 @@ mod tests {
     use super::*;
 
     fn claims() -> JoinClaims {
-        JoinClaims { world_id: "w1".into(), server: "s1".into(), player_id: "p1".into(), expires_at_ms: 1_000 }
+        JoinClaims {
+            world_id: "w1".into(),
+            server: "s1".into(),
+            player_id: "p1".into(),
+            expires_at_ms: 1_000,
+            epoch: 7,
+        }
     }
 
     #[test]

@@ -52,6 +52,30 @@ struct RunArgs {
     /// Join-token secret shared with the game servers; random when unset.
     #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true, default_value = "")]
     join_secret: String,
+    #[command(flatten)]
+    stores: StoreArgs,
+}
+
+/// Where the embedded fleet's game servers checkpoint their worlds.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Hot checkpoint tier, `redis://host:port`.
+    #[arg(long, env = "GAIA_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Durable checkpoint tier, `postgres://…` or `sqlite:path`. With neither store set,
+    /// a SQLite file in --data-dir.
+    #[arg(long, env = "GAIA_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, env = "GAIA_DATA_DIR", default_value = "gaia-data")]
+    data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    fn apply(self, config: &mut gaia_embedded::Config) {
+        config.redis_url = self.redis_url;
+        config.database_url = self.database_url;
+        config.data_dir = self.data_dir;
+    }
 }
 
 #[derive(clap::Args)]
@@ -90,6 +114,8 @@ struct LoadgenArgs {
     /// Allocations and connects in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    #[command(flatten)]
+    stores: StoreArgs,
 }
 
 fn main() -> ExitCode {
@@ -117,10 +143,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
+/// `shutdown` is cancelled on Ctrl-C (SIGINT), `drain` on SIGTERM (what Kubernetes and
+/// the controller send to retire a server). A process that does not drain treats both
+/// as shutdown; a second signal always shuts down.
+fn stop_on_signal(drains: bool) -> gaia_gameserver::Stop {
+    let stop = gaia_gameserver::Stop::default();
+    let (shutdown, drain) = (stop.shutdown.clone(), stop.drain.clone());
     tokio::spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
@@ -129,14 +157,22 @@ fn shutdown_on_signal() -> CancellationToken {
                 return;
             }
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => {
+                    if !drains || drain.is_cancelled() {
+                        break;
+                    }
+                    tracing::info!("SIGTERM: draining");
+                    drain.cancel();
+                }
+            }
         }
         tracing::info!("shutting down");
-        cancel.cancel();
+        shutdown.cancel();
     });
-    token
+    stop
 }
 
 fn fleet_config(path: Option<&PathBuf>) -> anyhow::Result<FleetConfig> {
@@ -149,11 +185,13 @@ fn fleet_config(path: Option<&PathBuf>) -> anyhow::Result<FleetConfig> {
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let shutdown = shutdown_on_signal();
+    let stop = stop_on_signal(matches!(command, Command::Gameserver(_)));
+    let shutdown = stop.shutdown.clone();
     match command {
         Command::Run(args) => {
             let mut config = gaia_embedded::Config::new(fleet_config(args.config.as_ref())?);
             config.join_secret = args.join_secret;
+            args.stores.apply(&mut config);
             let listener =
                 tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
             gaia_embedded::run(config, listener, shutdown).await?;
@@ -164,18 +202,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let listener =
                 gaia_gameserver::bind(args.config.listen).with_context(|| format!("binding {}", args.config.listen))?;
-            gaia_gameserver::run(args.config, listener, shutdown).await?;
+            gaia_gameserver::run(args.config, listener, stop).await?;
         }
         Command::Loadgen(args) => return loadgen(args, shutdown).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks the kernel to SIGTERM this process when its parent dies, so game servers never
-/// outlive a crashed embedded fleet.
+/// Asks the kernel to SIGINT this process when its parent dies, so game servers never
+/// outlive a crashed embedded fleet (SIGINT: stop and checkpoint, no control plane left
+/// to drain to).
 fn exit_with_parent() -> anyhow::Result<()> {
     let parent = nix::unistd::getppid();
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("prctl(PR_SET_PDEATHSIG)")?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGINT).context("prctl(PR_SET_PDEATHSIG)")?;
     // The parent may have died before the call took effect.
     anyhow::ensure!(nix::unistd::getppid() == parent, "parent process exited before start-up finished");
     Ok(())
@@ -203,7 +242,8 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
             let fleets = fleet_config(args.config.as_ref())?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             config.allocator_url = format!("http://{}", listener.local_addr()?);
-            let embedded = gaia_embedded::Config::new(fleets);
+            let mut embedded = gaia_embedded::Config::new(fleets);
+            args.stores.apply(&mut embedded);
             Some(tokio::spawn(gaia_embedded::run(embedded, listener, fleet_stop.clone())))
         }
     };

@@ -7,10 +7,12 @@
 //! health pings are all live), so the timing asserts carry margins; each says why.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
+use common::{children_with_env, exists, pid_of, stat};
 use gaia_api::fleet::FleetConfig;
 use gaia_api::gameserver::{GameServer, GameServerState};
 use nix::sys::signal::{Signal, kill};
@@ -50,7 +52,8 @@ fleets:
       - {{ name: {REGION}, replicas: 2 }}
 "
         );
-        let config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
+        let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
+        config.data_dir = std::env::temp_dir().join(format!("gaia-crash-{}-{name}", std::process::id()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -115,47 +118,6 @@ fn show(servers: &[GameServer]) -> String {
 
 fn state_of(servers: &[GameServer], name: &str) -> Option<GameServerState> {
     servers.iter().find(|s| s.name == name).map(|s| s.state)
-}
-
-/// `/proc/PID/stat`'s state (field 3) and parent pid (field 4). The command name
-/// (field 2) is in parentheses and may hold spaces, so fields are counted after its `)`.
-fn stat(pid: i32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let parent = rest.next()?.parse().ok()?;
-    Some((state, parent))
-}
-
-/// Child processes of this test process whose environment holds `KEY=value`. The
-/// controller hands every game server its name and fleet in `GAIA_SERVER_NAME` and
-/// `GAIA_FLEET`; `/proc/PID/environ` is the environment the process started with.
-fn children_with_env(key: &str, value: &str) -> Vec<i32> {
-    let me = std::process::id();
-    let needle = format!("{key}={value}");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if stat(pid).is_none_or(|(_, parent)| parent != me) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environ.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn pid_of(server: &str) -> Pid {
-    match children_with_env("GAIA_SERVER_NAME", server)[..] {
-        [pid] => Pid::from_raw(pid),
-        ref pids => panic!("expected one child process for {server}, found {pids:?}"),
-    }
-}
-
-fn exists(pid: Pid) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 async fn wait_gone(pid: Pid, within: Duration, what: &str) -> Duration {

@@ -38,14 +38,18 @@ pub struct ServerIdentity<'a> {
     pub region: &'a str,
     pub sdk_url: &'a str,
     pub join_secret: &'a str,
+    /// The deployment's settings for every server (checkpoint stores); the template may
+    /// override them.
+    pub env: &'a BTreeMap<String, String>,
 }
 
 /// The environment of one game server. `GAIA_LISTEN` (bind a free port; the server
-/// registers its address through the SDK) is a default the template may override, for
-/// example to listen on every interface. The template cannot override the rest: they
+/// registers its address through the SDK) and the deployment's `id.env` are defaults the
+/// template may override, for example to listen on every interface. The template cannot override the rest: they
 /// must agree with the record the controller scheduled.
 pub fn server_env(spec: &FleetSpec, id: ServerIdentity<'_>) -> BTreeMap<String, String> {
     let mut env = BTreeMap::from([("GAIA_LISTEN".to_string(), "127.0.0.1:0".to_string())]);
+    env.extend(id.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(spec.template.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let identity = [
         ("GAIA_SERVER_NAME", id.name.to_string()),
@@ -104,7 +108,19 @@ fleets:
     }
 
     fn id() -> ServerIdentity<'static> {
-        ServerIdentity { name: "town-eu-abcde", region: "eu", sdk_url: "http://127.0.0.1:7700", join_secret: "s3cret" }
+        static ENV: std::sync::LazyLock<BTreeMap<String, String>> = std::sync::LazyLock::new(|| {
+            BTreeMap::from([
+                ("GAIA_DATABASE_URL".to_string(), "sqlite:/data/c.sqlite".to_string()),
+                ("RUST_LOG".to_string(), "info".to_string()),
+            ])
+        });
+        ServerIdentity {
+            name: "town-eu-abcde",
+            region: "eu",
+            sdk_url: "http://127.0.0.1:7700",
+            join_secret: "s3cret",
+            env: &ENV,
+        }
     }
 
     #[test]
@@ -132,7 +148,12 @@ fleets:
         assert_eq!(get("GAIA_HEALTH_PERIOD_SECONDS"), Some("1"));
         assert_eq!(get("GAIA_EXIT_WITH_PARENT"), Some("1"));
         assert_eq!(get("GAIA_LISTEN"), Some("0.0.0.0:0"), "the template may choose where to listen");
-        assert_eq!(get("RUST_LOG"), Some("debug"));
+        assert_eq!(get("RUST_LOG"), Some("debug"), "the template overrides the deployment");
+        assert_eq!(
+            get("GAIA_DATABASE_URL"),
+            Some("sqlite:/data/c.sqlite"),
+            "the deployment's settings reach the server"
+        );
 
         let mut plain = spec();
         plain.template.env.clear();

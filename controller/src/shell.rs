@@ -4,7 +4,9 @@
 //! reap children that exited (their server is marked Unhealthy), read the fleets'
 //! records, [`plan`], execute. Nothing in a reconcile is fatal: a registry error skips
 //! the round, a failed spawn marks its record Error, and the next round tries again.
-//! On shutdown every child gets SIGTERM and `stop_grace` to exit, then SIGKILL.
+//! On shutdown every child gets SIGINT (stop now: worlds are checkpointed, not moved,
+//! since every server is going) and `stop_grace` to exit, then SIGKILL. A retired
+//! server gets SIGTERM (drain).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitStatus;
@@ -35,6 +37,9 @@ pub struct Config {
     pub reconcile_every: Duration,
     /// How long a server asked to stop (scale-down, shutdown) has to exit before SIGKILL.
     pub stop_grace: Duration,
+    /// Environment for every game server (e.g. its checkpoint stores); a fleet's
+    /// template may override it.
+    pub env: BTreeMap<String, String>,
     pub metrics: Option<Arc<Metrics>>,
 }
 
@@ -45,6 +50,7 @@ impl Default for Config {
             join_secret: String::new(),
             reconcile_every: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
+            env: BTreeMap::new(),
             metrics: None,
         }
     }
@@ -250,6 +256,7 @@ impl Controller {
             region,
             sdk_url: &self.config.sdk_url,
             join_secret: &self.config.join_secret,
+            env: &self.config.env,
         };
         let spawned = match process::command(spec, id) {
             Some((program, mut command)) => command.spawn().map_err(|source| ControllerError::Spawn {
@@ -349,14 +356,14 @@ impl Controller {
         }
     }
 
-    /// SIGTERM to every child still serving, then one shared deadline: waiting for the
+    /// SIGINT to every child still serving, then one shared deadline: waiting for the
     /// children one after another against it takes no longer than waiting for all at
     /// once. Whatever still runs at the deadline gets SIGKILL.
     async fn shutdown(mut self) {
         let deadline = Instant::now() + self.config.stop_grace;
         for (name, child) in &self.children {
             if child.phase == Phase::Running
-                && let Err(error) = child.signal(name, Signal::SIGTERM)
+                && let Err(error) = child.signal(name, Signal::SIGINT)
             {
                 tracing::warn!(%error, "cannot ask game server to stop");
             }

@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// complete), then becomes `sleep`.
 const SERVER: &str = r#"d="$GAIA_TEST_DIR"; n="$GAIA_SERVER_NAME"; env > "$d/$n.env"; echo $$ > "$d/$n.tmp"; mv "$d/$n.tmp" "$d/$n.pid"; exec sleep 600"#;
 
-/// The same, but deaf to SIGTERM (the ignore survives `exec`).
+/// The same, but deaf to SIGTERM and SIGINT (the ignore survives `exec`).
 fn stubborn_server() -> String {
-    format!("trap '' TERM; {SERVER}")
+    format!("trap '' TERM INT; {SERVER}")
 }
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -92,6 +92,7 @@ impl Fixture {
             reconcile_every: Duration::from_millis(50),
             stop_grace,
             metrics: Some(Arc::clone(&metrics)),
+            ..Config::default()
         };
         let (desired, rx) = watch::channel(eu(replicas));
         let shutdown = CancellationToken::new();
@@ -321,7 +322,7 @@ async fn a_server_deaf_to_sigterm_is_killed_after_the_grace() {
     assert!(asked.elapsed() >= grace, "killed before its grace ran out");
     assert_eq!(fx.counter(&fx.metrics.killed), 1);
 
-    // Shutdown: the same for the last one.
+    // Shutdown (SIGINT): the same for the last one.
     let (last, last_pid) = servers.iter().find(|(n, _)| *n != gone).cloned().unwrap();
     let registry = Arc::clone(&fx.registry);
     let elapsed = fx.stop().await;

@@ -5,6 +5,10 @@
 //! controller, which starts game servers as child processes. No external service is
 //! needed. If any part stops, every part stops. On shutdown the controller stops its
 //! game servers first, so they can still tell the API goodbye, and the API stops last.
+//!
+//! Checkpoints: the game servers get [`Config::redis_url`] and [`Config::database_url`]
+//! (`GAIA_REDIS_URL`, `GAIA_DATABASE_URL`). With neither set, worlds are checkpointed to
+//! a SQLite file under [`Config::data_dir`], so the embedded fleet needs no service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +31,12 @@ pub struct Config {
     /// How often leases and health are checked.
     pub sweep_every: Duration,
     pub controller_reconcile: Duration,
+    /// Hot checkpoint tier for the game servers (`redis://…`).
+    pub redis_url: Option<String>,
+    /// Durable checkpoint tier for the game servers (`postgres://…` or `sqlite:path`).
+    pub database_url: Option<String>,
+    /// Where the default SQLite checkpoint file lives (created if missing).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Config {
@@ -37,7 +47,33 @@ impl Config {
             registry: RegistryConfig::default(),
             sweep_every: Duration::from_millis(250),
             controller_reconcile: Duration::from_millis(500),
+            redis_url: None,
+            database_url: None,
+            data_dir: "gaia-data".into(),
         }
+    }
+
+    /// The checkpoint settings every game server gets: the configured stores, or a SQLite
+    /// file in `data_dir` (made absolute: the servers may run elsewhere).
+    fn server_env(&self) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let mut env = std::collections::BTreeMap::new();
+        if let Some(url) = &self.redis_url {
+            env.insert("GAIA_REDIS_URL".to_string(), url.clone());
+        }
+        let database = match (&self.database_url, &self.redis_url) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(_)) => None,
+            (None, None) => {
+                std::fs::create_dir_all(&self.data_dir).map_err(|e| Error::DataDir(self.data_dir.clone(), e))?;
+                let dir =
+                    std::fs::canonicalize(&self.data_dir).map_err(|e| Error::DataDir(self.data_dir.clone(), e))?;
+                Some(format!("sqlite:{}", dir.join("checkpoints.sqlite").display()))
+            }
+        };
+        if let Some(url) = database {
+            env.insert("GAIA_DATABASE_URL".to_string(), url);
+        }
+        Ok(env)
     }
 }
 
@@ -49,6 +85,8 @@ pub enum Error {
     Controller(#[from] gaia_controller::ControllerError),
     #[error("a component stopped unexpectedly: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
 }
 
 impl Error {
@@ -57,6 +95,7 @@ impl Error {
             Self::Api(_) => "api",
             Self::Controller(_) => "controller",
             Self::Join(_) => "join",
+            Self::DataDir(..) => "data_dir",
         }
     }
 }
@@ -64,6 +103,7 @@ impl Error {
 /// Runs the embedded fleet on `listener` until `shutdown` (or until a part fails).
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
     let url = format!("http://{}", listener.local_addr().map_err(Error::Api)?);
+    let server_env = config.server_env()?;
     let join_secret = if config.join_secret.is_empty() {
         uuid::Uuid::new_v4().simple().to_string()
     } else {
@@ -100,6 +140,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         sdk_url: url.clone(),
         join_secret,
         reconcile_every: config.controller_reconcile,
+        env: server_env,
         metrics: Some(controller_metrics),
         ..Default::default()
     };

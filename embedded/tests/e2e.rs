@@ -198,6 +198,7 @@ async fn wrong_and_expired_tokens_are_refused_with_a_reason() {
         server: server.into(),
         player_id: "mallory".into(),
         expires_at_ms,
+        epoch: 1,
     };
     let later = unix_ms(SystemTime::now()) + 60_000;
     let other = fleet.registry.get("gs-us").await.unwrap();

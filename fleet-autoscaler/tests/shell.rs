@@ -235,8 +235,11 @@ impl Registry for Flaky {
     async fn set_players(&self, name: &str, players: u32) -> gaia_registry::Result<()> {
         self.inner.set_players(name, players).await
     }
-    async fn world_started(&self, name: &str, world_id: &str) -> gaia_registry::Result<()> {
-        self.inner.world_started(name, world_id).await
+    async fn world_started(&self, name: &str, world_id: &str, epoch: u64) -> gaia_registry::Result<()> {
+        self.inner.world_started(name, world_id, epoch).await
+    }
+    async fn move_world(&self, name: &str, world_id: &str) -> gaia_registry::Result<Placement> {
+        self.inner.move_world(name, world_id).await
     }
     async fn world_ended(&self, name: &str, world_id: &str) -> gaia_registry::Result<()> {
         self.inner.world_ended(name, world_id).await

@@ -133,6 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server: config.name.clone(),
         player_id: "ada".into(),
         expires_at_ms: unix_ms(SystemTime::now()) + 3_600_000,
+        epoch: 1,
     };
     println!("join world `demo` as `ada` for an hour with token {}", TokenKey::new(join_secret).sign(&claims));
 

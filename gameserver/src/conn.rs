@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::room::{JoinError, Rooms, WorldHandle};
+use crate::room::{JoinError, Outbound, Rooms, WorldHandle};
 use crate::world::World;
 
 /// What every connection of one server shares.
@@ -158,11 +158,14 @@ async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>) -> Option<Closi
     };
     let (out, mut frames) = mpsc::channel(ctx.member_queue);
     let member = ctx.rooms.next_member();
-    let world = match ctx.rooms.join(&claims.world_id, member, claims.player_id.clone(), out).await {
+    let world = match ctx.rooms.join(&claims.world_id, claims.epoch, member, claims.player_id.clone(), out).await {
         Ok(world) => world,
         Err(e @ JoinError::WorldFull(_)) => return Some(Closing::new(close::WORLD_FULL, "world_full", e.to_string())),
         Err(e @ JoinError::ServerFull(_)) => {
             return Some(Closing::new(close::SERVER_FULL, "server_full", e.to_string()));
+        }
+        Err(e @ JoinError::Unavailable(_)) => {
+            return Some(Closing::new(close::WORLD_UNAVAILABLE, "world_unavailable", e.to_string()));
         }
         Err(JoinError::ShuttingDown) => return Some(going_away()),
     };
@@ -194,7 +197,7 @@ async fn play<W: World>(
     ctx: &Ctx<W>,
     world: &WorldHandle<W::Action>,
     world_id: &str,
-    frames: &mut mpsc::Receiver<Bytes>,
+    frames: &mut mpsc::Receiver<Outbound>,
 ) -> Option<Closing> {
     let quota = governor::Quota::per_second(ctx.frame_rate).allow_burst(ctx.frame_burst);
     let limiter = governor::RateLimiter::direct(quota);
@@ -206,21 +209,28 @@ async fn play<W: World>(
         tokio::select! {
             biased;
             frame = frames.recv() => {
-                let Some(frame) = frame else {
-                    return Some(if ctx.shutdown.is_cancelled() {
-                        going_away()
-                    } else {
-                        Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world")
-                    });
+                let frame = match frame {
+                    Some(Outbound::Frame(frame)) => frame,
+                    Some(Outbound::Close(closing)) => return Some(closing),
+                    None if ctx.shutdown.is_cancelled() || ctx.rooms.is_draining() => return Some(going_away()),
+                    None => return Some(Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world")),
                 };
-                // Everything already queued goes out in one write. A client that does
-                // not take it within `write_timeout` is gone as far as we care.
+                // Everything already queued goes out in one write (up to a close, which
+                // ends the connection once what came before it is written). A client
+                // that does not take it within `write_timeout` is gone as far as we care.
                 let write = async {
                     socket.feed(Message::Binary(frame)).await?;
-                    while let Ok(frame) = frames.try_recv() {
-                        socket.feed(Message::Binary(frame)).await?;
+                    let mut closing = None;
+                    while let Ok(next) = frames.try_recv() {
+                        match next {
+                            Outbound::Frame(frame) => socket.feed(Message::Binary(frame)).await?,
+                            Outbound::Close(c) => {
+                                closing = Some(c);
+                                break;
+                            }
+                        }
                     }
-                    socket.flush().await
+                    socket.flush().await.map(|()| closing)
                 };
                 // Most writes finish at once; only one that waits gets a timer.
                 tokio::pin!(write);
@@ -229,7 +239,8 @@ async fn play<W: World>(
                     std::task::Poll::Pending => tokio::time::timeout(ctx.write_timeout, write).await,
                 };
                 match written {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(Some(closing))) => return Some(closing),
+                    Ok(Ok(None)) => {}
                     Ok(Err(_)) => return None,
                     Err(_) => {
                         ctx.metrics.count_close("too_slow");
@@ -277,9 +288,10 @@ async fn play<W: World>(
                         return Some(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
                     }
                     ClientMsg::Input { seq, action } => {
-                        if !world.input(seq, action).await {
-                            return Some(going_away());
-                        }
+                        // A stopped world cannot take it: the input goes unanswered (a
+                        // client that was sent Migrate knows it was not applied), and the
+                        // world's last frames and close are still in `frames`.
+                        let _ = world.input(seq, action).await;
                     }
                     ClientMsg::Ping { nonce } => {
                         if !send_now(socket, &ctx.metrics, ServerMsg::Pong { nonce }).await {

@@ -8,7 +8,10 @@
 //! - [`conn`]: one client connection (Join with a token, inputs, limits, close reasons).
 //! - this file: [`Config`], [`bind`] and [`run`]/[`run_world`], which serve the routes
 //!   (`/ws`, `/livez`, `/readyz`, `/metrics`), register with the control plane through
-//!   the SDK, report world starts/ends and player counts, and drain on shutdown.
+//!   the SDK, report world starts/ends and player counts, open the checkpoint stores,
+//!   and stop: [`Stop::shutdown`] checkpoints every world and lets clients go;
+//!   [`Stop::drain`] (or the control plane marking the server Draining) first moves
+//!   every world to another server.
 
 pub mod conn;
 pub mod engine;
@@ -41,9 +44,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::{Closing, Ctx};
 use crate::metrics::Metrics;
-use crate::room::{RoomConfig, Rooms, WorldEvent};
+use crate::room::{Destination, Migration, Mover, Persistence, RoomConfig, Rooms, WorldEvent};
 use crate::town::{Town, TownConfig};
 use crate::world::{NewWorld, World, seed_of};
+use gaia_checkpoint::{Tier, Tiers};
 
 /// Everything a game server is told. The controller sets these as `GAIA_*` variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -106,6 +110,28 @@ pub struct Config {
     /// resynced with a snapshot once it reads again.
     #[arg(long, env = "GAIA_MAX_BEHIND", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_behind: Duration,
+    /// Hot checkpoint tier: `redis://host:port`. Unset: no hot tier.
+    #[arg(long, env = "GAIA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Durable checkpoint tier: `postgres://…` or `sqlite:path`. Unset: no durable tier.
+    /// With neither tier, worlds die with this process.
+    #[arg(long, env = "GAIA_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How often a world that changed is checkpointed, and the hot tier written.
+    #[arg(long, env = "GAIA_CHECKPOINT_EVERY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub checkpoint_every: Duration,
+    /// How often the durable tier is written when there is a hot tier (without one, it
+    /// is written every GAIA_CHECKPOINT_EVERY). Drain and shutdown write it at once.
+    #[arg(long, env = "GAIA_DURABLE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub durable_every: Duration,
+    /// How long a starting world waits for its checkpoint stores before its joins are
+    /// refused (4012, retryable).
+    #[arg(long, env = "GAIA_LOAD_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub load_timeout: Duration,
+    /// How long a draining server tries to move each world before letting its clients
+    /// go to find it through the allocator.
+    #[arg(long, env = "GAIA_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -132,7 +158,31 @@ impl Default for Config {
             client_frame_burst: NonZeroU32::new(40).expect("40 > 0"),
             client_queue: 64,
             max_behind: Duration::from_secs(5),
+            redis_url: None,
+            database_url: None,
+            checkpoint_every: Duration::from_secs(1),
+            durable_every: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// How a game server is told to stop.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Stop now: every world runs its last tick and is checkpointed, clients are let go
+    /// (`GOING_AWAY`) and find their worlds again through the allocator.
+    pub shutdown: CancellationToken,
+    /// Drain, then stop: every world is checkpointed and moved to another server, its
+    /// clients are sent `Migrate`. The control plane marking this server Draining does
+    /// the same.
+    pub drain: CancellationToken,
+}
+
+impl From<CancellationToken> for Stop {
+    fn from(shutdown: CancellationToken) -> Self {
+        Self { shutdown, drain: CancellationToken::new() }
     }
 }
 
@@ -142,6 +192,12 @@ pub enum Error {
     Config(String),
     #[error("control plane: {0}")]
     Sdk(#[from] SdkError),
+    #[error("checkpoint store {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: gaia_checkpoint::StoreError,
+    },
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -151,6 +207,7 @@ impl Error {
         match self {
             Self::Config(_) => "config",
             Self::Sdk(_) => "sdk",
+            Self::Store { .. } => "store",
             Self::Io(_) => "io",
         }
     }
@@ -178,6 +235,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 struct AppState<W: World> {
     ctx: Arc<Ctx<W>>,
+    tiers: Option<Arc<Tiers>>,
     /// One permit per connection; `player_capacity` of them.
     slots: Arc<Semaphore>,
     prometheus: Arc<prometheus_client::registry::Registry>,
@@ -188,6 +246,7 @@ impl<W: World> Clone for AppState<W> {
     fn clone(&self) -> Self {
         Self {
             ctx: Arc::clone(&self.ctx),
+            tiers: self.tiers.clone(),
             slots: Arc::clone(&self.slots),
             prometheus: Arc::clone(&self.prometheus),
             tasks: self.tasks.clone(),
@@ -199,7 +258,7 @@ fn router<W: World>(state: AppState<W>) -> Router {
     Router::new()
         .route("/ws", get(ws::<W>))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<W>))
         .route("/metrics", get(metrics_text::<W>))
         .with_state(state)
 }
@@ -231,6 +290,31 @@ async fn ws<W: World>(State(s): State<AppState<W>>, upgrade: WebSocketUpgrade) -
         })
 }
 
+/// 200 while the server takes worlds and its checkpoints are being written; 503 while it
+/// drains or stops, or while a checkpoint tier fails. The body says which, with each
+/// tier's backlog (worlds whose newest checkpoint it does not hold yet).
+async fn readyz<W: World>(State(s): State<AppState<W>>) -> Response {
+    let mut ready = true;
+    let mut text = String::new();
+    if s.ctx.rooms.is_draining() || s.ctx.shutdown.is_cancelled() {
+        ready = false;
+        text.push_str("draining\n");
+    }
+    for tier in s.tiers.iter().flat_map(|t| t.health()) {
+        text.push_str(&format!("checkpoint {}: backlog {} worlds", tier.kind, tier.backlog));
+        if let Some((since, error)) = &tier.failing {
+            ready = false;
+            text.push_str(&format!(", failing for {:.1}s: {error}", since.as_secs_f64()));
+        }
+        text.push('\n');
+    }
+    if ready {
+        text.insert_str(0, "ok\n");
+    }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, text).into_response()
+}
+
 async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoResponse {
     s.ctx.metrics.observe_process();
     let mut text = String::new();
@@ -241,21 +325,41 @@ async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoRespon
 }
 
 /// Runs a game server of the reference world ([`Town`]); see [`run_world`].
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -> Result<(), Error> {
     let town = TownConfig { bots: config.bots_per_world, ..TownConfig::default() };
     let new_world: NewWorld<Town> = Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)));
-    run_world(config, listener, new_world, shutdown).await
+    run_world(config, listener, new_world, stop).await
 }
 
-/// Runs a game server of worlds made by `new_world` on `listener` until `shutdown`, then
-/// drains: it stops accepting, every world finishes its tick and sends it, clients are
-/// closed with `GOING_AWAY`, and the control plane hears `shutdown`.
+/// Opens the checkpoint tiers the config names: hot first, then durable.
+async fn open_tiers(config: &Config) -> Result<Vec<Tier>, Error> {
+    let mut tiers = Vec::new();
+    let hot = config.redis_url.is_some();
+    for (url, every) in [
+        (&config.redis_url, config.checkpoint_every),
+        (&config.database_url, if hot { config.durable_every } else { config.checkpoint_every }),
+    ] {
+        let Some(url) = url else { continue };
+        let store = gaia_checkpoint::open(url)
+            .await
+            .map_err(|source| Error::Store { url: gaia_checkpoint::redact(url), source })?;
+        tiers.push(Tier { store, every });
+    }
+    Ok(tiers)
+}
+
+/// Runs a game server of worlds made by `new_world` on `listener` until told to stop.
+/// On [`Stop::shutdown`] it stops accepting, every world finishes its tick, sends it and
+/// is checkpointed, clients are closed with `GOING_AWAY`, the checkpoints are written,
+/// and the control plane hears `shutdown`. On [`Stop::drain`] (or when the control
+/// plane marks it Draining) it first moves every world to another server.
 pub async fn run_world<W: World>(
     config: Config,
     listener: TcpListener,
     new_world: NewWorld<W>,
-    shutdown: CancellationToken,
+    stop: impl Into<Stop>,
 ) -> Result<(), Error> {
+    let stop = stop.into();
     if config.join_secret.is_empty() {
         return Err(Error::Config("GAIA_JOIN_SECRET must not be empty".into()));
     }
@@ -269,6 +373,18 @@ pub async fn run_world<W: World>(
     let address = address(listener.local_addr()?, config.advertise_host.as_deref());
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut prometheus));
+    // Everything that serves stops on this: at once on shutdown, after the worlds moved
+    // on a drain.
+    let shutdown = stop.shutdown.child_token();
+    let tiers_stop = CancellationToken::new();
+    let tiers = open_tiers(&config).await?;
+    if tiers.is_empty() {
+        tracing::warn!("no GAIA_REDIS_URL or GAIA_DATABASE_URL: worlds are not checkpointed and die with this server");
+    }
+    let tiers = (!tiers.is_empty()).then(|| {
+        let metrics = Arc::new(gaia_checkpoint::Metrics::new(&mut prometheus));
+        Tiers::start(tiers, metrics, tiers_stop.clone())
+    });
     let (world_events, world_events_rx) = mpsc::unbounded_channel();
     let room_config = RoomConfig {
         tick: Duration::from_secs(1) / config.tick_hz,
@@ -279,7 +395,33 @@ pub async fn run_world<W: World>(
         member_queue: config.client_queue.max(2),
         max_behind: config.max_behind,
     };
-    let rooms = Rooms::new(room_config.clone(), new_world, world_events, Arc::clone(&metrics), shutdown.clone());
+    let persistence = tiers.as_ref().map(|tiers| Persistence {
+        tiers: Arc::clone(tiers),
+        every_ticks: (config.checkpoint_every.as_secs_f64() * f64::from(config.tick_hz)).round().max(1.0) as u64,
+        load_timeout: config.load_timeout,
+    });
+    let sdk = match &config.sdk_url {
+        Some(url) => Some(connect(&config, url, &address).await?),
+        None => {
+            tracing::warn!("no GAIA_SDK_URL: running standalone, the control plane hears nothing");
+            None
+        }
+    };
+    let migration = sdk.as_ref().map(|sdk| Migration {
+        mover: Arc::new(SdkMover(sdk.clone())),
+        key: TokenKey::new(config.join_secret.as_bytes()),
+        token_ttl: Duration::from_secs(30),
+        timeout: config.drain_timeout,
+    });
+    let rooms = Rooms::new(
+        room_config.clone(),
+        new_world,
+        world_events,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+        persistence,
+        migration,
+    );
     let ctx = Arc::new(Ctx {
         server_name: config.name.clone(),
         key: TokenKey::new(config.join_secret.as_bytes()),
@@ -299,26 +441,30 @@ pub async fn run_world<W: World>(
     let tasks = TaskTracker::new();
     let state = AppState {
         ctx: Arc::clone(&ctx),
+        tiers: tiers.clone(),
         slots: Arc::new(Semaphore::new(config.player_capacity as usize)),
         prometheus: Arc::new(prometheus),
         tasks: tasks.clone(),
     };
 
-    let sdk = match &config.sdk_url {
-        Some(url) => Some(connect(&config, url, &address).await?),
-        None => {
-            tracing::warn!("no GAIA_SDK_URL: running standalone, the control plane hears nothing");
-            None
-        }
-    };
     let background = CancellationToken::new();
     let mut reporters = Vec::new();
+    let mut record = None;
     if let Some(sdk) = &sdk {
         let period = Duration::from_secs(config.health_period_seconds.max(1).into());
         reporters.push(sdk.spawn_health(period, background.clone()));
         reporters.push(tokio::spawn(report_worlds(sdk.clone(), world_events_rx)));
         reporters.push(tokio::spawn(report_players(sdk.clone(), Arc::clone(&ctx), period, background.clone())));
+        record = Some(sdk.spawn_watch(background.clone()));
     }
+    reporters.push(tokio::spawn(drain_when_told(
+        stop.drain.clone(),
+        record,
+        sdk.clone(),
+        Arc::clone(&rooms),
+        config.drain_timeout,
+        shutdown.clone(),
+    )));
     tracing::info!(name = %config.name, %address, "game server serving");
 
     // Small frames must not wait for Nagle's algorithm.
@@ -338,6 +484,19 @@ pub async fn run_world<W: World>(
     .is_err()
     {
         tracing::warn!("connections did not close within 5 s");
+    }
+    // The worlds' last checkpoints are pending: write them before saying goodbye.
+    if let Some(tiers) = &tiers {
+        match tokio::time::timeout(Duration::from_secs(5), tiers.flush()).await {
+            Ok(Ok(())) => tracing::info!("final checkpoints written"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "final checkpoints not written; worlds lose what changed since the last one")
+            }
+            Err(_) => {
+                tracing::error!("final checkpoints not written within 5 s; worlds lose what changed since the last one")
+            }
+        }
+        tiers_stop.cancel();
     }
     background.cancel();
     if let Some(sdk) = &sdk {
@@ -389,7 +548,7 @@ async fn report_worlds(sdk: Sdk, mut events: mpsc::UnboundedReceiver<WorldEvent>
     while let Some(event) = events.recv().await {
         for attempt in 1..=5u32 {
             let result = match &event {
-                WorldEvent::Started(id) => sdk.world_started(id).await,
+                WorldEvent::Started { world_id, epoch } => sdk.world_started(world_id, *epoch).await,
                 WorldEvent::Ended(id) => sdk.world_ended(id).await,
             };
             match result {
@@ -405,6 +564,64 @@ async fn report_worlds(sdk: Sdk, mut events: mpsc::UnboundedReceiver<WorldEvent>
             }
         }
     }
+}
+
+/// The control plane's side of a move, through the SDK.
+struct SdkMover(Sdk);
+
+#[async_trait::async_trait]
+impl Mover for SdkMover {
+    async fn move_world(&self, world_id: &str) -> Result<Destination, String> {
+        let moved = self.0.move_world(world_id).await.map_err(|e| e.to_string())?;
+        Ok(Destination { server: moved.server, address: moved.address, epoch: moved.epoch })
+    }
+}
+
+/// Waits for a drain (`drain`, or the control plane marking this server Draining), moves
+/// every world away, then stops the server through `shutdown`.
+async fn drain_when_told<W: World>(
+    drain: CancellationToken,
+    record: Option<tokio::sync::watch::Receiver<Option<gaia_api::gameserver::GameServer>>>,
+    sdk: Option<Sdk>,
+    rooms: Arc<Rooms<W>>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let marked_draining = async {
+        match record {
+            Some(mut record) => {
+                let draining = |r: &Option<gaia_api::gameserver::GameServer>| {
+                    r.as_ref().is_some_and(|s| s.state == gaia_api::gameserver::GameServerState::Draining)
+                };
+                if record.wait_for(draining).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = marked_draining => tracing::info!("the control plane marked this server Draining"),
+        _ = drain.cancelled() => {
+            tracing::info!("asked to drain");
+            // No new world may land here while the old ones move away.
+            if let Some(sdk) = &sdk
+                && let Err(e) = sdk.drain().await
+            {
+                tracing::warn!(error = %e, "could not mark this server Draining");
+            }
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let worlds = rooms.worlds();
+    rooms.drain();
+    // Each world gives up on its move at `timeout`; the margin covers its last writes.
+    if tokio::time::timeout(timeout + Duration::from_secs(2), rooms.closed()).await.is_err() {
+        tracing::warn!("worlds still running after the drain timeout; stopping anyway");
+    }
+    tracing::info!(worlds, took = ?started.elapsed(), "drained");
+    shutdown.cancel();
 }
 
 /// Reports the player count every `period` when it changed.

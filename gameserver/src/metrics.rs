@@ -39,8 +39,14 @@ pub struct Metrics {
     pub resyncs: Counter,
     /// Members dropped for staying behind too long.
     pub slow_dropped: Counter,
-    /// Time to run one world tick and fan it out.
+    /// Time to run one world tick and fan it out (with its checkpoint encode, if due).
     pub tick_seconds: Histogram,
+    /// Worlds restored from a checkpoint when they started here.
+    pub restored: Counter,
+    /// Worlds stopped because a store refused their checkpoint: they have a newer owner.
+    pub fenced: Counter,
+    /// Worlds moved off this server while it drained, by result (`moved`, `failed`).
+    pub migrations: Family<ResultLabels, Counter>,
     /// Set at each scrape: CPU seconds this process has used, all threads.
     pub process_cpu_seconds: Gauge<f64, AtomicU64>,
     /// Set at each scrape: resident memory.
@@ -63,6 +69,9 @@ impl Metrics {
             slow_dropped: Counter::default(),
             // 1 µs .. ~0.5 s
             tick_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
+            restored: Counter::default(),
+            fenced: Counter::default(),
+            migrations: Family::default(),
             process_cpu_seconds: Gauge::default(),
             process_resident_bytes: Gauge::default(),
         };
@@ -79,6 +88,9 @@ impl Metrics {
         r.register("resyncs", "Snapshots sent to members that caught up", metrics.resyncs.clone());
         r.register("slow_clients_dropped", "Members dropped for staying behind", metrics.slow_dropped.clone());
         r.register("tick_duration_seconds", "Time to run and fan out one world tick", metrics.tick_seconds.clone());
+        r.register("worlds_restored", "Worlds restored from a checkpoint", metrics.restored.clone());
+        r.register("worlds_fenced", "Worlds stopped because they have a newer owner", metrics.fenced.clone());
+        r.register("migrations", "Worlds moved off this server while draining, by result", metrics.migrations.clone());
         r.register("process_cpu_seconds", "CPU seconds used by this process", metrics.process_cpu_seconds.clone());
         r.register("process_resident_bytes", "Resident memory of this process", metrics.process_resident_bytes.clone());
         metrics
@@ -102,6 +114,10 @@ impl Metrics {
 
     pub fn count_input_result(&self, result: &'static str) {
         self.inputs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn count_migration(&self, result: &'static str) {
+        self.migrations.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn count_close(&self, reason: &'static str) {

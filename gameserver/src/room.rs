@@ -19,6 +19,14 @@
 //! A world with no members for `empty_grace` ends and gives its slot back. On shutdown
 //! each world runs one last tick with the inputs already queued, sends the results, and
 //! then lets its members go (their connections close with `GOING_AWAY`).
+//!
+//! Durability ([`Persistence`]): a world starts by loading its newest checkpoint (joins
+//! wait in its queue meanwhile), and every `every_ticks` ticks in which something
+//! happened it hands a checkpoint to the [`Tiers`] writer, which never makes a tick wait.
+//! A world whose checkpoint a store refuses as fenced has a newer owner: it stops, and
+//! its members are told to allocate again. On [`Rooms::drain`] each world runs its last
+//! tick, writes its checkpoint to every tier, asks the control plane for a new server
+//! ([`Migration`]) and sends each member `Migrate{address, token}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,12 +34,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gaia_api::protocol::{ServerMsg, encode_server};
+use gaia_api::protocol::{ServerMsg, close, encode_server};
+use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_checkpoint::{Checkpoint, Tiers};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::Closing;
 use crate::engine::{Engine, Event, TickOutput};
 use crate::metrics::Metrics;
 use crate::world::{MemberId, NewWorld, World};
@@ -71,6 +82,44 @@ impl Default for RoomConfig {
     }
 }
 
+/// Checkpoints: where worlds are saved and how often.
+#[derive(Clone)]
+pub struct Persistence {
+    pub tiers: Arc<Tiers>,
+    /// Ticks between two checkpoints of a world in which something happened.
+    pub every_ticks: u64,
+    /// How long a starting world waits for every store to answer before its joins are
+    /// refused (retryable: `WORLD_UNAVAILABLE`).
+    pub load_timeout: Duration,
+}
+
+/// Where a moved world went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub server: String,
+    /// WebSocket address of the new server.
+    pub address: String,
+    /// The world's epoch there.
+    pub epoch: u64,
+}
+
+/// The control plane's side of a move: reassign a world away from this server.
+#[async_trait::async_trait]
+pub trait Mover: Send + Sync + 'static {
+    async fn move_world(&self, world_id: &str) -> Result<Destination, String>;
+}
+
+/// Moving worlds off this server when it drains.
+#[derive(Clone)]
+pub struct Migration {
+    pub mover: Arc<dyn Mover>,
+    /// Signs the members' join tokens for the new server (the allocator's secret).
+    pub key: TokenKey,
+    pub token_ttl: Duration,
+    /// How long a world keeps trying to write its checkpoint and find a new server.
+    pub timeout: Duration,
+}
+
 /// Why a join was refused; the connection turns it into a close code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
@@ -80,19 +129,48 @@ pub enum JoinError {
     ServerFull(usize),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// Retryable through the allocator: the server drains, the world moved on, or its
+    /// checkpoint could not be read.
+    #[error("world unavailable here: {0}; allocate again")]
+    Unavailable(String),
+}
+
+/// What a world sends a member's connection.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Bytes),
+    /// Write what came before, then close with this.
+    Close(Closing),
 }
 
 /// What the control plane must hear about worlds; sent in order by one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorldEvent {
-    Started(String),
+    /// Loaded here and joined; `epoch` is the newest among its joins' tokens.
+    Started {
+        world_id: String,
+        epoch: u64,
+    },
     Ended(String),
 }
 
 enum Cmd<A> {
-    Join { member: MemberId, name: String, out: mpsc::Sender<Bytes>, reply: oneshot::Sender<Result<(), JoinError>> },
-    Leave { member: MemberId },
-    Input { member: MemberId, seq: u32, action: A },
+    Join {
+        member: MemberId,
+        name: String,
+        /// The world's epoch in the member's join token.
+        epoch: u64,
+        out: mpsc::Sender<Outbound>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Leave {
+        member: MemberId,
+    },
+    Input {
+        member: MemberId,
+        seq: u32,
+        action: A,
+    },
 }
 
 /// A member's way into its world.
@@ -128,12 +206,18 @@ pub struct Rooms<W: World> {
     events: mpsc::UnboundedSender<WorldEvent>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Cancelled when the server drains: worlds move away, no new ones start.
+    draining: CancellationToken,
+    persistence: Option<Persistence>,
+    migration: Option<Migration>,
     tasks: TaskTracker,
 }
 
 /// A member as its world sees it.
 struct Member {
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Outbound>,
+    /// The player id from its join token, for the token of a move.
+    player: String,
     standing: Standing,
     /// Input results held until the Welcome or the resync.
     held: Vec<Bytes>,
@@ -152,12 +236,16 @@ enum Standing {
 impl<W: World> Rooms<W> {
     /// `new_world` makes the world for an id; `events` receives each world's start and
     /// end, for the SDK.
+    /// `persistence` and `migration` are optional: without them worlds live and die
+    /// with this process, and a drain lets members go as a shutdown does.
     pub fn new(
         config: RoomConfig,
         new_world: NewWorld<W>,
         events: mpsc::UnboundedSender<WorldEvent>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        persistence: Option<Persistence>,
+        migration: Option<Migration>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
@@ -167,8 +255,21 @@ impl<W: World> Rooms<W> {
             events,
             metrics,
             shutdown,
+            draining: CancellationToken::new(),
+            persistence,
+            migration,
             tasks: TaskTracker::new(),
         })
+    }
+
+    /// Starts draining: no new world starts here, and every world moves to another
+    /// server (see the module docs). [`Rooms::closed`] waits for them.
+    pub fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 
     pub fn next_member(&self) -> MemberId {
@@ -185,16 +286,17 @@ impl<W: World> Rooms<W> {
     pub async fn join(
         self: &Arc<Self>,
         world_id: &str,
+        epoch: u64,
         member: MemberId,
         name: String,
-        out: mpsc::Sender<Bytes>,
+        out: mpsc::Sender<Outbound>,
     ) -> Result<WorldHandle<W::Action>, JoinError> {
         // A world may end between finding it and joining it; then start it again. Two
         // tries are enough: the second finds a fresh world or starts one.
         for _ in 0..2 {
             let tx = self.find_or_start(world_id)?;
             let (reply, answer) = oneshot::channel();
-            let cmd = Cmd::Join { member, name: name.clone(), out: out.clone(), reply };
+            let cmd = Cmd::Join { member, name: name.clone(), epoch, out: out.clone(), reply };
             if tx.send(cmd).await.is_err() {
                 continue;
             }
@@ -211,6 +313,9 @@ impl<W: World> Rooms<W> {
         if self.shutdown.is_cancelled() {
             return Err(JoinError::ShuttingDown);
         }
+        if self.draining.is_cancelled() {
+            return Err(JoinError::Unavailable("server is draining".into()));
+        }
         let mut rooms = self.rooms.lock();
         if let Some(room) = rooms.get(world_id) {
             return Ok(room.tx.clone());
@@ -223,9 +328,7 @@ impl<W: World> Rooms<W> {
         rooms.insert(world_id.to_string(), Room { tx: tx.clone(), generation });
         self.metrics.worlds.set(rooms.len() as i64);
         drop(rooms);
-        let _ = self.events.send(WorldEvent::Started(world_id.to_string()));
-        let engine = Engine::new((self.new_world)(world_id), 0);
-        self.tasks.spawn(Arc::clone(self).run_world(world_id.to_string(), generation, engine, rx));
+        self.tasks.spawn(Arc::clone(self).run_world(world_id.to_string(), generation, rx));
         Ok(tx)
     }
 
@@ -235,44 +338,112 @@ impl<W: World> Rooms<W> {
         self.tasks.wait().await;
     }
 
-    async fn run_world(
-        self: Arc<Self>,
-        world_id: String,
-        generation: u64,
-        mut engine: Engine<W>,
-        mut rx: mpsc::Receiver<Cmd<W::Action>>,
-    ) {
+    async fn run_world(self: Arc<Self>, world_id: String, generation: u64, mut rx: mpsc::Receiver<Cmd<W::Action>>) {
+        // Joins wait in the queue while the world loads.
+        let (mut engine, floor) = match self.load(&world_id).await {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                tracing::warn!(world = %world_id, %reason, "world cannot start here");
+                self.end(&world_id, generation);
+                rx.close();
+                while let Some(cmd) = rx.recv().await {
+                    if let Cmd::Join { reply, .. } = cmd {
+                        let _ = reply.send(Err(JoinError::Unavailable(reason.clone())));
+                    }
+                }
+                return;
+            }
+        };
+        // The world's epoch: the newest among its joins' tokens (the registry bumps it
+        // each time the world is assigned), never below its checkpoint's.
+        let mut epoch = floor;
+        let mut started = false;
         let mut fanout = Fanout::<W::Change>::new(&self.config);
         let mut pending: Vec<Event<W::Action>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut empty_since = tokio::time::Instant::now();
-        tracing::debug!(world = %world_id, "world started");
+        // Whether anything happened since the last checkpoint.
+        let mut dirty = false;
+        tracing::debug!(world = %world_id, tick = engine.tick(), "world started");
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
-                    // Finish the tick: what clients already sent is applied and answered.
-                    while let Ok(cmd) = rx.try_recv() {
-                        fanout.take(cmd, &mut pending);
-                    }
-                    self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
-                    if !engine.tick().is_multiple_of(fanout.send_every) {
-                        fanout.flush(&world_id, &engine, engine.tick(), &self.metrics);
-                    }
+                    self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
+                    self.save(&world_id, epoch, &engine);
+                    break;
+                }
+                _ = self.draining.cancelled() => {
+                    self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
+                    self.save(&world_id, epoch, &engine);
+                    self.migrate(&world_id, engine.tick(), &mut fanout).await;
+                    self.end(&world_id, generation);
                     break;
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => fanout.take(cmd, &mut pending),
+                    Some(Cmd::Join { epoch: theirs, reply, .. }) if theirs < floor => {
+                        // A token from before the world's last move: it is not ours to serve.
+                        let reason = format!("token of epoch {theirs}, world is at epoch {floor}");
+                        let _ = reply.send(Err(JoinError::Unavailable(reason)));
+                    }
+                    Some(cmd) => {
+                        if let Cmd::Join { epoch: theirs, .. } = &cmd {
+                            epoch = epoch.max(*theirs);
+                            if !started {
+                                started = true;
+                                let _ = self.events.send(WorldEvent::Started { world_id: world_id.clone(), epoch });
+                            }
+                        }
+                        fanout.take(cmd, &mut pending);
+                    }
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    let took = self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    dirty |= !pending.is_empty();
+                    let started_at = std::time::Instant::now();
+                    let changed = self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    dirty |= changed;
+                    if let Some(p) = &self.persistence
+                        && engine.tick().is_multiple_of(p.every_ticks)
+                    {
+                        if dirty {
+                            self.save(&world_id, epoch, &engine);
+                            dirty = false;
+                        }
+                        if let Some(theirs) = p.tiers.take_fenced(&world_id)
+                            && theirs > epoch
+                        {
+                            tracing::warn!(world = %world_id, ours = epoch, theirs, "world has a newer owner; stopping it here");
+                            self.metrics.fenced.inc();
+                            p.tiers.forget(&world_id);
+                            let moved = Closing {
+                                code: close::WORLD_UNAVAILABLE,
+                                reason: "world moved to another server; allocate again".into(),
+                                label: "fenced",
+                            };
+                            fanout.close_all(moved);
+                            self.end(&world_id, generation);
+                            break;
+                        }
+                    }
+                    let took = started_at.elapsed();
+                    self.metrics.tick_seconds.observe(took.as_secs_f64());
                     pending.extend(fanout.dropped.drain(..).map(|member| Event::Leave { member }));
                     if !fanout.is_empty() {
                         empty_since = tokio::time::Instant::now();
-                    } else if empty_since.elapsed() >= self.config.empty_grace && self.end(&world_id, generation) {
-                        break;
+                    } else if empty_since.elapsed() >= self.config.empty_grace {
+                        // Written to every tier before the slot is given back, so the
+                        // next server to load the world finds this tick.
+                        self.save(&world_id, epoch, &engine);
+                        if let Some(p) = &self.persistence
+                            && let Err(e) = p.tiers.flush().await
+                        {
+                            tracing::warn!(world = %world_id, error = %e, "final checkpoint of an ended world not written yet; retrying in the background");
+                        }
+                        if self.end(&world_id, generation) {
+                            break;
+                        }
                     }
                     // A tick longer than the period leaves the ticker always ready: give
                     // the thread back so the connections this tick woke (queued behind
@@ -291,6 +462,138 @@ impl<W: World> Rooms<W> {
         tracing::debug!(world = %world_id, tick = engine.tick(), "world stopped");
     }
 
+    /// The world's newest valid checkpoint, or a new world; and the epoch it was saved
+    /// at (0 for a new world). Retries stores that do not answer until `load_timeout`.
+    async fn load(&self, world_id: &str) -> Result<(Engine<W>, u64), String> {
+        let Some(p) = &self.persistence else {
+            return Ok((Engine::new((self.new_world)(world_id), 0), 0));
+        };
+        let deadline = tokio::time::Instant::now() + p.load_timeout;
+        let mut delay = Duration::from_millis(100);
+        let found = loop {
+            match p.tiers.load(world_id).await {
+                Ok(found) => break found,
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(world = %world_id, error = %e, "cannot read checkpoints yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        for checkpoint in found {
+            let header = checkpoint.header();
+            if header.schema_version != W::SCHEMA_VERSION {
+                tracing::error!(world = %world_id, tick = header.tick, found = header.schema_version, expected = W::SCHEMA_VERSION, "skipping a checkpoint of another schema version");
+                continue;
+            }
+            match W::restore(checkpoint.state()) {
+                Ok(world) => {
+                    tracing::info!(world = %world_id, tick = header.tick, epoch = header.epoch, "world restored from its checkpoint");
+                    self.metrics.restored.inc();
+                    return Ok((Engine::new(world, header.tick), header.epoch));
+                }
+                Err(e) => {
+                    tracing::error!(world = %world_id, tick = header.tick, error = %e, "skipping a checkpoint the world cannot restore")
+                }
+            }
+        }
+        Ok((Engine::new((self.new_world)(world_id), 0), 0))
+    }
+
+    /// Hands the world's state to the checkpoint writer; never waits on a store.
+    fn save(&self, world_id: &str, epoch: u64, engine: &Engine<W>) {
+        if let Some(p) = &self.persistence {
+            let state = engine.world().save();
+            p.tiers.put(Checkpoint::new(world_id, epoch, engine.tick(), W::SCHEMA_VERSION, &state));
+        }
+    }
+
+    /// The last tick before the world stops here: what clients already sent is applied
+    /// and answered, and the changes since the last delta frame go out.
+    fn last_tick(
+        &self,
+        world_id: &str,
+        engine: &mut Engine<W>,
+        fanout: &mut Fanout<W::Change>,
+        pending: &mut Vec<Event<W::Action>>,
+        rx: &mut mpsc::Receiver<Cmd<W::Action>>,
+    ) {
+        while let Ok(cmd) = rx.try_recv() {
+            fanout.take(cmd, pending);
+        }
+        self.tick(world_id, engine, fanout, std::mem::take(pending));
+        if !engine.tick().is_multiple_of(fanout.send_every) {
+            fanout.flush(world_id, engine, engine.tick(), &self.metrics);
+        }
+    }
+
+    /// Moves the world (saved at `tick`, just handed to the writer) to another server: its
+    /// checkpoint is written to every tier, the control plane reassigns it, and every
+    /// member is sent `Migrate`. Gives up at the migration timeout; then members are let
+    /// go (`GOING_AWAY`) and find the world through the allocator, restored from the
+    /// newest checkpoint written. Without checkpoints a move would lose the world's
+    /// state, and without a control plane there is nowhere to go: members are let go.
+    async fn migrate(&self, world_id: &str, tick: u64, fanout: &mut Fanout<W::Change>) {
+        let (Some(p), Some(m)) = (&self.persistence, &self.migration) else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + m.timeout;
+        let destination = async {
+            while let Err(e) = p.tiers.flush().await {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("checkpoint not written: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            loop {
+                match m.mover.move_world(world_id).await {
+                    Ok(destination) => return Ok(destination),
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!("no server to move to: {e}"));
+                    }
+                    Err(e) => {
+                        tracing::debug!(world = %world_id, error = %e, "cannot move the world yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+        .await;
+        let destination = match destination {
+            Ok(destination) => destination,
+            Err(reason) => {
+                tracing::warn!(world = %world_id, %reason, "world not moved; its members will find it through the allocator");
+                self.metrics.count_migration("failed");
+                return;
+            }
+        };
+        let expires_at_ms = unix_ms(std::time::SystemTime::now() + m.token_ttl);
+        let goodbye = Closing {
+            code: close::GOING_AWAY,
+            reason: format!("world moved to {}", destination.server),
+            label: "migrated",
+        };
+        for member in fanout.members.values() {
+            let token = m.key.sign(&JoinClaims {
+                world_id: world_id.to_string(),
+                server: destination.server.clone(),
+                player_id: member.player.clone(),
+                expires_at_ms,
+                epoch: destination.epoch,
+            });
+            let msg: ServerMsg<(), ()> = ServerMsg::Migrate { address: destination.address.clone(), token };
+            // A member too far behind to take these is let go and finds the world
+            // through the allocator.
+            if member.out.try_send(Outbound::Frame(Bytes::from(encode_server(&msg)))).is_ok() {
+                let _ = member.out.try_send(Outbound::Close(goodbye.clone()));
+            }
+        }
+        tracing::info!(world = %world_id, to = %destination.server, tick, members = fanout.members.len(), took = ?started.elapsed(), "world moved");
+        self.metrics.count_migration("moved");
+    }
+
     /// Removes the world from the map if it is still this generation; reports its end.
     fn end(&self, world_id: &str, generation: u64) -> bool {
         let mut rooms = self.rooms.lock();
@@ -303,27 +606,26 @@ impl<W: World> Rooms<W> {
         false
     }
 
+    /// One tick, fanned out; whether the world changed.
     fn tick(
         &self,
         world_id: &str,
         engine: &mut Engine<W>,
         fanout: &mut Fanout<W::Change>,
         events: Vec<Event<W::Action>>,
-    ) -> Duration {
-        let started = std::time::Instant::now();
+    ) -> bool {
         let out = engine.step(events);
+        let changed = !out.changes.is_empty();
         fanout.send(world_id, engine, out, &self.metrics);
-        let took = started.elapsed();
-        self.metrics.tick_seconds.observe(took.as_secs_f64());
-        took
+        changed
     }
 }
 
 /// The members of one world and the sending of each tick's frames to them.
 struct Fanout<C> {
     members: HashMap<MemberId, Member>,
-    /// Accepted joins, waiting for the tick that adds them to the world.
-    joining: HashMap<MemberId, mpsc::Sender<Bytes>>,
+    /// Accepted joins (queue and player id), waiting for the tick that adds them.
+    joining: HashMap<MemberId, (mpsc::Sender<Outbound>, String)>,
     /// Changes since the last delta frame.
     changes: Vec<C>,
     /// Members let go this tick, for the next tick's `Leave`.
@@ -354,14 +656,24 @@ impl<C: bincode::Encode> Fanout<C> {
         self.members.is_empty() && self.joining.is_empty()
     }
 
+    /// Lets every member go with `closing`.
+    fn close_all(&mut self, closing: Closing) {
+        for (_, m) in self.members.drain() {
+            let _ = m.out.try_send(Outbound::Close(closing.clone()));
+        }
+        for (_, (out, _)) in self.joining.drain() {
+            let _ = out.try_send(Outbound::Close(closing.clone()));
+        }
+    }
+
     /// Takes in one command between ticks.
     fn take<A>(&mut self, cmd: Cmd<A>, pending: &mut Vec<Event<A>>) {
         match cmd {
-            Cmd::Join { member, name, out, reply } => {
+            Cmd::Join { member, name, out, reply, .. } => {
                 if self.members.len() + self.joining.len() >= self.max_players {
                     let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
                 } else if reply.send(Ok(())).is_ok() {
-                    self.joining.insert(member, out);
+                    self.joining.insert(member, (out, name.clone()));
                     pending.push(Event::Join { member, name });
                 }
             }
@@ -385,9 +697,9 @@ impl<C: bincode::Encode> Fanout<C> {
     ) {
         let tick = out.tick;
         for (member, you) in out.joined {
-            if let Some(tx) = self.joining.remove(&member) {
-                self.members
-                    .insert(member, Member { out: tx, standing: Standing::Welcoming { you }, held: Vec::new() });
+            if let Some((tx, player)) = self.joining.remove(&member) {
+                let standing = Standing::Welcoming { you };
+                self.members.insert(member, Member { out: tx, player, standing, held: Vec::new() });
             }
         }
         for (member, seq, outcome) in out.results {
@@ -463,12 +775,12 @@ impl<C: bincode::Encode> Fanout<C> {
 /// is covered by the resync itself.
 fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: &Metrics) {
     let len = frame.len() as u64;
-    match m.out.try_send(frame) {
+    match m.out.try_send(Outbound::Frame(frame)) {
         Ok(()) => {
             metrics.frames_sent.inc();
             metrics.bytes_sent.inc_by(len);
         }
-        Err(mpsc::error::TrySendError::Full(frame)) => {
+        Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
             if !matches!(m.standing, Standing::Behind { .. }) {
                 metrics.fell_behind.inc();
                 m.standing = Standing::Behind { since: tick };
@@ -478,6 +790,6 @@ fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: 
             }
         }
         // The connection is gone; its Leave is on the way.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {}
     }
 }

@@ -48,8 +48,14 @@ pub trait World: Send + 'static {
     /// The whole world as clients see it.
     fn view(&self) -> Self::View;
 
+    /// The version of [`World::save`]'s layout, written into every checkpoint. Bump it
+    /// when the layout changes; a checkpoint of another version is not restored (make
+    /// [`World::restore`] read old layouts before you bump it, or they are skipped).
+    const SCHEMA_VERSION: u32 = 1;
+
     /// The world's state as bytes, for checkpoints. Members are not part of it: after a
-    /// restore, players join again.
+    /// restore, players join again. Called about once a second per changed world, between
+    /// ticks, so keep it to an encode of the state.
     fn save(&self) -> Vec<u8>;
 
     /// Rebuilds a world from [`World::save`]'s bytes. Bad bytes are an error, never a panic.

@@ -114,6 +114,7 @@ fn token(world: &str, player: &str) -> String {
         server: NAME.into(),
         player_id: player.into(),
         expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
+        epoch: 1,
     })
 }
 

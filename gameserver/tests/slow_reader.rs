@@ -130,6 +130,7 @@ async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
         server: NAME.into(),
         player_id: "sloth".into(),
         expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
+        epoch: 1,
     });
     ws.send(Message::Binary(encode_client(&ClientMsg::<Nothing>::Join { token }).into())).await.unwrap();
 

@@ -40,6 +40,7 @@ fn token(world: &str, player: &str, server: &str, ttl_ms: i64) -> String {
         server: server.into(),
         player_id: player.into(),
         expires_at_ms: (now + ttl_ms).max(0) as u64,
+        epoch: 1,
     })
 }
 
@@ -140,6 +141,7 @@ async fn bad_tokens_are_refused_with_a_reason() {
                 server: "gs-1".into(),
                 player_id: "p".into(),
                 expires_at_ms: u64::MAX,
+                epoch: 1,
             }),
             "join token signature does not match",
         ),

@@ -1,18 +1,21 @@
-//! One bot's life: connect, join, play, close.
+//! One bot's life: connect, join, play, follow the world when it moves or its server
+//! dies, close.
 //!
 //! The protocol logic lives in [`BotState`], a plain struct the async loop feeds with
 //! server messages and asks for inputs: where the bot is, which moves are legal, which
-//! inputs still wait for a result and which accepted moves were not yet seen in a Delta.
-//! [`play`] is the async shell around it: the WebSocket, the timers, the phases.
+//! inputs still wait for a result and which accepted moves were not yet seen in a Delta,
+//! and what a Migrate or a lost connection does to them. [`play`] is the async shell
+//! around it: the WebSocket, the timers, the phases, rejoining.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gaia_api::allocation::AllocationResponse;
-use gaia_api::protocol::{InputOutcome, decode_server, encode_client};
+use gaia_api::allocation::{AllocationRequest, AllocationResponse};
+use gaia_api::protocol::{InputOutcome, close, decode_server, encode_client};
 use gaia_api::town::{Action, Change, ClientMsg, EntityId, ServerMsg, Snapshot};
 use rand::Rng;
 use rand::SeedableRng;
@@ -25,8 +28,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::report::{BotOutcome, ErrorKind, PlayStats};
-use crate::{Phases, Settled};
+use crate::matchmaker::backoff;
+use crate::report::{BotOutcome, ErrorKind, Migration, PlayStats, Recovery};
+use crate::{Ctx, Phases, Settled};
 
 /// How long a bot waits for the TCP + WebSocket handshake, and then for its Welcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,9 +38,23 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_millis(500);
 /// How long a bot waits for the server to answer its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// First wait before rejoining again after a failed connect or join (doubles up to 1 s).
+const REJOIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the shell must do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// The world moved: leave this connection and join `address` with `token`.
+    Migrate {
+        address: String,
+        token: String,
+    },
+}
 
 /// What one bot knows about its world and its own inputs. No I/O: the async loop feeds
-/// it messages with the time they arrived and asks it for the next input.
+/// it messages with the time they arrived and asks it for the next input. It outlives
+/// connections: after a Migrate or a loss, [`Self::rejoin`] puts it on the new one.
 #[derive(Debug)]
 pub(crate) struct BotState {
     you: EntityId,
@@ -44,6 +62,8 @@ pub(crate) struct BotState {
     map: Snapshot,
     /// Last position the server told us (Welcome, then our own `Moved` changes).
     pos: (u16, u16),
+    /// Highest tick seen on this connection (Welcome, Delta, Resync).
+    tick: u64,
     next_seq: u32,
     /// Sent, waiting for the InputResult: when it was sent and the step it asked for.
     awaiting_result: HashMap<u32, (Instant, (i8, i8))>,
@@ -56,20 +76,27 @@ pub(crate) struct BotState {
     errors: Vec<(ErrorKind, String)>,
 }
 
+/// Our entity's position in a Welcome's snapshot, and the snapshot without its entities.
+fn locate(you: EntityId, mut snapshot: Snapshot) -> Result<((u16, u16), Snapshot), String> {
+    let me = snapshot
+        .entities
+        .iter()
+        .find(|e| e.id == you)
+        .ok_or_else(|| format!("Welcome names entity {you}, which is not in its snapshot"))?;
+    let pos = (me.x, me.y);
+    snapshot.entities = Vec::new();
+    Ok((pos, snapshot))
+}
+
 impl BotState {
     /// From the Welcome; fails when the snapshot does not hold the entity `you`.
-    pub(crate) fn new(you: EntityId, mut snapshot: Snapshot) -> Result<Self, String> {
-        let me = snapshot
-            .entities
-            .iter()
-            .find(|e| e.id == you)
-            .ok_or_else(|| format!("Welcome names entity {you}, which is not in its snapshot"))?;
-        let pos = (me.x, me.y);
-        snapshot.entities = Vec::new();
+    pub(crate) fn new(you: EntityId, snapshot: Snapshot, tick: u64) -> Result<Self, String> {
+        let (pos, map) = locate(you, snapshot)?;
         Ok(Self {
             you,
-            map: snapshot,
+            map,
             pos,
+            tick,
             next_seq: 1,
             awaiting_result: HashMap::new(),
             awaiting_move: VecDeque::new(),
@@ -77,6 +104,21 @@ impl BotState {
             stats: PlayStats::default(),
             errors: Vec::new(),
         })
+    }
+
+    /// From the Welcome on a new connection to the same world: a new entity, the world's
+    /// state as of `tick`; the tallies carry on. Call [`Self::connection_lost`] (or let
+    /// a Migrate) forget the old connection's inputs first.
+    pub(crate) fn rejoin(&mut self, you: EntityId, snapshot: Snapshot, tick: u64) -> Result<(), String> {
+        let (pos, map) = locate(you, snapshot)?;
+        self.forget();
+        (self.you, self.map, self.pos, self.tick) = (you, map, pos, tick);
+        Ok(())
+    }
+
+    /// Highest tick seen on this connection.
+    pub(crate) fn tick(&self) -> u64 {
+        self.tick
     }
 
     /// Where the bot will be once every input it has sent and not seen rejected is applied.
@@ -111,11 +153,28 @@ impl BotState {
         self.errors.push((kind, message));
     }
 
+    /// Drops what the connection being left still owed us: inputs without a result were
+    /// not applied (or were lost with the server's state); accepted moves not yet seen
+    /// never will be, as our entity is replaced.
+    fn forget(&mut self) {
+        self.stats.unapplied += self.awaiting_result.len() as u64;
+        self.awaiting_result.clear();
+        self.stats.moves_forgotten += self.awaiting_move.len() as u64;
+        self.awaiting_move.clear();
+    }
+
+    /// The connection broke or was closed without a Migrate; the bot will look for its
+    /// world again. Not an error here: the shell records the loss.
+    pub(crate) fn connection_lost(&mut self) {
+        self.forget();
+    }
+
     /// Takes in one message from the server after the Welcome.
-    pub(crate) fn on_message(&mut self, msg: ServerMsg, now: Instant) {
+    pub(crate) fn on_message(&mut self, msg: ServerMsg, now: Instant) -> Flow {
         match msg {
-            ServerMsg::Delta { changes, server_us, .. } => {
+            ServerMsg::Delta { tick, changes, server_us } => {
                 self.stats.deltas += 1;
+                self.tick = self.tick.max(tick);
                 if self.measuring {
                     let late = gaia_api::protocol::unix_us().saturating_sub(server_us);
                     self.stats.tick_latency_us.push(u32::try_from(late).unwrap_or(u32::MAX));
@@ -132,7 +191,8 @@ impl BotState {
             }
             ServerMsg::InputResult { seq, outcome, .. } => {
                 let Some((sent, step)) = self.awaiting_result.remove(&seq) else {
-                    return self.error(ErrorKind::Protocol, format!("InputResult for seq {seq}, which is not pending"));
+                    self.error(ErrorKind::Protocol, format!("InputResult for seq {seq}, which is not pending"));
+                    return Flow::Continue;
                 };
                 let latency = now.saturating_duration_since(sent);
                 self.stats.input_latency_us.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
@@ -152,8 +212,9 @@ impl BotState {
             ServerMsg::Pong { .. } => {}
             // We missed deltas: the snapshot says where we are, and any accepted move we
             // did not see is in it.
-            ServerMsg::Resync { snapshot, .. } => {
+            ServerMsg::Resync { tick, snapshot } => {
                 self.stats.resyncs += 1;
+                self.tick = self.tick.max(tick);
                 match snapshot.entities.iter().find(|e| e.id == self.you) {
                     Some(me) => {
                         self.pos = (me.x, me.y);
@@ -166,13 +227,25 @@ impl BotState {
             ServerMsg::Welcome { world_id, .. } => {
                 self.error(ErrorKind::Protocol, format!("second Welcome (world {world_id})"));
             }
-            ServerMsg::Migrate { address, .. } => {
-                self.error(ErrorKind::Protocol, format!("Migrate to {address} (loadgen does not follow migrations)"));
+            // Every applied input has had its result and the last Delta came before
+            // this, so what is still outstanding was not applied; an accepted move not
+            // yet seen moving breaks that promise.
+            ServerMsg::Migrate { address, token } => {
+                if !self.awaiting_move.is_empty() {
+                    let message = format!(
+                        "{} accepted moves not seen moving before Migrate to {address}",
+                        self.awaiting_move.len()
+                    );
+                    self.error(ErrorKind::OwnMovesNotSeen, message);
+                }
+                self.forget();
+                return Flow::Migrate { address, token };
             }
             ServerMsg::Error { code, message } => {
                 self.error(ErrorKind::Protocol, format!("server error {code}: {message}"));
             }
         }
+        Flow::Continue
     }
 
     /// Records a frame that did not decode.
@@ -181,10 +254,11 @@ impl BotState {
     }
 
     /// The bot's tally at the end. Results and moves still outstanding are errors, unless
-    /// the connection was lost (then that loss is the error that explains them).
-    pub(crate) fn finish(mut self, disconnected: bool) -> (PlayStats, Vec<(ErrorKind, String)>) {
+    /// the bot's last connection ended early (then what ended it is the error that
+    /// explains them).
+    pub(crate) fn finish(mut self, ended_early: bool) -> (PlayStats, Vec<(ErrorKind, String)>) {
         self.stats.missing = self.awaiting_result.len() as u64;
-        if !disconnected {
+        if !ended_early {
             if !self.awaiting_result.is_empty() {
                 let mut seqs: Vec<u32> = self.awaiting_result.keys().copied().collect();
                 seqs.sort_unstable();
@@ -192,7 +266,8 @@ impl BotState {
                 let message = format!("{} input results never came (seq {seqs:?}..)", self.awaiting_result.len());
                 self.error(ErrorKind::MissingResults, message);
             }
-            if self.stats.own_moves_seen != self.stats.ok {
+            // Forgotten moves were accounted for when their connection ended.
+            if self.stats.own_moves_seen + self.stats.moves_forgotten != self.stats.ok {
                 let message =
                     format!("{} accepted moves, {} own Moved changes seen", self.stats.ok, self.stats.own_moves_seen);
                 self.error(ErrorKind::OwnMovesNotSeen, message);
@@ -204,12 +279,43 @@ impl BotState {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The server sent a close frame: its code, if any, and reason.
+    Closed(Option<u16>, String),
+    /// An error or end of stream without a close frame: a crashed server, a cut network.
+    Broken(String),
+}
+
+impl Ended {
+    /// Whether the world may be found again by allocating a seat in it: the connection
+    /// broke, the server went away without saying where (1001 without a Migrate), or
+    /// the world cannot run there now (4012).
+    pub(crate) fn should_rejoin(&self) -> bool {
+        match self {
+            Self::Broken(_) => true,
+            Self::Closed(Some(code), _) => matches!(*code, close::GOING_AWAY | close::WORLD_UNAVAILABLE),
+            Self::Closed(None, _) => false,
+        }
+    }
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed(Some(code), reason) => write!(f, "{code} {reason}"),
+            Self::Closed(None, _) => f.write_str("closed without a code"),
+            Self::Broken(why) => write!(f, "connection lost: {why}"),
+        }
+    }
+}
+
 /// What came off the socket.
 enum Inbound {
     Msg(ServerMsg),
     Undecodable(String),
-    /// The server closed (code and reason, if it gave them) or the connection was lost.
-    Closed(String),
+    Closed(Ended),
 }
 
 async fn next_inbound(ws: &mut Socket) -> Inbound {
@@ -222,17 +328,26 @@ async fn next_inbound(ws: &mut Socket) -> Inbound {
             Some(Ok(Message::Text(text))) => Inbound::Undecodable(format!("text frame of {} bytes", text.len())),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Close(Some(frame)))) => {
-                Inbound::Closed(format!("{} {}", u16::from(frame.code), frame.reason))
+                Inbound::Closed(Ended::Closed(Some(u16::from(frame.code)), frame.reason.to_string()))
             }
-            Some(Ok(Message::Close(None))) => Inbound::Closed("closed without a code".into()),
-            Some(Err(e)) => Inbound::Closed(format!("connection lost: {e}")),
-            None => Inbound::Closed("connection lost".into()),
+            Some(Ok(Message::Close(None))) => Inbound::Closed(Ended::Closed(None, String::new())),
+            Some(Err(e)) => Inbound::Closed(Ended::Broken(e.to_string())),
+            None => Inbound::Closed(Ended::Broken("end of stream".into())),
         };
     }
 }
 
+/// A Welcome and the connection it came on.
+struct Joined {
+    ws: Socket,
+    world_id: String,
+    you: EntityId,
+    tick: u64,
+    snapshot: Snapshot,
+}
+
 /// Connects, sends Join and waits for the Welcome.
-async fn join(address: &str, token: &str) -> Result<(Socket, String, EntityId, Snapshot), (ErrorKind, String)> {
+async fn join(address: &str, token: &str) -> Result<Joined, (ErrorKind, String)> {
     // Server frames are small: tungstenite's default 128 KiB read buffer would cost
     // 1.3 GB over 10,000 bots and be zeroed on every read.
     let config = WebSocketConfig::default().read_buffer_size(2 * 1024).write_buffer_size(0);
@@ -251,11 +366,17 @@ async fn join(address: &str, token: &str) -> Result<(Socket, String, EntityId, S
         Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {JOIN_TIMEOUT:?}"))),
     };
     match first {
-        Inbound::Msg(ServerMsg::Welcome { world_id, you, snapshot, .. }) => Ok((ws, world_id, you, snapshot)),
+        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot }) => {
+            Ok(Joined { ws, world_id, you, tick, snapshot })
+        }
         Inbound::Msg(ServerMsg::Error { code, message }) => Err((ErrorKind::JoinRefused, format!("{code} {message}"))),
+        // The world moved before we got in: like a refusal, allocating again finds it.
+        Inbound::Msg(ServerMsg::Migrate { address, .. }) => {
+            Err((ErrorKind::JoinRefused, format!("Migrate to {address} instead of a Welcome")))
+        }
         Inbound::Msg(other) => Err((ErrorKind::Protocol, format!("expected Welcome, got {}", kind_of(&other)))),
         Inbound::Undecodable(e) => Err((ErrorKind::UndecodableFrame, e)),
-        Inbound::Closed(why) => Err((ErrorKind::JoinRefused, why)),
+        Inbound::Closed(ended) => Err((ErrorKind::JoinRefused, ended.to_string())),
     }
 }
 
@@ -271,19 +392,27 @@ fn kind_of(msg: &ServerMsg) -> &'static str {
     }
 }
 
-/// Joins the allocated world and plays until the run ends. `allocated_at` is when this
-/// bot's allocation started (join time counts from there); `permit` (one of the connect
-/// slots) and `settled` (tells the run this bot is done joining) are dropped once the bot
-/// has joined or failed to.
+/// Closes without waiting for the server's answer: used when leaving a server that
+/// is about to close anyway (Migrate) or a connection we will not use.
+async fn leave(mut ws: Socket) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+}
+
+/// Joins the allocated world and plays until the run ends, following the world when a
+/// Migrate moves it and finding it again when the connection is lost. `seat` allocates
+/// a seat in this world; `allocated_at` is when this bot's allocation started (join time
+/// counts from there); `permit` (one of the connect slots) and `settled` (tells the run
+/// this bot is done joining) are dropped once the bot has joined or failed to.
 pub(crate) async fn play(
-    phases: Arc<Phases>,
+    ctx: Arc<Ctx>,
+    seat: Arc<AllocationRequest>,
     mut outcome: BotOutcome,
     alloc: AllocationResponse,
     allocated_at: Instant,
-    input_period: Option<Duration>,
     permit: OwnedSemaphorePermit,
     settled: Settled,
 ) -> BotOutcome {
+    let phases = &*ctx.phases;
     let joined = tokio::select! {
         _ = phases.stop.cancelled() => return outcome,
         joined = join(&alloc.address, &alloc.join_token) => joined,
@@ -291,7 +420,7 @@ pub(crate) async fn play(
     let welcomed_at = Instant::now();
     drop(permit);
     drop(settled);
-    let (mut ws, world_id, you, snapshot) = match joined {
+    let Joined { mut ws, world_id, you, tick, snapshot } = match joined {
         Ok(joined) => joined,
         Err((kind, message)) => {
             outcome.error(kind, message);
@@ -300,38 +429,119 @@ pub(crate) async fn play(
     };
     if world_id != alloc.world_id {
         outcome.error(ErrorKind::WrongWorld, format!("allocated world {}, welcomed to {world_id}", alloc.world_id));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        leave(ws).await;
         return outcome;
     }
-    let mut state = match BotState::new(you, snapshot) {
+    let mut state = match BotState::new(you, snapshot, tick) {
         Ok(state) => state,
         Err(e) => {
             outcome.error(ErrorKind::Protocol, e);
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+            leave(ws).await;
             return outcome;
         }
     };
     outcome.join_us = Some(micros(welcomed_at.saturating_duration_since(allocated_at)));
     phases.joined.fetch_add(1, Ordering::Relaxed);
 
-    let lost = run_inputs(&phases, &mut ws, &mut state, input_period).await;
-    let lost = match lost {
-        Some(why) => Some(why),
-        None => drain(&mut ws, &mut state).await,
-    };
-    outcome.connected = welcomed_at.elapsed();
-    if let Some(why) = &lost {
-        outcome.error(ErrorKind::DisconnectedEarly, why.clone());
-    } else {
-        let bye = CloseFrame { code: CloseCode::Normal, reason: "loadgen done".into() };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            if ws.close(Some(bye)).await.is_ok() {
-                while ws.next().await.is_some() {}
+    // The server we are on (a name, or an address after a Migrate) and since when.
+    let mut server = alloc.server;
+    let mut since = welcomed_at;
+    let ended_early = loop {
+        let exit = match run_inputs(phases, &mut ws, &mut state, ctx.input_period).await {
+            Exit::Stopped => match drain(&mut ws, &mut state).await {
+                Some(exit) => exit,
+                None => {
+                    outcome.connected += since.elapsed();
+                    let bye = CloseFrame { code: CloseCode::Normal, reason: "loadgen done".into() };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                        if ws.close(Some(bye)).await.is_ok() {
+                            while ws.next().await.is_some() {}
+                        }
+                    })
+                    .await;
+                    break false;
+                }
+            },
+            exit => exit,
+        };
+        let left_at = Instant::now();
+        outcome.connected += left_at.saturating_duration_since(since);
+        // The end of the run: nothing is followed or rejoined any more.
+        let stopping = phases.stop.is_cancelled();
+        let last_tick = state.tick();
+        match exit {
+            Exit::Stopped => break false,
+            Exit::Migrate { address, token } => {
+                leave(ws).await;
+                if stopping {
+                    break false;
+                }
+                let followed = tokio::select! {
+                    _ = phases.stop.cancelled() => None,
+                    joined = join(&address, &token) => Some(joined),
+                };
+                match followed {
+                    None => break false,
+                    Some(Ok(Joined { ws: new_ws, world_id, you, tick, snapshot })) => {
+                        if !rejoined(&mut outcome, &mut state, &seat, &world_id, you, snapshot, tick) {
+                            leave(new_ws).await;
+                            break true;
+                        }
+                        let migration = Migration {
+                            world_id,
+                            last_tick_seen: last_tick,
+                            welcome_tick: tick,
+                            pause: left_at.elapsed(),
+                            server_before: std::mem::replace(&mut server, address),
+                            server_after: server.clone(),
+                        };
+                        outcome.migrations.push(migration);
+                        (ws, since) = (new_ws, Instant::now());
+                        continue;
+                    }
+                    // Not what a Migrate promised, but the world may still be found.
+                    Some(Err((kind, message))) => {
+                        outcome.error(kind, format!("following Migrate to {address}: {message}"));
+                    }
+                }
             }
-        })
-        .await;
-    }
-    let (stats, errors) = state.finish(lost.is_some());
+            Exit::Ended(ended) if ended.should_rejoin() && !stopping => {
+                outcome.error(ErrorKind::ConnectionLost, format!("{ended} (on {server})"));
+                state.connection_lost();
+                leave(ws).await;
+            }
+            Exit::Ended(ended) => {
+                outcome.error(ErrorKind::DisconnectedEarly, ended.to_string());
+                break true;
+            }
+        }
+        // Lost (or a Migrate that led nowhere): find the world through the allocator.
+        let (joined, server_after) = match rejoin(&ctx, &seat, left_at).await {
+            // The run ended meanwhile; the loss is already an error.
+            None => break true,
+            Some(Ok(rejoined)) => rejoined,
+            Some(Err((kind, message))) => {
+                outcome.error(kind, message);
+                break true;
+            }
+        };
+        let Joined { ws: new_ws, world_id, you, tick, snapshot } = joined;
+        if !rejoined(&mut outcome, &mut state, &seat, &world_id, you, snapshot, tick) {
+            leave(new_ws).await;
+            break true;
+        }
+        let recovery = Recovery {
+            world_id,
+            last_tick_seen: last_tick,
+            welcome_tick: tick,
+            outage: left_at.elapsed(),
+            server_before: std::mem::replace(&mut server, server_after),
+            server_after: server.clone(),
+        };
+        outcome.recoveries.push(recovery);
+        (ws, since) = (new_ws, Instant::now());
+    };
+    let (stats, errors) = state.finish(ended_early);
     outcome.play = Some(stats);
     for (kind, message) in errors {
         outcome.error(kind, message);
@@ -339,29 +549,114 @@ pub(crate) async fn play(
     outcome
 }
 
-fn handle(state: &mut BotState, inbound: Inbound) -> Option<String> {
-    match inbound {
-        Inbound::Msg(msg) => state.on_message(msg, Instant::now()),
-        Inbound::Undecodable(e) => state.on_undecodable(e),
-        Inbound::Closed(why) => return Some(why),
+/// Puts the bot on a new connection to its world; `false` (and an error) when the
+/// Welcome is for another world or does not hold our entity.
+fn rejoined(
+    outcome: &mut BotOutcome,
+    state: &mut BotState,
+    seat: &AllocationRequest,
+    world_id: &str,
+    you: EntityId,
+    snapshot: Snapshot,
+    tick: u64,
+) -> bool {
+    let world = seat.world_id.as_deref().unwrap_or_default();
+    if world_id != world {
+        outcome.error(ErrorKind::WrongWorld, format!("rejoining world {world}, welcomed to {world_id}"));
+        return false;
     }
-    None
+    if let Err(e) = state.rejoin(you, snapshot, tick) {
+        outcome.error(ErrorKind::Protocol, e);
+        return false;
+    }
+    true
+}
+
+/// Finds the world again: allocates a seat in it and joins where the allocator says,
+/// retrying (with a new allocation, as a token is for one server) when the connect or
+/// the join fails, until `reconnect_timeout` after `since`. The allocator may still
+/// name the dead server, or answer 429, until the control plane notices. `None` when the
+/// run stopped meanwhile; otherwise the Welcome and the server's name, or the error that
+/// made the bot give up.
+async fn rejoin(
+    ctx: &Ctx,
+    seat: &AllocationRequest,
+    since: Instant,
+) -> Option<Result<(Joined, String), (ErrorKind, String)>> {
+    let deadline = since + ctx.reconnect_timeout;
+    let world = seat.world_id.as_deref().unwrap_or_default();
+    let attempts = async {
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let mut retry = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let response = match ctx.matchmaker.allocate_within(seat, left).await.result {
+                Ok(response) => response,
+                Err(message) => {
+                    return Err((ErrorKind::AllocationFailed, format!("allocating world {world} again: {message}")));
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let failed = match tokio::time::timeout(left, join(&response.address, &response.join_token)).await {
+                Ok(Ok(joined)) => return Ok((joined, response.server)),
+                Ok(Err((kind @ (ErrorKind::ConnectFailed | ErrorKind::JoinRefused), message))) => {
+                    (kind, format!("{}: {message}", response.server))
+                }
+                Ok(Err(other)) => return Err(other),
+                Err(_) => (ErrorKind::ConnectFailed, format!("{}: no Welcome in time", response.server)),
+            };
+            let wait = backoff(REJOIN_BACKOFF, retry, &mut rng);
+            if Instant::now() + wait >= deadline {
+                let (kind, message) = failed;
+                let after = humantime::format_duration(ctx.reconnect_timeout);
+                return Err((kind, format!("gave up rejoining world {world} after {after}: {message}")));
+            }
+            retry += 1;
+            tokio::time::sleep(wait).await;
+        }
+    };
+    tokio::select! {
+        _ = ctx.phases.stop.cancelled() => None,
+        rejoined = attempts => Some(rejoined),
+    }
+}
+
+/// Why a connection's read loop ended.
+enum Exit {
+    /// The run is ending.
+    Stopped,
+    /// The world moved (the state has already let go of the old connection's inputs).
+    Migrate {
+        address: String,
+        token: String,
+    },
+    Ended(Ended),
+}
+
+fn handle(state: &mut BotState, inbound: Inbound) -> Option<Exit> {
+    match inbound {
+        Inbound::Msg(msg) => match state.on_message(msg, Instant::now()) {
+            Flow::Continue => None,
+            Flow::Migrate { address, token } => Some(Exit::Migrate { address, token }),
+        },
+        Inbound::Undecodable(e) => {
+            state.on_undecodable(e);
+            None
+        }
+        Inbound::Closed(ended) => Some(Exit::Ended(ended)),
+    }
 }
 
 /// Reads frames until `stop`; once the steady phase starts, sends a Move every period.
-/// Returns why the connection ended if the server ended it.
-async fn run_inputs(
-    phases: &Phases,
-    ws: &mut Socket,
-    state: &mut BotState,
-    input_period: Option<Duration>,
-) -> Option<String> {
+/// Returns why it stopped.
+async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, input_period: Option<Duration>) -> Exit {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     // Set once the steady phase has started: the first input goes at a random offset
     // within one period so the bots' inputs are spread over it.
     let mut next_input: Option<Instant> = None;
-    // Made once, not per frame: in a profile of the 10,000-bot run, creating and dropping
-    // these waits on every turn (cancellation waiters, timer entries) showed up.
+    // Made once per connection, not per frame: in a profile of the 10,000-bot run,
+    // creating and dropping these waits on every turn (cancellation waiters, timer
+    // entries) showed up.
     let stop = phases.stop.cancelled();
     let steady = phases.steady.cancelled();
     let due = tokio::time::sleep(Duration::ZERO);
@@ -381,10 +676,10 @@ async fn run_inputs(
         }
         tokio::select! {
             biased;
-            _ = &mut stop => return None,
+            _ = &mut stop => return Exit::Stopped,
             inbound = next_inbound(ws) => {
-                if let Some(why) = handle(state, inbound) {
-                    return Some(why);
+                if let Some(exit) = handle(state, inbound) {
+                    return exit;
                 }
             }
             // Only wakes the loop; the schedule is set at its top.
@@ -393,7 +688,7 @@ async fn run_inputs(
                 if let Some(input) = state.next_input(&mut rng, Instant::now()) {
                     let frame = encode_client(&input);
                     if let Err(e) = ws.send(Message::Binary(frame.into())).await {
-                        return Some(format!("sending input: {e}"));
+                        return Exit::Ended(Ended::Broken(format!("sending input: {e}")));
                     }
                 }
                 if let (Some(period), Some(at)) = (input_period, next_input) {
@@ -407,15 +702,16 @@ async fn run_inputs(
     }
 }
 
-/// Keeps reading for [`DRAIN`] so in-flight results and deltas arrive.
-async fn drain(ws: &mut Socket, state: &mut BotState) -> Option<String> {
+/// Keeps reading for [`DRAIN`] so in-flight results and deltas arrive; `None` when it
+/// read for all of it.
+async fn drain(ws: &mut Socket, state: &mut BotState) -> Option<Exit> {
     let until = Instant::now() + DRAIN;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => return None,
             inbound = next_inbound(ws) => {
-                if let Some(why) = handle(state, inbound) {
-                    return Some(why);
+                if let Some(exit) = handle(state, inbound) {
+                    return Some(exit);
                 }
             }
         }
@@ -469,17 +765,17 @@ mod tests {
 
     #[test]
     fn starts_at_its_entity_and_needs_it() {
-        let bot = BotState::new(7, snapshot()).unwrap();
+        let bot = BotState::new(7, snapshot(), 0).unwrap();
         assert_eq!(bot.expected_pos(), (0, 0));
-        assert!(BotState::new(99, snapshot()).unwrap_err().contains("99"));
+        assert!(BotState::new(99, snapshot(), 0).unwrap_err().contains("99"));
     }
 
     #[test]
     fn legal_steps_avoid_walls_and_edges() {
-        let bot = BotState::new(7, snapshot()).unwrap();
+        let bot = BotState::new(7, snapshot(), 0).unwrap();
         // From the corner (0,0): (1,0) and (1,1) are walls, the rest is off the map.
         assert_eq!(bot.legal_steps(), vec![(0, 1)]);
-        let bot = BotState::new(8, snapshot()).unwrap();
+        let bot = BotState::new(8, snapshot(), 0).unwrap();
         assert_eq!(bot.legal_steps(), vec![(-1, 0), (0, -1), (-1, -1)]);
     }
 
@@ -487,7 +783,7 @@ mod tests {
     fn walled_in_bot_sends_nothing() {
         let mut map = snapshot();
         map.walls = vec![0xff, 0xff];
-        let mut bot = BotState::new(7, map).unwrap();
+        let mut bot = BotState::new(7, map, 0).unwrap();
         assert!(bot.next_input(&mut SmallRng::seed_from_u64(1), Instant::now()).is_none());
         assert_eq!(bot.next_seq, 1);
     }
@@ -496,7 +792,7 @@ mod tests {
     fn random_inputs_are_always_legal_from_the_expected_position() {
         let mut rng = SmallRng::seed_from_u64(42);
         let map = snapshot();
-        let mut bot = BotState::new(7, map.clone()).unwrap();
+        let mut bot = BotState::new(7, map.clone(), 0).unwrap();
         let now = Instant::now();
         let mut in_flight = Vec::new();
         for expect_seq in 1..=200u32 {
@@ -524,7 +820,7 @@ mod tests {
     #[test]
     fn results_and_own_moves_are_tallied() {
         let t0 = Instant::now();
-        let mut bot = BotState::new(7, snapshot()).unwrap();
+        let mut bot = BotState::new(7, snapshot(), 0).unwrap();
         let mut rng = SmallRng::seed_from_u64(3);
         assert_eq!(step_of(&bot.next_input(&mut rng, t0).unwrap()), (1, 0, 1));
         // Expected position already counts the move in flight.
@@ -547,14 +843,14 @@ mod tests {
     fn what_makes_a_bot_unclean() {
         let t0 = Instant::now();
         let mut rng = SmallRng::seed_from_u64(3);
-        let mut bot = BotState::new(8, snapshot()).unwrap();
+        let mut bot = BotState::new(8, snapshot(), 0).unwrap();
         for _ in 0..3 {
             bot.next_input(&mut rng, t0).unwrap();
         }
         bot.on_message(result(1, false), t0); // rejected
         bot.on_message(result(2, true), t0); // accepted, never seen moving
         bot.on_message(result(2, true), t0); // answered twice
-        bot.on_message(ServerMsg::Migrate { address: "ws://x".into(), token: "t".into() }, t0);
+        bot.on_message(ServerMsg::Welcome { world_id: "w".into(), you: 8, tick: 1, snapshot: snapshot() }, t0);
         bot.on_undecodable("malformed frame".into());
         // seq 3 never gets a result
         let (stats, errors) = bot.finish(false);
@@ -574,9 +870,119 @@ mod tests {
         assert!(errors[0].1.contains("wall"), "{errors:?}");
     }
 
+    fn migrate() -> ServerMsg {
+        ServerMsg::Migrate { address: "ws://b/ws".into(), token: "t2".into() }
+    }
+
+    /// The snapshot a new server sends: the same map, our old entity gone, us as 9 at (2,0).
+    fn moved_world() -> Snapshot {
+        let mut map = snapshot();
+        map.entities.retain(|e| e.id != 7);
+        map.entities.push(Entity { id: 9, kind: EntityKind::Bot, name: "b9".into(), x: 2, y: 0 });
+        map
+    }
+
+    #[test]
+    fn migrate_forgets_unanswered_inputs_and_the_bot_carries_on_as_a_new_entity() {
+        let t0 = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut bot = BotState::new(7, snapshot(), 40).unwrap();
+        for _ in 0..3 {
+            bot.next_input(&mut rng, t0).unwrap();
+        }
+        // seq 1 applied and seen; 2 and 3 still unanswered when the world moves.
+        bot.on_message(result(1, true), t0);
+        bot.on_message(
+            ServerMsg::Delta { tick: 41, server_us: 0, changes: vec![Change::Moved { id: 7, x: 0, y: 1 }] },
+            t0,
+        );
+        let flow = bot.on_message(migrate(), t0);
+        assert_eq!(flow, Flow::Migrate { address: "ws://b/ws".into(), token: "t2".into() });
+        assert_eq!(bot.tick(), 41);
+        assert_eq!((bot.stats.unapplied, bot.stats.moves_forgotten), (2, 0));
+        assert!(bot.errors.is_empty(), "{:?}", bot.errors);
+
+        // Same world on the new server, the tick continuing, us a new entity elsewhere.
+        bot.rejoin(9, moved_world(), 41).unwrap();
+        assert_eq!((bot.you, bot.pos, bot.tick(), bot.expected_pos()), (9, (2, 0), 41, (2, 0)));
+        // Moves of the entity we were are not ours any more.
+        bot.on_message(moved(7, 0, 2), t0);
+        assert_eq!(bot.pos, (2, 0));
+        let (seq, dx, dy) = step_of(&bot.next_input(&mut rng, t0).unwrap());
+        assert_eq!(seq, 4, "sequence numbers carry on");
+        let target = (2 + i32::from(dx), i32::from(dy));
+        bot.on_message(result(seq, true), t0);
+        bot.on_message(moved(9, target.0 as u16, target.1 as u16), t0);
+        let (stats, errors) = bot.finish(false);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((stats.sent, stats.ok, stats.rejected, stats.missing, stats.unapplied), (4, 2, 0, 0, 2));
+        assert_eq!(stats.sent, stats.ok + stats.rejected + stats.missing + stats.unapplied);
+        assert_eq!((stats.own_moves_seen, stats.deltas), (2, 3));
+    }
+
+    #[test]
+    fn an_accepted_move_not_seen_before_migrate_is_an_error_once() {
+        let t0 = Instant::now();
+        let mut bot = BotState::new(8, snapshot(), 0).unwrap();
+        bot.next_input(&mut SmallRng::seed_from_u64(1), t0).unwrap();
+        bot.on_message(result(1, true), t0);
+        bot.on_message(migrate(), t0);
+        // The stale step must not steer the new entity.
+        bot.rejoin(9, moved_world(), 5).unwrap();
+        assert_eq!(bot.expected_pos(), (2, 0));
+        let (stats, errors) = bot.finish(false);
+        assert_eq!((stats.ok, stats.own_moves_seen, stats.moves_forgotten, stats.unapplied), (1, 0, 1, 0));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, ErrorKind::OwnMovesNotSeen);
+        assert!(errors[0].1.contains("before Migrate to ws://b/ws"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_lost_connection_forgets_what_was_outstanding_and_the_restore_may_go_back_in_time() {
+        let t0 = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut bot = BotState::new(7, snapshot(), 10).unwrap();
+        bot.next_input(&mut rng, t0).unwrap();
+        bot.next_input(&mut rng, t0).unwrap();
+        bot.on_message(result(1, true), t0);
+        bot.on_message(ServerMsg::Resync { tick: 30, snapshot: snapshot() }, t0);
+        bot.on_message(ServerMsg::Delta { tick: 31, server_us: 0, changes: vec![] }, t0);
+        // seq 2 unanswered; the Resync accounted for seq 1's move.
+        bot.connection_lost();
+        assert_eq!(bot.tick(), 31);
+        // Restored from an older checkpoint.
+        bot.rejoin(9, moved_world(), 22).unwrap();
+        assert_eq!(bot.tick(), 22);
+        bot.on_message(ServerMsg::Delta { tick: 23, server_us: 0, changes: vec![] }, t0);
+        let (stats, errors) = bot.finish(false);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((stats.sent, stats.ok, stats.unapplied, stats.missing, stats.resyncs), (2, 1, 1, 0, 1));
+    }
+
+    #[test]
+    fn a_rejoin_needs_our_entity_in_the_snapshot() {
+        let mut bot = BotState::new(7, snapshot(), 0).unwrap();
+        assert!(bot.rejoin(42, moved_world(), 1).unwrap_err().contains("42"));
+        assert_eq!(bot.you, 7);
+    }
+
+    #[test]
+    fn which_endings_send_the_bot_looking_for_its_world() {
+        let closed = |code: u16| Ended::Closed(Some(code), "why".into());
+        assert!(Ended::Broken("reset".into()).should_rejoin());
+        assert!(closed(close::GOING_AWAY).should_rejoin());
+        assert!(closed(close::WORLD_UNAVAILABLE).should_rejoin());
+        for code in [1000, close::TOO_SLOW, close::IDLE, close::BAD_TOKEN] {
+            assert!(!closed(code).should_rejoin(), "{code}");
+        }
+        assert!(!Ended::Closed(None, String::new()).should_rejoin());
+        assert_eq!(closed(4012).to_string(), "4012 why");
+        assert_eq!(Ended::Broken("reset".into()).to_string(), "connection lost: reset");
+    }
+
     #[test]
     fn a_lost_connection_does_not_also_blame_missing_results() {
-        let mut bot = BotState::new(8, snapshot()).unwrap();
+        let mut bot = BotState::new(8, snapshot(), 0).unwrap();
         bot.next_input(&mut SmallRng::seed_from_u64(1), Instant::now()).unwrap();
         let (stats, errors) = bot.finish(true);
         assert_eq!(stats.missing, 1);

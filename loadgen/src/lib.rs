@@ -8,6 +8,11 @@
 //! **End**: bots stop sending, wait for in-flight results, close, and their outcomes are
 //! folded into a [`Report`] ([`report`]).
 //!
+//! Until the end, a bot follows its world: to the address a `Migrate` names (a draining
+//! server), or, when its connection is lost (a crashed server, 1001, 4012), to wherever
+//! allocating a seat in the same world again places it ([`Report::migrations`],
+//! [`Report::recoveries`]).
+//!
 //! Start with [`run`]; [`wait_ready`] waits for the fleet to have servers to allocate.
 
 mod bot;
@@ -31,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::matchmaker::{Matchmaker, chain};
 use crate::report::{BotOutcome, Collector, Placement};
-pub use crate::report::{ErrorKind, ErrorTally, RegionUse, Report};
+pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report};
 pub use crate::resources::ProcessUse;
 
 /// How often [`wait_ready`] looks at the fleet.
@@ -57,6 +62,9 @@ pub struct Config {
     pub connect_concurrency: usize,
     /// How long a bot keeps retrying 429 (no capacity) before its allocation is an error.
     pub allocate_timeout: Duration,
+    /// After losing its connection, how long a bot keeps re-allocating and rejoining its
+    /// world (retrying 429 and connect/join failures) before it gives up.
+    pub reconnect_timeout: Duration,
     /// How long [`wait_ready`] waits.
     pub ready_timeout: Duration,
 }
@@ -73,6 +81,7 @@ impl Default for Config {
             input_rate_hz: 1.0,
             connect_concurrency: 64,
             allocate_timeout: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -219,13 +228,15 @@ pub(crate) struct Settled {
     _open: mpsc::Sender<()>,
 }
 
-struct Ctx {
-    matchmaker: Matchmaker,
-    phases: Arc<Phases>,
+/// What every bot of a run shares.
+pub(crate) struct Ctx {
+    pub matchmaker: Matchmaker,
+    pub phases: Arc<Phases>,
     permits: Arc<Semaphore>,
     fleet: String,
     run_id: String,
-    input_period: Option<Duration>,
+    pub input_period: Option<Duration>,
+    pub reconnect_timeout: Duration,
 }
 
 impl Ctx {
@@ -306,27 +317,27 @@ async fn world(ctx: Arc<Ctx>, plan: WorldPlan, members: Vec<(usize, Settled)>) -
         outcomes.extend(not_started(members, reason.as_deref()));
         return outcomes;
     };
-    let world_id = response.world_id.clone();
+    // A seat in this world: how the other bots join it, and how any bot finds it again.
+    let seat = Arc::new(AllocationRequest {
+        fleet: ctx.fleet.clone(),
+        world_id: Some(response.world_id.clone()),
+        regions: plan.regions.clone(),
+        ..Default::default()
+    });
     let mut bots = JoinSet::new();
-    let phases = ctx.phases.clone();
-    bots.spawn(bot::play(phases, outcome, response, started, ctx.input_period, permit, first_settled));
+    bots.spawn(bot::play(ctx.clone(), seat.clone(), outcome, response, started, permit, first_settled));
     for (bot, settled) in members {
         let ctx = ctx.clone();
-        let request = AllocationRequest {
-            fleet: ctx.fleet.clone(),
-            world_id: Some(world_id.clone()),
-            regions: plan.regions.clone(),
-            ..Default::default()
-        };
+        let seat = seat.clone();
         bots.spawn(async move {
             let Some(permit) = ctx.permit().await else {
                 return BotOutcome::new(bot, index);
             };
-            let (mut outcome, allocated) = ctx.allocate(bot, index, &request).await;
+            let (mut outcome, allocated) = ctx.allocate(bot, index, &seat).await;
             let Some((response, started)) = allocated else {
                 return outcome;
             };
-            let asked = request.world_id.as_deref().unwrap_or_default();
+            let asked = seat.world_id.as_deref().unwrap_or_default();
             if asked != response.world_id {
                 outcome.error(
                     ErrorKind::WrongWorld,
@@ -334,7 +345,7 @@ async fn world(ctx: Arc<Ctx>, plan: WorldPlan, members: Vec<(usize, Settled)>) -
                 );
                 return outcome;
             }
-            bot::play(ctx.phases.clone(), outcome, response, started, ctx.input_period, permit, settled).await
+            bot::play(ctx.clone(), seat, outcome, response, started, permit, settled).await
         });
     }
     let mut outcomes = Vec::new();
@@ -376,6 +387,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         fleet: config.fleet.clone(),
         run_id: format!("lg-{:08x}", rand::random::<u32>()),
         input_period: (config.input_rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / config.input_rate_hz)),
+        reconnect_timeout: config.reconnect_timeout,
     });
     tracing::info!(bots = config.bots, worlds = plans.len(), ?regions, run_id = %ctx.run_id, "allocating and joining");
 

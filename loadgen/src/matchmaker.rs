@@ -10,16 +10,17 @@ use tokio::time::Instant;
 
 use crate::bot::micros;
 
+/// First wait after a 429.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// One allocation request that takes longer than this is an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long to wait before retry number `retry` (0 for the first): 50 ms doubling up to
-/// 1 s, then a random point in the upper half of that, so bots that hit 429 together
-/// do not come back together.
-pub(crate) fn backoff(retry: u32, rng: &mut impl Rng) -> Duration {
-    let full = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(retry.min(16))).min(MAX_BACKOFF);
+/// How long to wait before retry number `retry` (0 for the first): `first` doubling up
+/// to 1 s, then a random point in the upper half of that, so bots that failed together
+/// (a 429, a crashed server) do not come back together.
+pub(crate) fn backoff(first: Duration, retry: u32, rng: &mut impl Rng) -> Duration {
+    let full = first.saturating_mul(2u32.saturating_pow(retry.min(16))).min(MAX_BACKOFF);
     full / 2 + full.mul_f64(rng.random::<f64>() / 2.0)
 }
 
@@ -49,6 +50,13 @@ impl Matchmaker {
     }
 
     pub(crate) async fn allocate(&self, request: &AllocationRequest) -> Allocation {
+        self.allocate_within(request, self.timeout).await
+    }
+
+    /// [`Self::allocate`], retrying 429 for at most `timeout` (capped at the allocate
+    /// timeout); one request is made however short `timeout` is.
+    pub(crate) async fn allocate_within(&self, request: &AllocationRequest, timeout: Duration) -> Allocation {
+        let timeout = timeout.min(self.timeout);
         let started = Instant::now();
         let mut retries = 0u64;
         let mut backoff_rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
@@ -66,11 +74,11 @@ impl Matchmaker {
                     };
                 }
                 Err(Refused::NoCapacity(message)) => {
-                    let wait = backoff(u32::try_from(retries).unwrap_or(u32::MAX), &mut backoff_rng);
-                    if started.elapsed() + wait > self.timeout {
+                    let wait = backoff(FIRST_BACKOFF, u32::try_from(retries).unwrap_or(u32::MAX), &mut backoff_rng);
+                    if started.elapsed() + wait > timeout {
                         break Err(format!(
                             "no capacity within {} ({retries} retries): {message}",
-                            humantime::format_duration(self.timeout)
+                            humantime::format_duration(timeout)
                         ));
                     }
                     retries += 1;
@@ -141,9 +149,14 @@ mod tests {
         for (retry, full) in [(0, 50), (1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (30, 1000), (u32::MAX, 1000)]
         {
             for _ in 0..50 {
-                let wait = ms(backoff(retry, &mut rng));
+                let wait = ms(backoff(FIRST_BACKOFF, retry, &mut rng));
                 assert!((full / 2..=full).contains(&wait), "retry {retry}: {wait} ms");
             }
+        }
+        let first = Duration::from_millis(100);
+        for (retry, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000)] {
+            let wait = ms(backoff(first, retry, &mut rng));
+            assert!((full / 2..=full).contains(&wait), "retry {retry}: {wait} ms");
         }
     }
 }

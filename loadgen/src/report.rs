@@ -1,6 +1,7 @@
 //! What a run measured: each bot's [`BotOutcome`] goes into a [`Collector`], which turns
-//! them into the [`Report`] (latency histograms, counters, errors by kind). The report
-//! decides whether the run was clean and prints itself.
+//! them into the [`Report`] (latency histograms, counters, errors by kind, and every
+//! [`Migration`] and [`Recovery`] by bot). The report decides whether the run was clean
+//! and prints itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,8 +27,13 @@ pub enum ErrorKind {
     JoinRefused,
     /// Welcomed to, or allocated, another world than the one asked for.
     WrongWorld,
-    /// The server closed the socket, or it broke, during the run.
+    /// The server closed the socket with a code that does not ask the bot to come back
+    /// (or the socket broke while the bot was draining at the end of the run).
     DisconnectedEarly,
+    /// The socket broke, or the server closed it with 1001 (without a Migrate) or 4012,
+    /// during the run: the bot then looked for its world again ([`Report::recoveries`]
+    /// has it when it found it; an error of another kind says why it gave up).
+    ConnectionLost,
     /// The bot only sends legal moves, so a rejection is a server bug.
     InputRejected,
     MissingResults,
@@ -46,6 +52,7 @@ impl ErrorKind {
             Self::JoinRefused => "join refused",
             Self::WrongWorld => "wrong world",
             Self::DisconnectedEarly => "disconnected early",
+            Self::ConnectionLost => "connection lost",
             Self::InputRejected => "input rejected",
             Self::MissingResults => "missing input results",
             Self::OwnMovesNotSeen => "own moves not seen",
@@ -84,6 +91,12 @@ pub(crate) struct PlayStats {
     pub rejected: u64,
     /// Inputs that never got a result.
     pub missing: u64,
+    /// Inputs without a result when the connection moved (Migrate) or was lost: the
+    /// server did not apply them, or lost them with its state.
+    pub unapplied: u64,
+    /// Accepted moves never seen moving because the connection moved or was lost first
+    /// (the error that ended the connection, if any, accounts for them).
+    pub moves_forgotten: u64,
     pub deltas: u64,
     pub own_moves_seen: u64,
     pub input_latency_us: Vec<u64>,
@@ -91,6 +104,50 @@ pub(crate) struct PlayStats {
     pub tick_latency_us: Vec<u32>,
     /// Snapshots received after falling behind.
     pub resyncs: u64,
+}
+
+/// A bot followed a `Migrate` to its world's new server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub world_id: String,
+    /// Highest tick the bot saw (Welcome, Delta, Resync) before the Migrate.
+    pub last_tick_seen: u64,
+    /// The tick of the Welcome on the new server (the world's state is continuous, so
+    /// not below `last_tick_seen`).
+    pub welcome_tick: u64,
+    /// From the Migrate's arrival to the new Welcome.
+    pub pause: Duration,
+    /// The server the bot left: its name from the allocator, or its address when the bot
+    /// got there by an earlier Migrate (which names no server).
+    pub server_before: String,
+    /// The address the Migrate named.
+    pub server_after: String,
+}
+
+/// A bot lost its connection during the run (see [`ErrorKind::ConnectionLost`]), allocated
+/// a seat in the same world again and was welcomed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub world_id: String,
+    /// Highest tick the bot saw (Welcome, Delta, Resync) on the connection it lost.
+    pub last_tick_seen: u64,
+    /// The tick of the Welcome after rejoining; lower than `last_tick_seen` when the world
+    /// was restored from a checkpoint older than what the bot had seen.
+    pub welcome_tick: u64,
+    /// From noticing the loss (or the Migrate that could not be followed) to the Welcome.
+    pub outage: Duration,
+    /// The server the bot lost: its name from the allocator, or its address when the bot
+    /// got there by a Migrate.
+    pub server_before: String,
+    /// The server the allocator placed the world on, by name.
+    pub server_after: String,
+}
+
+impl Recovery {
+    /// Ticks of world state the bot had seen and the restored world no longer has.
+    pub fn ticks_lost(&self) -> u64 {
+        self.last_tick_seen.saturating_sub(self.welcome_tick)
+    }
 }
 
 /// Where a bot's allocation placed it.
@@ -116,9 +173,11 @@ pub(crate) struct BotOutcome {
     pub placement: Option<Placement>,
     /// From the start of the allocation to the Welcome; set once the bot joined.
     pub join_us: Option<u64>,
-    /// From the Welcome to the end of the drain.
+    /// Time connected to a world, from each Welcome to the end of that connection.
     pub connected: Duration,
     pub play: Option<PlayStats>,
+    pub migrations: Vec<Migration>,
+    pub recoveries: Vec<Recovery>,
     pub errors: Vec<(ErrorKind, String)>,
 }
 
@@ -135,6 +194,8 @@ impl BotOutcome {
             join_us: None,
             connected: Duration::ZERO,
             play: None,
+            migrations: Vec::new(),
+            recoveries: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -169,6 +230,9 @@ pub struct Report {
     pub inputs_ok: u64,
     pub inputs_rejected: u64,
     pub inputs_missing: u64,
+    /// Inputs without a result when their connection moved or was lost (not applied).
+    /// `inputs_sent == inputs_ok + inputs_rejected + inputs_missing + inputs_unapplied`.
+    pub inputs_unapplied: u64,
     /// Microseconds from sending an input to its result.
     pub input_latency: Histogram<u64>,
     /// Microseconds from a tick's run on the server to its Delta's arrival (steady phase).
@@ -185,8 +249,14 @@ pub struct Report {
     /// Whether every joined bot was due to send inputs (a rate above 0 and a steady
     /// phase of at least one period).
     pub inputs_expected: bool,
-    /// Joined bots whose accepted moves all showed up as their own `Moved` changes.
+    /// Joined bots whose accepted moves all showed up as their own `Moved` changes, but
+    /// for those forgotten when a connection moved or was lost.
     pub bots_with_all_own_moves: u64,
+    /// Every Migrate a bot followed, as (bot, migration), in bot order. Not errors.
+    pub migrations: Vec<(usize, Migration)>,
+    /// Every time a bot found its world again after losing its connection, as (bot,
+    /// recovery), in bot order. Each loss is also a [`ErrorKind::ConnectionLost`] error.
+    pub recoveries: Vec<(usize, Recovery)>,
     pub regions_used: BTreeMap<String, RegionUse>,
     pub errors: BTreeMap<ErrorKind, ErrorTally>,
     /// CPU and memory over the steady phase: the load generator, then each game server.
@@ -202,6 +272,21 @@ impl Report {
 
     pub fn error_count(&self) -> u64 {
         self.errors.values().map(|t| t.count).sum()
+    }
+
+    /// The longest pause of a followed Migrate.
+    pub fn max_pause(&self) -> Option<Duration> {
+        self.migrations.iter().map(|(_, m)| m.pause).max()
+    }
+
+    /// The longest outage a bot recovered from.
+    pub fn max_outage(&self) -> Option<Duration> {
+        self.recoveries.iter().map(|(_, r)| r.outage).max()
+    }
+
+    /// The most ticks of state a bot saw and then found gone after recovering.
+    pub fn max_ticks_lost(&self) -> u64 {
+        self.recoveries.iter().map(|(_, r)| r.ticks_lost()).max().unwrap_or(0)
     }
 
     /// Why the run is not clean; empty when it is.
@@ -275,9 +360,11 @@ impl fmt::Display for Report {
             Latency(&self.allocation_latency)
         )?;
         writeln!(f, "join          {} joined; ms {}", self.joined, Latency(&self.join_latency))?;
+        let unapplied =
+            if self.inputs_unapplied > 0 { format!(", {} unapplied", self.inputs_unapplied) } else { String::new() };
         writeln!(
             f,
-            "inputs        {} sent, {} ok, {} rejected, {} missing; input->result ms {}",
+            "inputs        {} sent, {} ok, {} rejected, {} missing{unapplied}; input->result ms {}",
             self.inputs_sent,
             self.inputs_ok,
             self.inputs_rejected,
@@ -305,6 +392,23 @@ impl fmt::Display for Report {
             Latency(&self.tick_latency),
             self.resyncs
         )?;
+        if let Some(pause) = self.max_pause() {
+            writeln!(
+                f,
+                "migrations    {} followed; pause ms max {:.1}",
+                self.migrations.len(),
+                pause.as_secs_f64() * 1000.0
+            )?;
+        }
+        if let Some(outage) = self.max_outage() {
+            writeln!(
+                f,
+                "reconnects    {} after lost connections; outage ms max {:.1}; ticks lost max {}",
+                self.recoveries.len(),
+                outage.as_secs_f64() * 1000.0,
+                self.max_ticks_lost()
+            )?;
+        }
         let regions: Vec<String> = self
             .regions_used
             .iter()
@@ -364,6 +468,7 @@ impl Collector {
             inputs_ok: 0,
             inputs_rejected: 0,
             inputs_missing: 0,
+            inputs_unapplied: 0,
             input_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             tick_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
             resyncs: 0,
@@ -374,6 +479,8 @@ impl Collector {
             bots_with_inputs: 0,
             inputs_expected: false,
             bots_with_all_own_moves: 0,
+            migrations: Vec::new(),
+            recoveries: Vec::new(),
             regions_used: BTreeMap::new(),
             errors: BTreeMap::new(),
             processes: Vec::new(),
@@ -410,11 +517,12 @@ impl Collector {
             r.inputs_ok += play.ok;
             r.inputs_rejected += play.rejected;
             r.inputs_missing += play.missing;
+            r.inputs_unapplied += play.unapplied;
             r.deltas += play.deltas;
             r.own_moves_seen += play.own_moves_seen;
             r.bots_with_deltas += u64::from(play.deltas > 0);
             r.bots_with_inputs += u64::from(play.ok > 0);
-            r.bots_with_all_own_moves += u64::from(play.ok == play.own_moves_seen);
+            r.bots_with_all_own_moves += u64::from(play.ok == play.own_moves_seen + play.moves_forgotten);
             for us in play.input_latency_us {
                 r.input_latency.saturating_record(us.max(1));
             }
@@ -423,6 +531,8 @@ impl Collector {
             }
             r.resyncs += play.resyncs;
         }
+        r.migrations.extend(bot.migrations.into_iter().map(|m| (bot.bot, m)));
+        r.recoveries.extend(bot.recoveries.into_iter().map(|m| (bot.bot, m)));
         for (kind, message) in bot.errors {
             let tally = r.errors.entry(kind).or_default();
             tally.count += 1;
@@ -474,6 +584,8 @@ mod tests {
             ok: 10,
             rejected: 0,
             missing: 0,
+            unapplied: 0,
+            moves_forgotten: 0,
             deltas: 10,
             own_moves_seen: 10,
             input_latency_us: vec![45_000; 10],
@@ -546,6 +658,69 @@ result        PASS";
         c.add(joined_bot(0, 0, "eu-west", t0));
         c.add(joined_bot(1, 0, "eu-west", t0));
         assert_eq!(c.finish(Duration::ZERO, true, Some(Duration::from_secs(1))).problems(), ["interrupted"]);
+    }
+
+    #[test]
+    fn moves_and_recoveries_get_lines_of_their_own_and_only_losses_are_errors() {
+        let t0 = Instant::now();
+        let mut bots = vec![joined_bot(0, 0, "eu-west", t0), joined_bot(1, 0, "eu-west", t0)];
+        let migration = |pause_ms| Migration {
+            world_id: "world-0".into(),
+            last_tick_seen: 50,
+            welcome_tick: 50,
+            pause: Duration::from_millis(pause_ms),
+            server_before: "eu-west-1".into(),
+            server_after: "ws://10.0.0.2:7001/ws".into(),
+        };
+        for bot in &mut bots {
+            // Two inputs were outstanding at the Migrate: sent, never answered.
+            let play = bot.play.as_mut().unwrap();
+            (play.sent, play.unapplied) = (12, 2);
+        }
+        bots[0].migrations.push(migration(80));
+        bots[1].migrations.push(migration(120));
+        let r = report(bots, 1);
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.inputs_sent, r.inputs_ok + r.inputs_rejected + r.inputs_missing + r.inputs_unapplied);
+        assert_eq!(r.migrations.iter().map(|(bot, _)| *bot).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!((r.max_pause(), r.max_outage(), r.max_ticks_lost()), (Some(Duration::from_millis(120)), None, 0));
+        let text = r.to_string();
+        assert!(text.contains("4 unapplied; input->result"), "{text}");
+        assert!(text.contains("\nmigrations    2 followed; pause ms max 120.0\n"), "{text}");
+        assert!(!text.contains("reconnects"), "{text}");
+
+        // A crash: bot 1 lost its connection (an error) and came back on another server
+        // restored from an older checkpoint; the move it had not seen yet is forgotten.
+        let mut bots = vec![joined_bot(0, 0, "eu-west", t0), joined_bot(1, 0, "eu-west", t0)];
+        bots[1].error(ErrorKind::ConnectionLost, "connection lost: reset (on eu-west-1)");
+        let play = bots[1].play.as_mut().unwrap();
+        (play.own_moves_seen, play.moves_forgotten) = (9, 1);
+        let recovery = |outage_ms, welcome_tick| Recovery {
+            world_id: "world-0".into(),
+            last_tick_seen: 70,
+            welcome_tick,
+            outage: Duration::from_millis(outage_ms),
+            server_before: "eu-west-1".into(),
+            server_after: "eu-west-2".into(),
+        };
+        bots[1].recoveries.push(recovery(900, 62));
+        bots[1].recoveries.push(recovery(1_500, 75));
+        let r = report(bots, 1);
+        assert_eq!(r.problems(), ["1 errors"]);
+        assert_eq!(r.bots_with_all_own_moves, 2);
+        assert_eq!(r.recoveries.len(), 2);
+        assert!(r.recoveries.iter().all(|(bot, rec)| *bot == 1 && rec.server_after == "eu-west-2"));
+        assert_eq!((r.max_outage(), r.max_ticks_lost()), (Some(Duration::from_millis(1_500)), 8));
+        let text = r.to_string();
+        assert!(
+            text.contains("\nreconnects    2 after lost connections; outage ms max 1500.0; ticks lost max 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  connection lost: 1\n    bot 1 in w0: connection lost: reset (on eu-west-1)"),
+            "{text}"
+        );
+        assert!(!text.contains("migrations") && !text.contains("unapplied"), "{text}");
     }
 
     #[test]

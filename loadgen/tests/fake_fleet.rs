@@ -1,7 +1,8 @@
-//! `run` and `wait_ready` against a fake fleet in this process: an axum allocator and a
-//! tokio-tungstenite game server that speak the contracts loadgen is written to (a
+//! `run` and `wait_ready` against a fake fleet in this process: an axum allocator and
+//! two tokio-tungstenite game servers that speak the contracts loadgen is written to (a
 //! Welcome, a Delta per 100 ms tick, one InputResult per input before that tick's Delta,
-//! and a `Moved` for each accepted move).
+//! a `Moved` for each accepted move, and a world that can move to the other server or
+//! lose its server and be restored from an older tick).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::collections::HashMap;
@@ -40,12 +41,22 @@ fn map() -> Snapshot {
     Snapshot { width, height, walls, entities: Vec::new() }
 }
 
+/// What a connection task is told to do.
+enum Out {
+    Msg(ServerMsg),
+    Close(u16),
+    /// Drop the socket without a close frame, as a killed server would.
+    Crash,
+}
+
 struct Member {
     id: EntityId,
-    out: mpsc::UnboundedSender<ServerMsg>,
+    out: mpsc::UnboundedSender<Out>,
 }
 
 struct World {
+    /// Index into `Fleet::ws_addresses` of the server the world is on.
+    server: usize,
     tick: u64,
     snapshot: Snapshot,
     members: Vec<Member>,
@@ -60,12 +71,49 @@ struct Inner {
 }
 
 struct Fleet {
-    ws_address: String,
+    /// Two game servers (two listeners of this process).
+    ws_addresses: [String; 2],
     /// Every Join is answered with this close.
     reject: Option<(u16, &'static str)>,
     /// New-world requests answered 429 before capacity "appears".
     no_capacity: AtomicUsize,
+    /// Seat requests answered 429 ("world is on a draining server").
+    seat_refusals: AtomicUsize,
     inner: Mutex<Inner>,
+}
+
+impl Fleet {
+    /// Moves `world_id` to the other server between two ticks, as a draining server
+    /// does: inputs not yet applied are dropped, each member gets a Migrate after the
+    /// last Delta, then a 1001 close.
+    fn migrate(&self, world_id: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let (_, world) = inner.worlds.get_mut(world_id).unwrap();
+        world.server = 1 - world.server;
+        world.inputs.clear();
+        for member in world.members.drain(..) {
+            let address = self.ws_addresses[world.server].clone();
+            let _ = member.out.send(Out::Msg(ServerMsg::Migrate { address, token: world_id.into() }));
+            let _ = member.out.send(Out::Close(1001));
+            world.snapshot.entities.retain(|e| e.id != member.id);
+        }
+    }
+
+    /// Kills the server of `world_id`: connections drop without a close (or, given a
+    /// code, close with it), the world is restored on the other server `rewind` ticks
+    /// back, and the allocator first answers `refusals` seat requests with 429.
+    fn crash(&self, world_id: &str, close: Option<u16>, rewind: u64, refusals: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        self.seat_refusals.store(refusals, Ordering::SeqCst);
+        let (_, world) = inner.worlds.get_mut(world_id).unwrap();
+        world.server = 1 - world.server;
+        world.tick = world.tick.saturating_sub(rewind);
+        world.inputs.clear();
+        for member in world.members.drain(..) {
+            let _ = member.out.send(close.map_or(Out::Crash, Out::Close));
+            world.snapshot.entities.retain(|e| e.id != member.id);
+        }
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -79,10 +127,13 @@ async fn allocate(State(fleet): State<Arc<Fleet>>, Json(req): Json<AllocationReq
     }
     let mut inner = fleet.inner.lock().unwrap();
     if let Some(world_id) = req.world_id {
-        let Some((region, _)) = inner.worlds.get(&world_id) else {
+        let Some((region, world)) = inner.worlds.get(&world_id) else {
             return error(StatusCode::NOT_FOUND, "world_not_found", format!("no world {world_id}"));
         };
-        return Json(response(&fleet, &world_id, region)).into_response();
+        if fleet.seat_refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return error(StatusCode::TOO_MANY_REQUESTS, "no_capacity", "world is on a draining server".into());
+        }
+        return Json(response(&fleet, &world_id, region, world.server)).into_response();
     }
     if let Some(done) = req.idempotency_key.as_ref().and_then(|key| inner.by_key.get(key)) {
         return Json(done.clone()).into_response();
@@ -92,25 +143,26 @@ async fn allocate(State(fleet): State<Arc<Fleet>>, Json(req): Json<AllocationReq
     }
     let world_id = format!("world-{}", inner.worlds.len());
     let region = req.regions.first().cloned().unwrap_or_else(|| REGIONS[0].into());
-    let world = World { tick: 0, snapshot: map(), members: Vec::new(), inputs: Vec::new() };
+    let world = World { server: 0, tick: 0, snapshot: map(), members: Vec::new(), inputs: Vec::new() };
     inner.worlds.insert(world_id.clone(), (region.clone(), world));
-    let answer = response(&fleet, &world_id, &region);
+    let answer = response(&fleet, &world_id, &region, 0);
     if let Some(key) = req.idempotency_key {
         inner.by_key.insert(key, answer.clone());
     }
     Json(answer).into_response()
 }
 
-fn response(fleet: &Fleet, world_id: &str, region: &str) -> AllocationResponse {
+fn response(fleet: &Fleet, world_id: &str, region: &str, server: usize) -> AllocationResponse {
     AllocationResponse {
         world_id: world_id.into(),
         player_id: "p".into(),
         fleet: "town".into(),
-        server: format!("gs-{region}"),
+        server: format!("gs-{region}-{server}"),
         region: region.into(),
-        address: fleet.ws_address.clone(),
+        address: fleet.ws_addresses[server].clone(),
         join_token: world_id.into(),
         lease: None,
+        epoch: 0,
     }
 }
 
@@ -126,7 +178,7 @@ async fn list(State(fleet): State<Arc<Fleet>>, Query(q): Query<ListQuery>) -> Js
         .map(|region| {
             let mut s = GameServer::scheduled(format!("gs-{region}"), "town", *region, 10, 100);
             s.state = GameServerState::Ready;
-            s.address = Some(fleet.ws_address.clone());
+            s.address = Some(fleet.ws_addresses[0].clone());
             s
         })
         .collect();
@@ -161,11 +213,11 @@ fn tick(fleet: &Fleet) {
                 Action::Say { .. } => InputOutcome::Ok,
             };
             if let Some(member) = world.members.iter().find(|m| m.id == id) {
-                let _ = member.out.send(ServerMsg::InputResult { seq, tick, outcome });
+                let _ = member.out.send(Out::Msg(ServerMsg::InputResult { seq, tick, outcome }));
             }
         }
         for member in &world.members {
-            let _ = member.out.send(ServerMsg::Delta { tick, server_us: 0, changes: changes.clone() });
+            let _ = member.out.send(Out::Msg(ServerMsg::Delta { tick, server_us: 0, changes: changes.clone() }));
         }
     }
 }
@@ -189,23 +241,34 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
         world.snapshot.entities.push(Entity { id, kind: EntityKind::Bot, name: format!("bot{id}"), x, y });
         let welcome =
             ServerMsg::Welcome { world_id: token.clone(), you: id, tick: world.tick, snapshot: world.snapshot.clone() };
-        out.send(welcome).unwrap();
+        out.send(Out::Msg(welcome)).unwrap();
         world.members.push(Member { id, out });
         (token, id)
     };
     loop {
         tokio::select! {
-            msg = outbox.recv() => {
-                let Some(msg) = msg else { break };
-                if ws.send(Message::Binary(encode_server(&msg).into())).await.is_err() {
+            out = outbox.recv() => match out {
+                Some(Out::Msg(msg)) => {
+                    if ws.send(Message::Binary(encode_server(&msg).into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Out::Close(code)) => {
+                    let _ = ws.close(Some(CloseFrame { code: code.into(), reason: "moved".into() })).await;
                     break;
                 }
-            }
+                Some(Out::Crash) => return,
+                None => break,
+            },
             frame = ws.next() => match frame {
                 Some(Ok(Message::Binary(frame))) => match decode_client(&frame) {
                     Ok(ClientMsg::Input { seq, action }) => {
                         let mut inner = fleet.inner.lock().unwrap();
-                        inner.worlds.get_mut(&world_id).unwrap().1.inputs.push((id, seq, action));
+                        let world = &mut inner.worlds.get_mut(&world_id).unwrap().1;
+                        // Inputs that reach a server the world left are not applied.
+                        if world.members.iter().any(|m| m.id == id) {
+                            world.inputs.push((id, seq, action));
+                        }
                     }
                     other => panic!("fake server got {other:?}"),
                 },
@@ -224,13 +287,19 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async { while ws.next().await.is_some() {} }).await;
 }
 
-/// Starts the fake allocator and game server; returns the allocator URL.
+/// Starts the fake allocator and game servers; returns the allocator URL.
 async fn fake_fleet(reject: Option<(u16, &'static str)>, no_capacity: usize) -> String {
-    let game = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fake_fleet_handle(reject, no_capacity).await.0
+}
+
+/// [`fake_fleet`], and the fleet, to move worlds or crash their servers.
+async fn fake_fleet_handle(reject: Option<(u16, &'static str)>, no_capacity: usize) -> (String, Arc<Fleet>) {
+    let games = [TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap()];
     let fleet = Arc::new(Fleet {
-        ws_address: format!("ws://{}/ws", game.local_addr().unwrap()),
+        ws_addresses: games.each_ref().map(|game| format!("ws://{}/ws", game.local_addr().unwrap())),
         reject,
         no_capacity: AtomicUsize::new(no_capacity),
+        seat_refusals: AtomicUsize::new(0),
         inner: Mutex::default(),
     });
     let ticker = fleet.clone();
@@ -241,18 +310,22 @@ async fn fake_fleet(reject: Option<(u16, &'static str)>, no_capacity: usize) -> 
             tick(&ticker);
         }
     });
-    let server = fleet.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = game.accept().await {
-            tokio::spawn(connection(server.clone(), stream));
-        }
-    });
+    for game in games {
+        let server = fleet.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = game.accept().await {
+                tokio::spawn(connection(server.clone(), stream));
+            }
+        });
+    }
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", api.local_addr().unwrap());
-    let app =
-        Router::new().route("/v1/allocations", post(allocate)).route("/v1/gameservers", get(list)).with_state(fleet);
+    let app = Router::new()
+        .route("/v1/allocations", post(allocate))
+        .route("/v1/gameservers", get(list))
+        .with_state(fleet.clone());
     tokio::spawn(async move { axum::serve(api, app).await.unwrap() });
-    url
+    (url, fleet)
 }
 
 fn config(allocator_url: String) -> Config {
@@ -346,4 +419,83 @@ async fn wait_ready_names_the_missing_region() {
     config.ready_timeout = Duration::from_millis(300);
     let err = wait_ready(&config).await.unwrap_err().to_string();
     assert!(err.contains("not ready after 300ms") && err.contains("region mars"), "{err}");
+}
+
+/// Runs `config` and, `after` its start, does `event` to the fleet.
+async fn run_with(config: Config, after: Duration, event: impl FnOnce() + Send + 'static) -> gaia_loadgen::Report {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        event();
+    });
+    let report = run(config, CancellationToken::new()).await.unwrap();
+    println!("{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_follow_a_migrating_world_and_the_run_stays_clean() {
+    let (url, fleet) = fake_fleet_handle(None, 0).await;
+    let mut config = config(url);
+    (config.bots, config.duration) = (10, Duration::from_millis(1500));
+    let moved = fleet.clone();
+    let report = run_with(config, Duration::from_millis(700), move || moved.migrate("world-0")).await;
+    assert!(report.is_clean(), "{report}");
+    // The five bots of whichever plan got world-0, each once.
+    let bots: Vec<usize> = report.migrations.iter().map(|(bot, _)| *bot).collect();
+    assert!(bots == [0, 1, 2, 3, 4] || bots == [5, 6, 7, 8, 9], "{bots:?}");
+    for (bot, m) in &report.migrations {
+        assert_eq!(m.world_id, "world-0");
+        assert_eq!(m.server_after, fleet.ws_addresses[1]);
+        assert!(m.pause < Duration::from_secs(1), "bot {bot}: {m:?}");
+        assert!(m.welcome_tick >= m.last_tick_seen, "bot {bot}: {m:?}");
+    }
+    assert!(report.recoveries.is_empty());
+    assert_eq!(
+        report.inputs_sent,
+        report.inputs_ok + report.inputs_rejected + report.inputs_missing + report.inputs_unapplied
+    );
+    assert_eq!(report.own_moves_seen, report.inputs_ok);
+    assert!(report.to_string().contains("migrations    5 followed; pause ms max"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_find_their_world_again_after_its_server_crashes() {
+    let (url, fleet) = fake_fleet_handle(None, 0).await;
+    let mut config = config(url);
+    (config.bots, config.duration) = (10, Duration::from_millis(1500));
+    let crashed = fleet.clone();
+    // Restored 20 ticks (2 s) back; the allocator refuses the first two seats.
+    let report = run_with(config, Duration::from_millis(700), move || crashed.crash("world-1", None, 20, 2)).await;
+    assert_eq!(report.errors.keys().copied().collect::<Vec<_>>(), [ErrorKind::ConnectionLost], "{report}");
+    assert_eq!(report.problems(), ["5 errors"], "{report}");
+    let bots: Vec<usize> = report.recoveries.iter().map(|(bot, _)| *bot).collect();
+    assert!(bots == [0, 1, 2, 3, 4] || bots == [5, 6, 7, 8, 9], "{bots:?}");
+    for (bot, r) in &report.recoveries {
+        assert_eq!(r.world_id, "world-1", "bot {bot}");
+        let region = r.server_before.strip_suffix("-0").unwrap();
+        assert_eq!(r.server_after, format!("{region}-1"), "bot {bot}");
+        assert!(r.outage < Duration::from_secs(5), "bot {bot}: {r:?}");
+        assert!(r.welcome_tick < r.last_tick_seen, "bot {bot}: the restore went back in time: {r:?}");
+    }
+    assert!(report.max_ticks_lost() > 0);
+    assert_eq!(
+        report.inputs_sent,
+        report.inputs_ok + report.inputs_rejected + report.inputs_missing + report.inputs_unapplied
+    );
+    assert!(report.bots_with_inputs == 10 && report.bots_with_all_own_moves == 10, "{report}");
+    assert!(report.to_string().contains("reconnects    5 after lost connections"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_unavailable_close_sends_bots_back_to_the_allocator() {
+    let (url, fleet) = fake_fleet_handle(None, 0).await;
+    let mut config = config(url);
+    (config.bots, config.world_size, config.duration) = (3, 3, Duration::from_millis(1000));
+    let closed = fleet.clone();
+    let report = run_with(config, Duration::from_millis(500), move || closed.crash("world-0", Some(4012), 0, 0)).await;
+    assert_eq!(report.errors[&ErrorKind::ConnectionLost].count, 3, "{report}");
+    assert!(report.errors[&ErrorKind::ConnectionLost].examples[0].contains("4012 moved"), "{report}");
+    assert_eq!(report.problems(), ["3 errors"], "{report}");
+    assert_eq!(report.recoveries.len(), 3, "{report}");
+    assert!(report.recoveries.iter().all(|(_, r)| r.ticks_lost() == 0 && r.outage < Duration::from_secs(1)));
 }

@@ -5,6 +5,8 @@
 //! shares it between processes (allocator issue). Allocation is one atomic operation per
 //! fleet: [`choose`] picks the server (a pure function), and the backend takes the slot and
 //! records the lease under the same lock (or script), so a slot is never handed out twice.
+//! Each (re)assignment of a world to a server bumps the world's epoch, which fences the
+//! world's checkpoints: a server holding an older epoch has lost the world.
 //!
 //! Start with [`Registry`], then [`choose`], then [`memory`].
 
@@ -31,6 +33,9 @@ pub struct Placement {
     pub server: GameServer,
     /// Set when the allocation took a new world slot.
     pub lease: Option<Lease>,
+    /// The world's epoch: bumped each time the world is assigned to a server (a new slot
+    /// or a move), never lowered. Game servers fence their checkpoints with it.
+    pub epoch: u64,
 }
 
 /// Something that changed, for components that react (the autoscaler, metrics).
@@ -81,9 +86,12 @@ pub trait Registry: Send + Sync + 'static {
 
     async fn set_players(&self, name: &str, players: u32) -> Result<()>;
 
-    /// The server loaded `world_id` and its first player joined: the lease is confirmed
-    /// and the slot no longer expires.
-    async fn world_started(&self, name: &str, world_id: &str) -> Result<()>;
+    /// The server loaded `world_id` at `epoch` and its first player joined: the lease is
+    /// confirmed and the slot no longer expires. A world recorded on another server is a
+    /// [`RegistryError::Conflict`]. A world recorded nowhere (its lease expired before the
+    /// first join) is taken back only when `epoch` is not older than the world's last
+    /// epoch; otherwise the world has moved on and that is a Conflict too.
+    async fn world_started(&self, name: &str, world_id: &str, epoch: u64) -> Result<()>;
 
     /// The world ended on that server: its slot is free again.
     async fn world_ended(&self, name: &str, world_id: &str) -> Result<()>;
@@ -92,6 +100,13 @@ pub trait Registry: Send + Sync + 'static {
     /// otherwise a new world slot on the server [`choose`] picks, held by a lease.
     /// [`RegistryError::NoCapacity`] when nothing fits.
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement>;
+
+    /// Moves `world_id` off server `name` in one atomic step: a slot on another server
+    /// ([`choose`], same region first, then any), held by a lease until the world starts
+    /// there; the slot on `name` is given back and the epoch bumped. The placement's
+    /// `player_id` is empty. [`RegistryError::WorldNotFound`] when the world is not on
+    /// `name`, [`RegistryError::NoCapacity`] when no other server has room.
+    async fn move_world(&self, name: &str, world_id: &str) -> Result<Placement>;
 
     async fn get(&self, name: &str) -> Result<GameServer>;
 

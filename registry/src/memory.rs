@@ -4,7 +4,7 @@
 //! wait on another and an allocation is atomic: choose, take the slot and record the lease
 //! happen under one lock, with no await in between. A second map finds a server's fleet
 //! by name. Time is `tokio::time::Instant`, so leases and health timeouts can be tested on
-//! tokio's paused clock.
+//! tokio's paused clock; epochs alone read the wall clock (see [`Fleet::bump_epoch`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,11 +29,19 @@ pub struct RegistryConfig {
     pub tombstone_ttl: Duration,
     /// Events buffered per subscriber before the oldest are dropped.
     pub event_capacity: usize,
+    /// How long the epoch of a world that is placed nowhere is remembered after its last
+    /// assignment. Only fencing of a late `world_started` needs it (see [`Fleet::prune_epochs`]).
+    pub epoch_retention: Duration,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { lease_ttl: Duration::from_secs(30), tombstone_ttl: Duration::from_secs(60), event_capacity: 4096 }
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            tombstone_ttl: Duration::from_secs(60),
+            event_capacity: 4096,
+            epoch_retention: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -51,6 +59,14 @@ struct World {
     server: String,
     /// Unconfirmed allocation: the slot returns at the deadline unless a player joins.
     lease: Option<(Lease, Instant)>,
+    /// The epoch of this assignment.
+    epoch: u64,
+}
+
+/// The last epoch handed out for a world, and when.
+struct Epoch {
+    last: u64,
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -58,6 +74,9 @@ struct Fleet {
     servers: BTreeMap<String, Entry>,
     worlds: HashMap<String, World>,
     idempotent: HashMap<String, (Placement, Instant)>,
+    /// World id -> last epoch. Outlives the world's placement: a world freed because its
+    /// server died, or whose lease expired, keeps its entry, so its next epoch is higher.
+    epochs: HashMap<String, Epoch>,
 }
 
 pub struct MemoryRegistry {
@@ -165,6 +184,38 @@ impl Fleet {
                 set_state(entry, GameServerState::Allocated, now, events);
             }
         }
+    }
+
+    /// The next epoch of `world_id`, recorded as handed out.
+    ///
+    /// `max(last + 1, now in Unix ms)`: checkpoints (Redis, Postgres, SQLite) outlive this
+    /// process, so a restarted in-memory registry, which has forgotten every epoch, must
+    /// still never hand out one lower than it did before. The wall clock is that floor;
+    /// `last + 1` keeps epochs strictly increasing within a millisecond or if the clock
+    /// steps back while we run.
+    fn bump_epoch(&mut self, world_id: &str, now: Instant) -> u64 {
+        let floor = unix_ms(SystemTime::now());
+        let epoch = match self.epochs.get(world_id) {
+            Some(e) => (e.last + 1).max(floor),
+            None => floor.max(1),
+        };
+        self.epochs.insert(world_id.to_string(), Epoch { last: epoch, at: now });
+        epoch
+    }
+
+    /// The last epoch handed out for `world_id`; 0 when none is remembered.
+    fn last_epoch(&self, world_id: &str) -> u64 {
+        self.epochs.get(world_id).map_or(0, |e| e.last)
+    }
+
+    /// Forgets the epochs of worlds placed nowhere and last assigned `retention` ago, so
+    /// the map does not grow with every world id ever seen. Only entries already below
+    /// the wall clock go: the next [`Fleet::bump_epoch`] of such a world starts at the
+    /// clock, above the forgotten value, so epochs stay monotonic.
+    fn prune_epochs(&mut self, now: Instant, retention: Duration) {
+        let floor = unix_ms(SystemTime::now());
+        let worlds = &self.worlds;
+        self.epochs.retain(|id, e| worlds.contains_key(id) || e.at + retention > now || e.last >= floor);
     }
 
     /// Forgets every world and answer that points at `server` (it is gone or terminal).
@@ -298,7 +349,7 @@ impl Registry for MemoryRegistry {
         })
     }
 
-    async fn world_started(&self, name: &str, world_id: &str) -> Result<()> {
+    async fn world_started(&self, name: &str, world_id: &str, epoch: u64) -> Result<()> {
         self.with_server(name, |fleet, events| {
             match fleet.worlds.get_mut(world_id) {
                 Some(world) if world.server == name => {
@@ -311,12 +362,24 @@ impl Registry for MemoryRegistry {
                 ))),
                 None => {
                     // The lease ran out just before the first player arrived, but the
-                    // world now runs here: count it again rather than lose track of it.
+                    // world now runs here: count it again rather than lose track of it,
+                    // unless it has been placed again since (a newer epoch), which the
+                    // server's checkpoints would lose to anyway.
                     if entry(fleet, name)?.record.state.is_terminal() {
                         return Err(RegistryError::Conflict(format!("game server {name:?} is terminal")));
                     }
-                    fleet.worlds.insert(world_id.to_string(), World { server: name.to_string(), lease: None });
-                    fleet.take_slot(name, Instant::now(), events);
+                    let last = fleet.last_epoch(world_id);
+                    if epoch < last {
+                        return Err(RegistryError::Conflict(format!(
+                            "world {world_id} moved on (epoch {epoch} < {last})"
+                        )));
+                    }
+                    let now = Instant::now();
+                    // A registry that restarted has forgotten the epoch: remember the
+                    // server's, so the next assignment goes above it.
+                    fleet.epochs.insert(world_id.to_string(), Epoch { last: epoch, at: now });
+                    fleet.worlds.insert(world_id.to_string(), World { server: name.to_string(), lease: None, epoch });
+                    fleet.take_slot(name, now, events);
                     Ok(())
                 }
             }
@@ -345,6 +408,11 @@ impl Registry for MemoryRegistry {
         };
         self.publish(events);
         placement
+    }
+
+    async fn move_world(&self, name: &str, world_id: &str) -> Result<Placement> {
+        let lease_ttl = self.config.lease_ttl;
+        self.with_server(name, |fleet, events| move_locked(fleet, name, world_id, Instant::now(), lease_ttl, events))
     }
 
     async fn get(&self, name: &str) -> Result<GameServer> {
@@ -428,6 +496,7 @@ fn allocate_locked(
             player_id,
             server: server.clone(),
             lease: world.lease.as_ref().map(|(lease, _)| lease.clone()),
+            epoch: world.epoch,
         });
     }
 
@@ -439,15 +508,62 @@ fn allocate_locked(
     let entry = entry(fleet, &name)?;
     entry.record.labels.extend(req.metadata.labels.clone());
     let world_id = req.world_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let lease =
-        Lease { id: uuid::Uuid::new_v4().simple().to_string(), expires_at_ms: unix_ms(SystemTime::now() + lease_ttl) };
-    let placement =
-        Placement { world_id: world_id.clone(), player_id, server: entry.record.clone(), lease: Some(lease.clone()) };
-    fleet.worlds.insert(world_id, World { server: name, lease: Some((lease, now + lease_ttl)) });
+    let server = entry.record.clone();
+    let lease = new_lease(lease_ttl);
+    let epoch = fleet.bump_epoch(&world_id, now);
+    let placement = Placement { world_id: world_id.clone(), player_id, server, lease: Some(lease.clone()), epoch };
+    fleet.worlds.insert(world_id, World { server: name, lease: Some((lease, now + lease_ttl)), epoch });
     if let Some(key) = &req.idempotency_key {
         fleet.idempotent.insert(key.clone(), (placement.clone(), now + lease_ttl));
     }
     Ok(placement)
+}
+
+fn new_lease(ttl: Duration) -> Lease {
+    Lease { id: uuid::Uuid::new_v4().simple().to_string(), expires_at_ms: unix_ms(SystemTime::now() + ttl) }
+}
+
+/// [`Registry::move_world`] under the fleet's lock.
+fn move_locked(
+    fleet: &mut Fleet,
+    name: &str,
+    world_id: &str,
+    now: Instant,
+    lease_ttl: Duration,
+    events: &mut Vec<RegistryEvent>,
+) -> Result<Placement> {
+    if fleet.worlds.get(world_id).is_none_or(|w| w.server != name) {
+        return Err(RegistryError::WorldNotFound { server: name.into(), world: world_id.into() });
+    }
+    let source = &entry(fleet, name)?.record;
+    // Same region first (players and checkpoints are near), then anywhere in the fleet.
+    let mut req =
+        AllocationRequest { fleet: source.fleet.clone(), regions: vec![source.region.clone()], ..Default::default() };
+    let others = fleet.servers.values().map(|e| &e.record).filter(|s| s.name != name);
+    let target = choose(others.clone(), &req)
+        .or_else(|| {
+            req.regions.clear();
+            choose(others, &req)
+        })
+        .map(|s| s.name.clone())
+        .ok_or_else(|| {
+            RegistryError::NoCapacity(format!(
+                "no other game server of fleet {:?} has a free world slot for world {world_id:?}",
+                req.fleet
+            ))
+        })?;
+
+    fleet.take_slot(&target, now, events);
+    fleet.release_slot(name, now, events);
+    let server = entry(fleet, &target)?.record.clone();
+    let lease = new_lease(lease_ttl);
+    let epoch = fleet.bump_epoch(world_id, now);
+    fleet
+        .worlds
+        .insert(world_id.to_string(), World { server: target, lease: Some((lease.clone(), now + lease_ttl)), epoch });
+    // An idempotent repeat of the allocation that placed it must not send players back.
+    fleet.idempotent.retain(|_, (p, _)| p.world_id != world_id);
+    Ok(Placement { world_id: world_id.to_string(), player_id: String::new(), server, lease: Some(lease), epoch })
 }
 
 fn sweep_fleet(
@@ -469,6 +585,7 @@ fn sweep_fleet(
         report.expired_leases.push(world_id);
     }
     fleet.idempotent.retain(|_, (_, expires)| *expires > now);
+    fleet.prune_epochs(now, config.epoch_retention);
 
     let silent: Vec<String> = fleet
         .servers

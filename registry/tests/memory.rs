@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gaia_api::allocation::{AllocationMetadata, AllocationRequest, Strategy};
 use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_api::token::unix_ms;
 use gaia_registry::{MemoryRegistry, Registry, RegistryConfig, RegistryError, RegistryEvent};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -58,7 +59,7 @@ async fn allocation_takes_a_slot_and_ending_the_world_returns_it() {
     assert_eq!((s1.state, s1.worlds), (GameServerState::Allocated, 1));
     assert_eq!(s1.labels.get("match").map(String::as_str), Some("m1"));
 
-    reg.world_started("s1", &p.world_id).await.unwrap();
+    reg.world_started("s1", &p.world_id, p.epoch).await.unwrap();
     reg.world_ended("s1", &p.world_id).await.unwrap();
     reg.world_ended("s1", &p.world_id).await.unwrap(); // twice is harmless
     let s1 = reg.get("s1").await.unwrap();
@@ -167,7 +168,7 @@ async fn confirmed_world_does_not_expire() {
     let reg = registry();
     ready(&reg, "s1", "eu", 1).await;
     let p = reg.allocate(&alloc(&[])).await.unwrap();
-    reg.world_started("s1", &p.world_id).await.unwrap();
+    reg.world_started("s1", &p.world_id, p.epoch).await.unwrap();
     tokio::time::advance(LEASE * 2).await;
     reg.health("s1").await.unwrap();
     assert!(reg.sweep().await.unwrap().expired_leases.is_empty());
@@ -179,7 +180,7 @@ async fn silent_server_goes_unhealthy_after_the_threshold_and_its_worlds_are_fre
     let reg = registry();
     ready(&reg, "s1", "eu", 2).await; // default health: 2 s period x 3
     let p = reg.allocate(&alloc(&[])).await.unwrap();
-    reg.world_started("s1", &p.world_id).await.unwrap();
+    reg.world_started("s1", &p.world_id, p.epoch).await.unwrap();
     tokio::time::advance(Duration::from_millis(5_999)).await;
     assert!(reg.sweep().await.unwrap().unhealthy.is_empty());
     tokio::time::advance(Duration::from_millis(1)).await;
@@ -276,4 +277,234 @@ async fn retire_takes_only_idle_servers() {
     assert!(matches!(reg.allocate(&alloc(&[])).await, Err(RegistryError::NoCapacity(_))));
     assert!(reg.retire("fresh").await.is_err());
     assert_eq!(reg.retire("nope").await.unwrap_err(), RegistryError::NotFound("nope".into()));
+}
+
+fn join(world_id: &str) -> AllocationRequest {
+    AllocationRequest { world_id: Some(world_id.into()), ..alloc(&[]) }
+}
+
+fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+#[tokio::test]
+async fn each_assignment_bumps_the_epoch_and_joins_keep_it() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 2).await;
+    let before = now_ms();
+    let first = reg.allocate(&join("w1")).await.unwrap();
+    // The wall clock is the floor, so a restarted registry never goes below itself.
+    assert!(first.epoch >= before, "{} < {before}", first.epoch);
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().epoch, first.epoch, "joining does not bump");
+
+    // The world ends and is placed again at once (the same millisecond, likely): higher.
+    reg.world_ended("s1", "w1").await.unwrap();
+    let second = reg.allocate(&join("w1")).await.unwrap();
+    assert!(second.epoch > first.epoch, "{} <= {}", second.epoch, first.epoch);
+    // Epochs are per world: another world's assignment does not touch this one.
+    reg.allocate(&join("w2")).await.unwrap();
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().epoch, second.epoch);
+}
+
+#[tokio::test]
+async fn idempotent_repeat_returns_the_same_epoch() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 2).await;
+    let mut req = join("w1");
+    req.idempotency_key = Some("k".into());
+    let a = reg.allocate(&req).await.unwrap();
+    let b = reg.allocate(&req).await.unwrap();
+    assert_eq!((a.epoch, &a), (b.epoch, &b));
+}
+
+#[tokio::test]
+async fn the_epoch_survives_the_world_being_freed_by_a_dead_server() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 1).await;
+    ready(&reg, "s2", "eu", 1).await;
+    let first = reg.allocate(&join("w1")).await.unwrap();
+    reg.world_started(&first.server.name, "w1", first.epoch).await.unwrap();
+    reg.transition(&first.server.name, GameServerState::Unhealthy).await.unwrap();
+    reg.remove(&first.server.name).await.unwrap();
+    let second = reg.allocate(&join("w1")).await.unwrap();
+    assert_ne!(second.server.name, first.server.name);
+    assert!(second.epoch > first.epoch, "{} <= {}", second.epoch, first.epoch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn world_started_after_an_expired_lease_is_fenced_by_the_epoch() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 2).await;
+    ready(&reg, "s2", "us", 2).await;
+    let first = reg.allocate(&join("w1")).await.unwrap();
+    let s = first.server.name.clone();
+    tokio::time::advance(LEASE).await;
+    reg.health("s1").await.unwrap();
+    reg.health("s2").await.unwrap();
+    assert_eq!(reg.sweep().await.unwrap().expired_leases, vec!["w1".to_string()]);
+    assert_eq!(reg.get(&s).await.unwrap().worlds, 0);
+
+    // The first player arrives late, with the placement's epoch: the world is taken back.
+    reg.world_started(&s, "w1", first.epoch).await.unwrap();
+    assert_eq!(reg.get(&s).await.unwrap().worlds, 1);
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().server.name, s);
+
+    // Expired again, and placed anew elsewhere meanwhile: the late start is a conflict.
+    reg.world_ended(&s, "w1").await.unwrap();
+    let second = reg.allocate(&AllocationRequest { regions: vec!["us".into()], ..join("w1") }).await.unwrap();
+    assert_eq!(second.server.name, "s2");
+    let err = reg.world_started(&s, "w1", first.epoch).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+
+    // Placed anew and freed again: recorded nowhere, but an old epoch has moved on.
+    reg.world_ended("s2", "w1").await.unwrap();
+    let err = reg.world_started(&s, "w1", first.epoch).await.unwrap_err();
+    assert_eq!(err, RegistryError::Conflict(format!("world w1 moved on (epoch {} < {})", first.epoch, second.epoch)));
+    assert_eq!(reg.get(&s).await.unwrap().worlds, 0);
+    // The current epoch may start it.
+    reg.world_started(&s, "w1", second.epoch).await.unwrap();
+    assert_eq!(reg.get(&s).await.unwrap().worlds, 1);
+}
+
+#[tokio::test]
+async fn a_restarted_registry_takes_the_servers_epoch_and_goes_above_it() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 2).await;
+    // A server reports a world this registry never placed (it restarted), at an epoch
+    // ahead of the clock: the next assignment must still go above it.
+    let ahead = now_ms() + 3_600_000;
+    reg.world_started("s1", "w1", ahead).await.unwrap();
+    assert_eq!(reg.get("s1").await.unwrap().worlds, 1);
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().epoch, ahead);
+    reg.world_ended("s1", "w1").await.unwrap();
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().epoch, ahead + 1);
+}
+
+#[tokio::test]
+async fn move_world_prefers_the_same_region_and_bumps_the_epoch() {
+    let reg = registry();
+    ready(&reg, "a-eu", "eu", 2).await;
+    ready(&reg, "b-us", "us", 2).await;
+    ready(&reg, "c-eu", "eu", 2).await;
+    let placed = reg.allocate(&AllocationRequest { regions: vec!["eu".into()], ..join("w1") }).await.unwrap();
+    assert_eq!(placed.server.name, "a-eu");
+    reg.world_started("a-eu", "w1", placed.epoch).await.unwrap();
+    let mut events = reg.subscribe();
+
+    let moved = reg.move_world("a-eu", "w1").await.unwrap();
+    assert_eq!((moved.world_id.as_str(), moved.server.name.as_str()), ("w1", "c-eu"));
+    assert!(moved.player_id.is_empty());
+    assert!(moved.epoch > placed.epoch);
+    assert!(moved.lease.is_some(), "the new slot is leased until the world starts there");
+    assert_eq!(moved.server.worlds, 1);
+    let (a, c) = (reg.get("a-eu").await.unwrap(), reg.get("c-eu").await.unwrap());
+    assert_eq!((a.state, a.worlds), (GameServerState::Ready, 0));
+    assert_eq!((c.state, c.worlds), (GameServerState::Allocated, 1));
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(seen.contains(&RegistryEvent::Allocated { fleet: "town".into(), region: "eu".into() }), "{seen:?}");
+    assert!(seen.contains(&RegistryEvent::Released { fleet: "town".into(), region: "eu".into() }), "{seen:?}");
+
+    // Joins go to the new server with the new epoch; the old server lost the world.
+    let joined = reg.allocate(&join("w1")).await.unwrap();
+    assert_eq!((joined.server.name.as_str(), joined.epoch), ("c-eu", moved.epoch));
+    let err = reg.world_started("a-eu", "w1", placed.epoch).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    reg.world_started("c-eu", "w1", moved.epoch).await.unwrap();
+
+    // No other eu server with room: any region.
+    reg.allocate(&AllocationRequest { regions: vec!["eu".into()], ..alloc(&[]) }).await.unwrap();
+    reg.allocate(&AllocationRequest { regions: vec!["eu".into()], ..alloc(&[]) }).await.unwrap();
+    reg.allocate(&AllocationRequest { regions: vec!["eu".into()], ..alloc(&[]) }).await.unwrap();
+    assert_eq!((reg.get("a-eu").await.unwrap().worlds, reg.get("c-eu").await.unwrap().worlds), (2, 2));
+    let moved_again = reg.move_world("c-eu", "w1").await.unwrap();
+    assert_eq!(moved_again.server.name, "b-us");
+    assert!(moved_again.epoch > moved.epoch);
+    assert_eq!(reg.get("c-eu").await.unwrap().worlds, 1);
+}
+
+#[tokio::test]
+async fn move_world_off_a_draining_server_and_its_errors() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 1).await;
+    ready(&reg, "s2", "eu", 1).await;
+    let placed = reg.allocate(&join("w1")).await.unwrap();
+    let (from, to) = if placed.server.name == "s1" { ("s1", "s2") } else { ("s2", "s1") };
+
+    assert_eq!(
+        reg.move_world(to, "w1").await.unwrap_err(),
+        RegistryError::WorldNotFound { server: to.into(), world: "w1".into() }
+    );
+    assert_eq!(
+        reg.move_world(from, "nope").await.unwrap_err(),
+        RegistryError::WorldNotFound { server: from.into(), world: "nope".into() }
+    );
+    assert_eq!(reg.move_world("ghost", "w1").await.unwrap_err(), RegistryError::NotFound("ghost".into()));
+
+    // Draining: no new worlds there, and joins for its world wait for the move.
+    assert_eq!(reg.transition(from, GameServerState::Draining).await.unwrap().state, GameServerState::Draining);
+    assert!(matches!(reg.allocate(&join("w1")).await, Err(RegistryError::NoCapacity(_))));
+    let moved = reg.move_world(from, "w1").await.unwrap();
+    assert_eq!(moved.server.name, to);
+    let source = reg.get(from).await.unwrap();
+    assert_eq!((source.state, source.worlds), (GameServerState::Draining, 0));
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().server.name, to);
+
+    // Nowhere left to go: the only other server is draining, and this one is full.
+    let err = reg.move_world(to, "w1").await.unwrap_err();
+    assert!(matches!(&err, RegistryError::NoCapacity(m) if m.contains("w1") && m.contains("town")), "{err}");
+    assert_eq!(reg.get(to).await.unwrap().worlds, 1, "a failed move keeps the world where it is");
+    assert_eq!(reg.allocate(&join("w1")).await.unwrap().server.name, to);
+}
+
+#[tokio::test]
+async fn move_world_drops_idempotent_answers_that_point_at_the_old_server() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 1).await;
+    let mut req = join("w1");
+    req.idempotency_key = Some("match-1".into());
+    let placed = reg.allocate(&req).await.unwrap();
+    ready(&reg, "s2", "eu", 1).await;
+    let moved = reg.move_world("s1", "w1").await.unwrap();
+    let again = reg.allocate(&req).await.unwrap();
+    assert_eq!((again.server.name.as_str(), again.epoch), ("s2", moved.epoch));
+    assert_ne!(again.epoch, placed.epoch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unconfirmed_move_expires_like_an_allocation() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 1).await;
+    ready(&reg, "s2", "eu", 1).await;
+    let placed = reg.allocate(&join("w1")).await.unwrap();
+    reg.world_started(&placed.server.name, "w1", placed.epoch).await.unwrap();
+    let moved = reg.move_world(&placed.server.name, "w1").await.unwrap();
+    tokio::time::advance(LEASE).await;
+    reg.health("s1").await.unwrap();
+    reg.health("s2").await.unwrap();
+    assert_eq!(reg.sweep().await.unwrap().expired_leases, vec!["w1".to_string()]);
+    assert_eq!(reg.get(&moved.server.name).await.unwrap().worlds, 0);
+    // The epoch outlives it: the next placement goes above the move's.
+    assert!(reg.allocate(&join("w1")).await.unwrap().epoch > moved.epoch);
+}
+
+#[tokio::test(start_paused = true)]
+async fn epochs_of_worlds_gone_for_the_retention_are_forgotten_without_going_back() {
+    let reg = registry();
+    ready(&reg, "s1", "eu", 2).await;
+    let first = reg.allocate(&join("w1")).await.unwrap();
+    reg.world_ended("s1", "w1").await.unwrap();
+    let kept = reg.allocate(&join("w2")).await.unwrap();
+    reg.world_started("s1", "w2", kept.epoch).await.unwrap();
+    // Pruning only takes epochs below the wall clock, which the paused clock does not move.
+    std::thread::sleep(Duration::from_millis(2));
+    tokio::time::advance(RegistryConfig::default().epoch_retention).await;
+    reg.health("s1").await.unwrap();
+    reg.sweep().await.unwrap();
+    // w1 is forgotten: a late start is no longer fenced ...
+    reg.world_started("s1", "w1", 1).await.unwrap();
+    reg.world_ended("s1", "w1").await.unwrap();
+    // ... and its next epoch still goes above every one it had.
+    assert!(reg.allocate(&join("w1")).await.unwrap().epoch > first.epoch);
+    // w2 is placed, so its epoch stays.
+    assert_eq!(reg.allocate(&join("w2")).await.unwrap().epoch, kept.epoch);
 }

@@ -1,22 +1,34 @@
 //! The game-server SDK: how a game server talks to the Gaia Fleet control plane.
 //!
 //! The calls mirror Agones' SDK: [`Sdk::ready`], [`Sdk::health`], [`Sdk::allocate`],
-//! [`Sdk::reserve`], [`Sdk::shutdown`], [`Sdk::set_label`], plus what worlds need:
-//! [`Sdk::world_started`] (the first player joined: the allocation's lease is confirmed),
-//! [`Sdk::world_ended`] (the slot is free again) and [`Sdk::set_players`]. The transport
+//! [`Sdk::reserve`], [`Sdk::shutdown`], [`Sdk::set_label`], and its `WatchGameServer` as
+//! [`Sdk::spawn_watch`]; plus what worlds need: [`Sdk::world_started`] (the first player
+//! joined: the allocation's lease is confirmed), [`Sdk::world_ended`] (the slot is free
+//! again), [`Sdk::set_players`], [`Sdk::drain`] (take no new worlds) and
+//! [`Sdk::move_world`] (place a world on another server, with a new epoch). The transport
 //! is HTTP/JSON against the allocator's `/v1/gameservers/{name}/...` endpoints
 //! (docs/architecture.md lists them).
 //!
 //! Start with [`Sdk::from_env`] in a process the controller started, then
-//! [`Sdk::register`], [`Sdk::ready`] and [`Sdk::spawn_health`].
+//! [`Sdk::register`], [`Sdk::ready`], [`Sdk::spawn_health`] and [`Sdk::spawn_watch`].
 
 use std::time::Duration;
 
-use gaia_api::allocation::ErrorBody;
-use gaia_api::gameserver::{GameServer, PlayerCountRequest, RegisterRequest, SetLabelRequest};
+use gaia_api::allocation::{ErrorBody, MoveResponse};
+use gaia_api::gameserver::{GameServer, PlayerCountRequest, RegisterRequest, SetLabelRequest, WorldStartedRequest};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Total time for one request/response call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to connect; the watch stream has no total timeout, only this and TCP keepalive.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest line accepted on the watch stream (one game-server record).
+const MAX_WATCH_LINE: usize = 64 * 1024;
+/// Reconnect delays of the watch: from the first, doubling up to the last.
+const WATCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
@@ -29,6 +41,9 @@ pub enum SdkError {
     Refused { call: &'static str, status: u16, code: String, message: String },
     #[error("missing or invalid environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
+    /// The control plane answered something this SDK does not understand.
+    #[error("bad answer from the control plane to {call}: {message}")]
+    BadAnswer { call: &'static str, message: String },
 }
 
 impl SdkError {
@@ -38,6 +53,7 @@ impl SdkError {
             Self::Transport(_) => "transport",
             Self::Refused { .. } => "refused",
             Self::Env { .. } => "env",
+            Self::BadAnswer { .. } => "bad_answer",
         }
     }
 
@@ -56,6 +72,8 @@ pub type Result<T, E = SdkError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Sdk {
     http: reqwest::Client,
+    /// For the watch stream: no total timeout, which would cut it.
+    streaming: reqwest::Client,
     /// `{base}/v1/gameservers/{name}`
     server_url: String,
     name: String,
@@ -65,9 +83,16 @@ impl Sdk {
     /// `base_url` is the control plane (`http://127.0.0.1:7700`), `name` this server's name.
     pub fn new(base_url: &str, name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
+        // Keepalive probes notice a control plane that vanished without closing (~25 s).
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(10))
+            .tcp_keepalive_interval(Duration::from_secs(5))
+            .tcp_keepalive_retries(3)
+            .build()?;
         let server_url = format!("{}/v1/gameservers/{name}", base_url.trim_end_matches('/'));
-        Ok(Self { http, server_url, name })
+        Ok(Self { http, streaming, server_url, name })
     }
 
     /// From `GAIA_SDK_URL` and `GAIA_SERVER_NAME`, as the controller sets them.
@@ -99,27 +124,22 @@ impl Sdk {
         if status.is_success() {
             return Ok(Some(resp.json().await?));
         }
-        let text = resp.text().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => (body.error.code, body.error.message),
-            Err(_) => ("unknown".to_string(), text),
-        };
-        Err(SdkError::Refused { call, status: status.as_u16(), code, message })
+        Err(refused(call, resp).await)
     }
 
-    /// A call that answers with this server's record.
-    async fn record(
+    /// A call that answers with a JSON body (this server's record, mostly).
+    async fn record<T: DeserializeOwned>(
         &self,
         call: &'static str,
         method: Method,
         path: &str,
         body: Option<&(impl serde::Serialize + Sync)>,
-    ) -> Result<GameServer> {
+    ) -> Result<T> {
         self.call(call, method, path, body).await?.ok_or_else(|| SdkError::Refused {
             call,
             status: 204,
             code: "empty".into(),
-            message: "expected a game-server record".into(),
+            message: "expected a JSON answer".into(),
         })
     }
 
@@ -153,6 +173,12 @@ impl Sdk {
         self.record("shutdown", Method::POST, "/shutdown", None::<&()>).await
     }
 
+    /// Takes no new worlds from now on (Draining); its worlds are to be moved away with
+    /// [`Sdk::move_world`]. Allocations for them answer 429 until they have moved.
+    pub async fn drain(&self) -> Result<GameServer> {
+        self.record("drain", Method::POST, "/drain", None::<&()>).await
+    }
+
     pub async fn set_label(&self, key: &str, value: &str) -> Result<GameServer> {
         let body = SetLabelRequest { key: key.into(), value: value.into() };
         self.record("set_label", Method::PUT, "/labels", Some(&body)).await
@@ -164,10 +190,21 @@ impl Sdk {
         self.call::<()>("set_players", Method::PUT, "/players", Some(&body)).await.map(|_| ())
     }
 
-    /// `world_id` is loaded here and its first player joined: confirms the lease.
-    pub async fn world_started(&self, world_id: &str) -> Result<()> {
+    /// `world_id` is loaded here at `epoch` (the join token's) and its first player
+    /// joined: confirms the lease. Refused with 409 when the world lives elsewhere or has
+    /// moved on to a newer epoch: then this server must not run it.
+    pub async fn world_started(&self, world_id: &str, epoch: u64) -> Result<()> {
         let path = format!("/worlds/{world_id}/started");
-        self.call::<()>("world_started", Method::POST, &path, None::<&()>).await.map(|_| ())
+        let body = WorldStartedRequest { epoch };
+        self.call::<()>("world_started", Method::POST, &path, Some(&body)).await.map(|_| ())
+    }
+
+    /// Places `world_id`, which runs here, on another server (same region first) under a
+    /// new epoch, and gives its slot here back. The caller checkpoints the world first and
+    /// then hands its players the new address. 429 when no other server has room.
+    pub async fn move_world(&self, world_id: &str) -> Result<MoveResponse> {
+        let path = format!("/worlds/{world_id}/move");
+        self.record("move_world", Method::POST, &path, None::<&()>).await
     }
 
     /// `world_id` ended here: its slot is free again.
@@ -179,6 +216,73 @@ impl Sdk {
     /// This server's record as the control plane holds it.
     pub async fn get(&self) -> Result<GameServer> {
         self.record("get", Method::GET, "", None::<&()>).await
+    }
+
+    /// Follows this server's record (Agones' `WatchGameServer`): the receiver holds `None`
+    /// until the first record arrives, then the latest one, changed within moments of a
+    /// state change (drain, shutdown). A task keeps one streaming request open and
+    /// reconnects with backoff when it breaks, until `shutdown`, until every receiver is
+    /// dropped, or after a terminal record (nothing changes after it).
+    pub fn spawn_watch(&self, shutdown: CancellationToken) -> watch::Receiver<Option<GameServer>> {
+        let (tx, rx) = watch::channel(None);
+        let sdk = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = WATCH_BACKOFF.0;
+            loop {
+                let mut received = 0u64;
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    outcome = sdk.watch_once(&tx, &mut received) => outcome,
+                };
+                if tx.borrow().as_ref().is_some_and(|r| r.state.is_terminal()) {
+                    return;
+                }
+                if received > 0 {
+                    backoff = WATCH_BACKOFF.0;
+                }
+                match outcome {
+                    Ok(()) => tracing::debug!("watch stream ended; reconnecting"),
+                    Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "watch failed; reconnecting"),
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(WATCH_BACKOFF.1);
+            }
+        });
+        rx
+    }
+
+    /// One watch connection: publishes each record that differs from the last, until the
+    /// stream ends or fails.
+    async fn watch_once(&self, tx: &watch::Sender<Option<GameServer>>, received: &mut u64) -> Result<()> {
+        const CALL: &str = "watch";
+        let mut resp = self.streaming.get(format!("{}/watch", self.server_url)).send().await?;
+        if !resp.status().is_success() {
+            return Err(refused(CALL, resp).await);
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let record: GameServer = serde_json::from_slice(&line)
+                    .map_err(|e| SdkError::BadAnswer { call: CALL, message: e.to_string() })?;
+                *received += 1;
+                tx.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&record);
+                    *current = Some(record);
+                    changed
+                });
+            }
+            if buf.len() > MAX_WATCH_LINE {
+                return Err(SdkError::BadAnswer { call: CALL, message: format!("a line over {MAX_WATCH_LINE} bytes") });
+            }
+        }
+        Ok(())
     }
 
     /// Pings health every `period` until `shutdown`. A failed ping is logged and retried
@@ -200,4 +304,15 @@ impl Sdk {
             }
         })
     }
+}
+
+/// The error for a call the control plane answered with a failure status.
+async fn refused(call: &'static str, resp: reqwest::Response) -> SdkError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => (body.error.code, body.error.message),
+        Err(_) => ("unknown".to_string(), text),
+    };
+    SdkError::Refused { call, status, code, message }
 }

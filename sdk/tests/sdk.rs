@@ -2,15 +2,18 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gaia_allocator::{AppState, Config, Metrics};
 use gaia_api::allocation::AllocationRequest;
-use gaia_api::gameserver::{GameServerState, RegisterRequest};
+use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
 use gaia_registry::{MemoryRegistry, Registry};
 use gaia_sdk::{Sdk, SdkError};
 use tokio_util::sync::CancellationToken;
 
-async fn control_plane() -> (String, Arc<dyn Registry>, CancellationToken) {
+type Api = tokio::task::JoinHandle<std::io::Result<()>>;
+
+async fn control_plane() -> (String, Arc<dyn Registry>, CancellationToken, Api) {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Default::default()));
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
@@ -18,8 +21,8 @@ async fn control_plane() -> (String, Arc<dyn Registry>, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    tokio::spawn(gaia_allocator::run(listener, state, shutdown.clone()));
-    (url, registry, shutdown)
+    let api = tokio::spawn(gaia_allocator::run(listener, state, shutdown.clone()));
+    (url, registry, shutdown, api)
 }
 
 fn register_request() -> RegisterRequest {
@@ -36,7 +39,7 @@ fn register_request() -> RegisterRequest {
 
 #[tokio::test]
 async fn lifecycle_through_the_sdk() {
-    let (url, registry, shutdown) = control_plane().await;
+    let (url, registry, shutdown, _) = control_plane().await;
     let sdk = Sdk::new(&url, "gs-1").unwrap();
     let record = sdk.register(&register_request()).await.unwrap();
     assert_eq!((record.state, record.address.as_deref()), (GameServerState::Scheduled, Some("ws://127.0.0.1:1/ws")));
@@ -45,7 +48,7 @@ async fn lifecycle_through_the_sdk() {
     assert_eq!(sdk.set_label("mode", "casual").await.unwrap().labels["mode"], "casual");
 
     let placement = registry.allocate(&AllocationRequest { fleet: "town".into(), ..Default::default() }).await.unwrap();
-    sdk.world_started(&placement.world_id).await.unwrap();
+    sdk.world_started(&placement.world_id, placement.epoch).await.unwrap();
     sdk.set_players(3).await.unwrap();
     let record = sdk.get().await.unwrap();
     assert_eq!((record.state, record.worlds, record.players), (GameServerState::Allocated, 1, 3));
@@ -60,7 +63,7 @@ async fn lifecycle_through_the_sdk() {
 
 #[tokio::test]
 async fn refusals_carry_the_code_and_message() {
-    let (url, _registry, shutdown) = control_plane().await;
+    let (url, _registry, shutdown, _) = control_plane().await;
     let sdk = Sdk::new(&url, "gs-1").unwrap();
     match sdk.ready().await.unwrap_err() {
         SdkError::Refused { call, status, code, .. } => {
@@ -77,4 +80,49 @@ async fn refusals_carry_the_code_and_message() {
 
     let unreachable = Sdk::new("http://127.0.0.1:1", "gs-1").unwrap();
     assert_eq!(unreachable.health().await.unwrap_err().metric_label(), "transport");
+}
+
+#[tokio::test]
+async fn watch_sees_the_drain_and_the_world_moves() {
+    let (url, registry, shutdown, api) = control_plane().await;
+    let sdk = Sdk::new(&url, "gs-1").unwrap();
+    // Watching before the record exists: 404s, retried with backoff until it does.
+    let stop_watch = CancellationToken::new();
+    let mut watch = sdk.spawn_watch(stop_watch.clone());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(watch.borrow().is_none());
+    sdk.register(&register_request()).await.unwrap();
+    sdk.ready().await.unwrap();
+    let other = Sdk::new(&url, "gs-2").unwrap();
+    other.register(&RegisterRequest { address: "ws://127.0.0.1:2/ws".into(), ..register_request() }).await.unwrap();
+    other.ready().await.unwrap();
+
+    let wait = Duration::from_secs(5);
+    let in_state = |state| move |r: &Option<GameServer>| r.as_ref().is_some_and(|r| r.state == state);
+    tokio::time::timeout(wait, watch.wait_for(in_state(GameServerState::Ready))).await.unwrap().unwrap();
+
+    let req = AllocationRequest { fleet: "town".into(), world_id: Some("w1".into()), ..Default::default() };
+    let placed = registry.allocate(&req).await.unwrap();
+    assert_eq!(placed.server.name, "gs-1");
+    sdk.world_started("w1", placed.epoch).await.unwrap();
+
+    assert_eq!(sdk.drain().await.unwrap().state, GameServerState::Draining);
+    tokio::time::timeout(Duration::from_secs(1), watch.wait_for(in_state(GameServerState::Draining)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let moved = sdk.move_world("w1").await.unwrap();
+    assert_eq!((moved.server.as_str(), moved.address.as_str()), ("gs-2", "ws://127.0.0.1:2/ws"));
+    assert!(moved.epoch > placed.epoch);
+    other.world_started("w1", moved.epoch).await.unwrap();
+    let err = sdk.world_started("w1", placed.epoch).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    let err = sdk.move_world("w1").await.unwrap_err();
+    assert!(matches!(&err, SdkError::Refused { status: 404, code, .. } if code == "world_not_found"), "{err}");
+
+    // An open watch does not hold up the control plane's graceful shutdown.
+    shutdown.cancel();
+    tokio::time::timeout(wait, api).await.unwrap().unwrap().unwrap();
+    stop_watch.cancel();
 }

@@ -1,0 +1,210 @@
+//! The durable tier: one row per world in `world_checkpoints`, on Postgres or SQLite
+//! through the same sqlx `Any` code. A batch is one multi-row upsert whose `WHERE`
+//! refuses older epochs and ticks (the fence), with `RETURNING` naming the rows it
+//! wrote; the rest are looked up to tell fenced from stale.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+use crate::{Checkpoint, Store, StoreError, Written, newest_per_world};
+
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per statement: 5 parameters each, well under both databases' limits.
+const ROWS: usize = 500;
+/// Bytes of checkpoint data per statement.
+const CHUNK_BYTES: usize = 8 << 20;
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    kind: &'static str,
+    /// Statements of one batch in flight at once: the pool's size, so that none waits
+    /// for a connection past the acquire timeout (which would fail the batch, and every
+    /// retry of it).
+    in_flight: usize,
+}
+
+impl SqlStore {
+    /// Connects to `postgres://…` or `sqlite:path` (the file is created if missing) and
+    /// runs the migrations. Acquiring a connection gives up after 2 s, so an outage is
+    /// an error the writer retries, not a hang.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_string()
+        };
+        let connections = if sqlite { 2 } else { 4 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(2))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Several game-server processes share the file: WAL lets readers
+                        // and one writer go together; writers wait for each other.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let migrator = if sqlite { &SQLITE } else { &POSTGRES };
+        // Game servers of one fleet start together and may race to migrate a fresh
+        // SQLite file (Postgres takes an advisory lock); the loser's retry finds it done.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => {
+                    tracing::debug!(error = %e, attempt, "checkpoint migrations failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Self { pool, kind: if sqlite { "sqlite" } else { "postgres" }, in_flight: connections as usize })
+    }
+
+    /// Upserts `chunk` (one checkpoint per world); answers in order.
+    async fn write_chunk(&self, chunk: &[&Arc<Checkpoint>]) -> Result<Vec<Written>, StoreError> {
+        let mut sql = String::from("INSERT INTO world_checkpoints (world_id, epoch, tick, data, saved_at_ms) VALUES ");
+        for i in 0..chunk.len() {
+            let p = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${},${},${},${},${})", p + 1, p + 2, p + 3, p + 4, p + 5));
+        }
+        sql.push_str(
+            " ON CONFLICT (world_id) DO UPDATE SET epoch = excluded.epoch, tick = excluded.tick, \
+             data = excluded.data, saved_at_ms = excluded.saved_at_ms \
+             WHERE world_checkpoints.epoch < excluded.epoch \
+             OR (world_checkpoints.epoch = excluded.epoch AND world_checkpoints.tick <= excluded.tick) \
+             RETURNING world_id",
+        );
+        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut query = sqlx::query(&sql);
+        for c in chunk {
+            query = query
+                .bind(c.world_id().to_string())
+                .bind(to_i64(c.epoch())?)
+                .bind(to_i64(c.tick())?)
+                .bind(c.bytes().to_vec())
+                .bind(now_ms);
+        }
+        let written: std::collections::HashSet<String> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        let refused: Vec<&str> = chunk.iter().map(|c| c.world_id()).filter(|id| !written.contains(*id)).collect();
+        let stored = self.heads(&refused).await?;
+        chunk
+            .iter()
+            .map(|c| {
+                if written.contains(c.world_id()) {
+                    return Ok(Written::Ok);
+                }
+                match stored.get(c.world_id()) {
+                    Some(&(epoch, _)) if epoch > c.epoch() => Ok(Written::Fenced { epoch }),
+                    Some(&(_, tick)) => Ok(Written::Stale { tick }),
+                    None => Err(StoreError::Protocol(format!("world {:?} neither written nor stored", c.world_id()))),
+                }
+            })
+            .collect()
+    }
+
+    /// Stored (epoch, tick) of each of `world_ids` that has a row.
+    async fn heads(&self, world_ids: &[&str]) -> Result<std::collections::HashMap<String, (u64, u64)>, StoreError> {
+        if world_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let params: Vec<String> = (1..=world_ids.len()).map(|i| format!("${i}")).collect();
+        let sql =
+            format!("SELECT world_id, epoch, tick FROM world_checkpoints WHERE world_id IN ({})", params.join(","));
+        let mut query = sqlx::query(&sql);
+        for id in world_ids {
+            query = query.bind(id.to_string());
+        }
+        let mut heads = std::collections::HashMap::new();
+        for row in query.fetch_all(&self.pool).await? {
+            let epoch: i64 = row.try_get(1)?;
+            let tick: i64 = row.try_get(2)?;
+            heads.insert(row.try_get(0)?, (epoch.max(0) as u64, tick.max(0) as u64));
+        }
+        Ok(heads)
+    }
+}
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Protocol(format!("{n} does not fit a BIGINT")))
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn write(&self, batch: &[Arc<Checkpoint>]) -> Result<Vec<Written>, StoreError> {
+        let mut order = newest_per_world(batch);
+        // Every statement locks its rows in one global order, so two writers' overlapping
+        // batches (an old and a new owner, two processes) cannot deadlock in Postgres.
+        order.sort_unstable_by(|&a, &b| batch[a].world_id().cmp(batch[b].world_id()));
+        let mut chunks: Vec<Vec<&Arc<Checkpoint>>> = Vec::new();
+        let mut bytes = 0;
+        for &i in &order {
+            let c = &batch[i];
+            match chunks.last_mut() {
+                Some(chunk) if chunk.len() < ROWS && bytes + c.bytes().len() <= CHUNK_BYTES => chunk.push(c),
+                _ => {
+                    chunks.push(vec![c]);
+                    bytes = 0;
+                }
+            }
+            bytes += c.bytes().len();
+        }
+        // Made up front: a stream mapping borrowed chunks lazily is not provably `Send`.
+        let writes: Vec<_> = chunks.iter().map(|c| self.write_chunk(c)).collect();
+        let answers: Vec<Vec<Written>> =
+            futures_util::stream::iter(writes).buffered(self.in_flight).try_collect().await?;
+        let answers: Vec<Written> = answers.into_iter().flatten().collect();
+        Ok(crate::spread(batch, &order, &answers))
+    }
+
+    async fn read(&self, world_id: &str) -> Result<Option<Bytes>, StoreError> {
+        let row = sqlx::query("SELECT data FROM world_checkpoints WHERE world_id = $1")
+            .bind(world_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(Bytes::from(row.try_get::<Vec<u8>, _>(0)?)),
+            None => None,
+        })
+    }
+
+    async fn delete(&self, world_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM world_checkpoints WHERE world_id = $1")
+            .bind(world_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
