@@ -29,6 +29,8 @@ pub struct Metrics {
     pub started: Family<RegionLabels, Counter>,
     /// Idle servers retired and sent SIGTERM (scale-down).
     pub stopped: Family<RegionLabels, Counter>,
+    /// Servers hosting worlds marked Draining (scale-down): they move their worlds and exit.
+    pub drained: Family<RegionLabels, Counter>,
     /// Processes sent SIGKILL: their record ended or vanished, or they outlived the stop grace.
     pub killed: Family<RegionLabels, Counter>,
     /// Processes that exited while their server was live (crash, or killed from outside).
@@ -45,6 +47,11 @@ impl Metrics {
         let registry = registry.sub_registry_with_prefix("gaia_controller");
         registry.register("processes_started", "Game-server processes spawned", metrics.started.clone());
         registry.register("processes_stopped", "Idle game servers retired and sent SIGTERM", metrics.stopped.clone());
+        registry.register(
+            "servers_drained",
+            "Game servers hosting worlds drained for scale-down",
+            metrics.drained.clone(),
+        );
         registry.register("processes_killed", "Game-server processes sent SIGKILL", metrics.killed.clone());
         registry.register(
             "processes_exited",

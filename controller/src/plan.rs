@@ -15,6 +15,8 @@ pub enum Action {
     Start { fleet: String, region: String },
     /// Retire this idle server (atomically, in the registry) and ask its process to exit.
     Stop { name: String },
+    /// Mark this server Draining: it moves its worlds to other servers, then exits.
+    Drain { name: String },
     /// SIGKILL this child process: its record is terminal or gone, so it is hung or was
     /// given up on.
     Kill { name: String },
@@ -39,9 +41,11 @@ pub fn is_idle(server: &GameServer) -> bool {
 /// - *live* servers are the records of that fleet and region whose state is not terminal
 ///   (Scheduled ones count: they are on their way);
 /// - fewer live than desired: one `Start` per missing server;
-/// - more live than desired: `Stop` idle servers only ([`is_idle`]: no world, Scheduled
-///   or Ready), Scheduled before Ready, then by name, at most the excess. A region where
-///   too few servers are idle stays above desired until worlds end.
+/// - more live than desired: servers already Draining count as leaving; of the rest of
+///   the excess, `Stop` idle servers ([`is_idle`]: no world, Scheduled or Ready),
+///   Scheduled before Ready, then by name; then `Drain` Ready or Allocated servers that
+///   host worlds, fewest worlds first, then by name: their worlds move to the servers
+///   that stay. Reserved servers are never taken (their SDK holds them).
 ///
 /// And for every name in `running`: a terminal record, or none at all, gives `Kill`.
 ///
@@ -64,13 +68,21 @@ pub fn plan(
             let start = Action::Start { fleet: fleet.clone(), region: region.clone() };
             actions.extend(std::iter::repeat_n(start, want - live.len()));
         } else if live.len() > want {
-            let excess = live.len() - want;
-            let mut idle: Vec<&GameServer> = live.into_iter().filter(|s| is_idle(s)).collect();
+            let leaving = live.iter().filter(|s| s.state == GameServerState::Draining).count();
+            let excess = (live.len() - want).saturating_sub(leaving);
+            let mut idle: Vec<&GameServer> = live.iter().copied().filter(|s| is_idle(s)).collect();
             idle.sort_by(|a, b| {
                 let scheduled_first = |s: &GameServer| s.state != GameServerState::Scheduled;
                 scheduled_first(a).cmp(&scheduled_first(b)).then_with(|| a.name.cmp(&b.name))
             });
-            actions.extend(idle.into_iter().take(excess).map(|s| Action::Stop { name: s.name.clone() }));
+            let stops = idle.len().min(excess);
+            actions.extend(idle.into_iter().take(stops).map(|s| Action::Stop { name: s.name.clone() }));
+            let mut hosting: Vec<&GameServer> = live
+                .into_iter()
+                .filter(|s| s.worlds > 0 && matches!(s.state, GameServerState::Ready | GameServerState::Allocated))
+                .collect();
+            hosting.sort_by(|a, b| a.worlds.cmp(&b.worlds).then_with(|| a.name.cmp(&b.name)));
+            actions.extend(hosting.into_iter().take(excess - stops).map(|s| Action::Drain { name: s.name.clone() }));
         }
     }
 
@@ -175,8 +187,12 @@ mod tests {
         assert_eq!(plan(&fleets(), &desired, &observed, &BTreeSet::new()), vec![stop("b")], "at most the excess");
     }
 
+    fn drain(name: &str) -> Action {
+        Action::Drain { name: name.into() }
+    }
+
     #[test]
-    fn never_stops_a_server_that_hosts_worlds_or_is_held() {
+    fn never_stops_a_server_that_hosts_worlds_or_is_held_but_drains_it() {
         let observed = vec![
             server("a", "eu", Allocated, 2),
             server("b", "eu", Reserved, 0),
@@ -187,7 +203,15 @@ mod tests {
             server("f", "eu", Ready, 0),
         ];
         let actions = plan(&fleets(), &want(&[("town", "eu", 0)]), &observed, &names(&["a", "b", "c", "d", "e", "f"]));
-        assert_eq!(actions, vec![stop("f")]);
+        assert_eq!(actions, vec![stop("f"), drain("e"), drain("a")], "idle first, then fewest worlds; never Reserved");
+    }
+
+    #[test]
+    fn draining_servers_count_as_leaving() {
+        let observed =
+            vec![server("a", "eu", Allocated, 2), server("b", "eu", Allocated, 1), server("c", "eu", Draining, 3)];
+        assert_eq!(plan(&fleets(), &want(&[("town", "eu", 2)]), &observed, &BTreeSet::new()), vec![]);
+        assert_eq!(plan(&fleets(), &want(&[("town", "eu", 1)]), &observed, &BTreeSet::new()), vec![drain("b")]);
     }
 
     #[test]
@@ -274,6 +298,12 @@ mod tests {
                         let hosting = record(name).is_some_and(|s| s.worlds > 0 && !s.state.is_terminal());
                         prop_assert!(!hosting, "{action:?} on a server with worlds: {:?}", record(name));
                     }
+                    Action::Drain { name } => {
+                        let ok = record(name).is_some_and(|s| {
+                            s.worlds > 0 && matches!(s.state, GameServerState::Ready | GameServerState::Allocated)
+                        });
+                        prop_assert!(ok, "{action:?} on {:?}", record(name));
+                    }
                     Action::Start { .. } => {}
                 }
                 if let Action::Stop { name } = action {
@@ -292,13 +322,17 @@ mod tests {
                     .count();
                 let stops = actions
                     .iter()
-                    .filter(|a| matches!(a, Action::Stop { name } if record(name).is_some_and(|s| s.fleet == *fleet && s.region == *region)))
+                    .filter(|a| matches!(a, Action::Stop { name } | Action::Drain { name } if record(name).is_some_and(|s| s.fleet == *fleet && s.region == *region)))
+                    .count();
+                let leaving = observed
+                    .iter()
+                    .filter(|s| s.fleet == *fleet && s.region == *region && s.state == GameServerState::Draining)
                     .count();
                 let want = want as usize;
                 if fleet == "town" {
                     prop_assert_eq!(starts, want.saturating_sub(live));
-                    prop_assert!(stops <= live.saturating_sub(want));
-                    prop_assert!(live + starts - stops >= want);
+                    prop_assert!(stops + leaving <= live.saturating_sub(want).max(leaving));
+                    prop_assert!(live + starts - stops - leaving >= want.min(live - leaving));
                 } else {
                     prop_assert_eq!(starts + stops, 0, "a fleet without a spec is left alone");
                 }

@@ -236,6 +236,7 @@ impl Controller {
                     }
                 }
                 Action::Stop { name } => self.stop(&name).await,
+                Action::Drain { name } => self.drain(&name).await,
                 Action::Kill { name } => self.kill(&name),
             }
         }
@@ -319,6 +320,27 @@ impl Controller {
         if let Err(error) = signalled {
             self.count_error(&error);
             tracing::warn!(%error, "cannot ask game server to stop; it is killed at the end of its grace");
+        }
+    }
+
+    /// Scale-down of a server that hosts worlds: it moves them away and exits by itself
+    /// (it watches its record); if it has not within `stop_grace`, it is killed.
+    async fn drain(&mut self, name: &str) {
+        match self.registry.transition(name, GameServerState::Draining).await {
+            Ok(record) => {
+                tracing::info!(server = %name, worlds = record.worlds, "scaling down: draining a server that hosts worlds");
+                if let Some(metrics) = &self.config.metrics {
+                    metrics.drained.get_or_create(&RegionLabels::new(&record.fleet, &record.region)).inc();
+                }
+                if let Some(child) = self.children.get_mut(name) {
+                    child.phase = Phase::Stopping { deadline: Instant::now() + self.config.stop_grace };
+                }
+            }
+            Err(error) => {
+                let error = ControllerError::from(error);
+                self.count_error(&error);
+                tracing::warn!(server = %name, %error, "cannot drain game server");
+            }
         }
     }
 

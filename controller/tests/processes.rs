@@ -229,11 +229,12 @@ async fn starts_desired_servers_and_replaces_one_that_dies() {
 }
 
 #[tokio::test]
-async fn scale_down_stops_only_idle_servers() {
-    let fx = Fixture::start(SERVER, 3, Duration::from_secs(2));
+async fn scale_down_stops_idle_servers_and_drains_busy_ones() {
+    let grace = Duration::from_secs(1);
+    let fx = Fixture::start(SERVER, 3, grace);
     let servers = fx.exactly_live(3).await;
 
-    // One server hosts a world; asking for zero must stop the two idle ones only.
+    // One server hosts a world; asking for zero stops the two idle ones and drains it.
     let (busy, busy_pid) = servers[2].clone();
     let req = RegisterRequest {
         fleet: "town".into(),
@@ -260,21 +261,20 @@ async fn scale_down_stops_only_idle_servers() {
         done.then_some(())
     })
     .await;
-    // A few more reconciles: the busy one stays.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fx.state(&busy).await, GameServerState::Allocated);
-    assert!(alive(busy_pid), "a server hosting a world was stopped");
-    assert_eq!(fx.live().await.len(), 1);
     assert_eq!(fx.counter(&fx.metrics.stopped), 2);
-    assert_eq!(fx.counter(&fx.metrics.killed), 0, "SIGTERM was enough");
     assert_eq!(fx.counter(&fx.metrics.exited), 0, "stopping is not an unexpected exit");
 
-    // Its world ends: now it is idle and goes too.
-    fx.registry.world_ended(&busy, &placement.world_id).await.unwrap();
-    eventually("the last server retired once idle", async || {
-        (fx.state(&busy).await == GameServerState::Shutdown && !alive(busy_pid)).then_some(())
+    // The busy one is drained, not stopped: a real game server moves its world away
+    // and exits; this stub does not, so it is killed once its grace has run out.
+    let drained = Instant::now();
+    eventually("the busy server marked Draining", async || {
+        (fx.state(&busy).await == GameServerState::Draining).then_some(())
     })
     .await;
+    assert_eq!(fx.counter(&fx.metrics.drained), 1);
+    eventually("the stub that never drains killed after its grace", async || (!alive(busy_pid)).then_some(())).await;
+    assert!(drained.elapsed() >= grace - Duration::from_millis(200), "killed before its grace");
+    assert_eq!(fx.counter(&fx.metrics.killed), 1);
     fx.stop().await;
 }
 
