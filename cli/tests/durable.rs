@@ -60,18 +60,23 @@ impl Fleet {
     /// Three game servers in one region, checkpointing to Redis every second and to
     /// Postgres every 30 s (and at drain and shutdown).
     async fn start(name: &str, services: &Services) -> Fleet {
+        Self::start_with(name, services, 8, 3).await
+    }
+
+    async fn start_with(name: &str, services: &Services, world_capacity: u32, replicas: u32) -> Fleet {
         let program = serde_json::to_string(env!("CARGO_BIN_EXE_gaia")).unwrap();
         let yaml = format!(
             "
 fleets:
   - name: {name}
-    worldCapacity: 8
+    worldCapacity: {world_capacity}
+    playerCapacity: 1000
     template:
       command: [{program}, gameserver]
       env: {{ RUST_LOG: warn }}
     health: {{ periodSeconds: 1, failureThreshold: 3, initialDelaySeconds: 5 }}
     regions:
-      - {{ name: {REGION}, replicas: 3 }}
+      - {{ name: {REGION}, replicas: {replicas} }}
 "
         );
         let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
@@ -104,12 +109,21 @@ fleets:
 
     /// Starts the bots: `worlds` worlds of 15, inputs at 2 Hz for `duration`.
     fn loadgen(&self, worlds: usize, duration: Duration) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+        self.loadgen_sized(worlds, 15, duration)
+    }
+
+    fn loadgen_sized(
+        &self,
+        worlds: usize,
+        world_size: usize,
+        duration: Duration,
+    ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
         let config = gaia_loadgen::Config {
             allocator_url: self.url.clone(),
             fleet: self.name.clone(),
             regions: vec![REGION.into()],
-            bots: worlds * 15,
-            world_size: 15,
+            bots: worlds * world_size,
+            world_size,
             duration,
             input_rate_hz: 2.0,
             ..Default::default()
@@ -261,5 +275,36 @@ async fn drained_servers_move_their_worlds_without_an_error_or_a_lost_tick() {
         moved.len(),
         report.max_pause()
     );
+    fleet.stop().await;
+}
+
+/// The issue's drain figure: a server hosting 50 worlds (2 bots each) drained through
+/// the API; prints how long until its last world had moved. Slow: run with
+/// `cargo test --release -p gaia --test durable -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; see docs/benchmarks.md"]
+async fn drain_of_a_server_hosting_50_worlds() {
+    let Some(services) = services().await else { return };
+    let fleet = Fleet::start_with("durable-drain50", &services, 60, 2).await;
+    let run = fleet.loadgen_sized(50, 2, Duration::from_secs(8));
+    let busy = fleet.busiest(50).await;
+    assert_eq!(busy.worlds, 50, "packed: every world on one server");
+    sleep(Duration::from_secs(2)).await;
+
+    let url = format!("{}/v1/gameservers/{}/drain", fleet.url, busy.name);
+    let asked = Instant::now();
+    assert!(fleet.http.post(&url).send().await.unwrap().status().is_success());
+    fleet
+        .wait_for(Duration::from_secs(10), "the drained server hands over its 50 worlds", |servers| {
+            let left = servers.iter().find(|s| s.name == busy.name).map_or(0, |s| s.worlds);
+            (left == 0).then_some(())
+        })
+        .await;
+    let took = asked.elapsed();
+    let report = run.await.unwrap().unwrap();
+    println!("{report}");
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(report.migrations.len(), 100, "every bot followed its world");
+    eprintln!("drain of 50 worlds: all moved {took:?} after the API call; pause max {:?}", report.max_pause());
     fleet.stop().await;
 }

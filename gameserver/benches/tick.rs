@@ -9,6 +9,9 @@
 //! - `delta/encode`: encoding one step's changes as the `ServerMsg::Delta` frame.
 //! - `fanout_30/*`: the frames for 30 members: encoding the delta 30 times (one per
 //!   member) against encoding it once and cloning the `Bytes` 30 times, as `room.rs` does.
+//! - `checkpoint/save_and_frame`: what a checkpoint adds to a world's turn (once a
+//!   second): `World::save` of that town and its framing as a `Checkpoint` (header,
+//!   CRC-32). Handing it to the writer is a map insert; the store I/O runs elsewhere.
 //!
 //! Run: `cargo bench -p gaia-gameserver --bench tick -- --warm-up-time 1 --measurement-time 3`.
 
@@ -62,7 +65,8 @@ fn step(c: &mut Criterion) {
         let out = engine.step(moves(&steps, n));
         assert!(out.results.iter().all(|r| r.2 == InputOutcome::Ok), "a move was refused: {:?}", out.results);
     }
-    let mut n = 0u64;
+    // Steps 0 and 1 ran above; the measured ones go on from 2 (there, then back).
+    let mut n = 1u64;
     c.bench_function("tick/step_30_bots_30_players_30_moves", |b| {
         b.iter_batched(
             || {
@@ -116,5 +120,20 @@ fn encode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, step, encode);
+fn checkpoint(c: &mut Criterion) {
+    let (mut engine, steps) = town();
+    for n in 0..40 {
+        engine.step(moves(&steps, n));
+    }
+    let state = engine.world().save();
+    println!("checkpoint: {} bytes of state", state.len());
+    c.bench_function("checkpoint/save_and_frame", |b| {
+        b.iter(|| {
+            let state = black_box(engine.world()).save();
+            gaia_checkpoint::Checkpoint::new("bench", 7, engine.tick(), Town::SCHEMA_VERSION, &state)
+        })
+    });
+}
+
+criterion_group!(benches, step, encode, checkpoint);
 criterion_main!(benches);

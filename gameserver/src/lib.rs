@@ -331,18 +331,20 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -
     run_world(config, listener, new_world, stop).await
 }
 
-/// Opens the checkpoint tiers the config names: hot first, then durable.
+/// Opens the checkpoint tiers the config names: hot first, then durable. An empty URL
+/// counts as unset, so a fleet template can turn off a store its deployment sets.
 async fn open_tiers(config: &Config) -> Result<Vec<Tier>, Error> {
     let mut tiers = Vec::new();
-    let hot = config.redis_url.is_some();
+    let set = |url: &Option<String>| url.clone().filter(|u| !u.is_empty());
+    let hot = set(&config.redis_url).is_some();
     for (url, every) in [
-        (&config.redis_url, config.checkpoint_every),
-        (&config.database_url, if hot { config.durable_every } else { config.checkpoint_every }),
+        (set(&config.redis_url), config.checkpoint_every),
+        (set(&config.database_url), if hot { config.durable_every } else { config.checkpoint_every }),
     ] {
         let Some(url) = url else { continue };
-        let store = gaia_checkpoint::open(url)
+        let store = gaia_checkpoint::open(&url)
             .await
-            .map_err(|source| Error::Store { url: gaia_checkpoint::redact(url), source })?;
+            .map_err(|source| Error::Store { url: gaia_checkpoint::redact(&url), source })?;
         tiers.push(Tier { store, every });
     }
     Ok(tiers)

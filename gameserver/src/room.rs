@@ -462,8 +462,9 @@ impl<W: World> Rooms<W> {
         tracing::debug!(world = %world_id, tick = engine.tick(), "world stopped");
     }
 
-    /// The world's newest valid checkpoint, or a new world; and the epoch it was saved
-    /// at (0 for a new world). Retries stores that do not answer until `load_timeout`.
+    /// The world's newest valid checkpoint, or a new world; and the world's epoch floor:
+    /// the newest epoch among its checkpoints, restorable or not (0 when it has none).
+    /// Retries stores that do not answer until `load_timeout`.
     async fn load(&self, world_id: &str) -> Result<(Engine<W>, u64), String> {
         let Some(p) = &self.persistence else {
             return Ok((Engine::new((self.new_world)(world_id), 0), 0));
@@ -481,6 +482,11 @@ impl<W: World> Rooms<W> {
                 Err(e) => return Err(e.to_string()),
             }
         };
+        // Checkpoints the world cannot restore still count: a token older than the newest
+        // is stale, and the world goes on after its tick, or the stores would refuse what
+        // it saves (as older than what they hold) until it got there.
+        let newest = found.first().map(|c| (c.epoch(), c.tick()));
+        let (floor, after) = newest.unwrap_or((0, 0));
         for checkpoint in found {
             let header = checkpoint.header();
             if header.schema_version != W::SCHEMA_VERSION {
@@ -491,14 +497,17 @@ impl<W: World> Rooms<W> {
                 Ok(world) => {
                     tracing::info!(world = %world_id, tick = header.tick, epoch = header.epoch, "world restored from its checkpoint");
                     self.metrics.restored.inc();
-                    return Ok((Engine::new(world, header.tick), header.epoch));
+                    return Ok((Engine::new(world, header.tick.max(after)), floor));
                 }
                 Err(e) => {
                     tracing::error!(world = %world_id, tick = header.tick, error = %e, "skipping a checkpoint the world cannot restore")
                 }
             }
         }
-        Ok((Engine::new((self.new_world)(world_id), 0), 0))
+        if newest.is_some() {
+            tracing::warn!(world = %world_id, epoch = floor, tick = after, "no checkpoint could be restored; the world starts afresh");
+        }
+        Ok((Engine::new((self.new_world)(world_id), after), floor))
     }
 
     /// Hands the world's state to the checkpoint writer; never waits on a store.
@@ -576,6 +585,12 @@ impl<W: World> Rooms<W> {
             label: "migrated",
         };
         for member in fanout.members.values() {
+            // A member behind holds results of applied inputs that never reached it;
+            // `Migrate` promises they all did, so it is let go instead (1001, below the
+            // loop) and finds its world through the allocator.
+            if !matches!(member.standing, Standing::Live) || !member.held.is_empty() {
+                continue;
+            }
             let token = m.key.sign(&JoinClaims {
                 world_id: world_id.to_string(),
                 server: destination.server.clone(),

@@ -49,8 +49,10 @@ pub trait World: Send + 'static {
     fn view(&self) -> Self::View;
 
     /// The version of [`World::save`]'s layout, written into every checkpoint. Bump it
-    /// when the layout changes; a checkpoint of another version is not restored (make
-    /// [`World::restore`] read old layouts before you bump it, or they are skipped).
+    /// when the layout changes: a checkpoint of another version is never handed to
+    /// [`World::restore`]; it is skipped with a logged error, and the world starts
+    /// afresh (after that checkpoint's tick) unless an older checkpoint of this
+    /// version exists.
     const SCHEMA_VERSION: u32 = 1;
 
     /// The world's state as bytes, for checkpoints. Members are not part of it: after a

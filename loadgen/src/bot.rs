@@ -36,6 +36,8 @@ use crate::{Ctx, Phases, Settled};
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the steady phase: how long a bot keeps reading for in-flight results and deltas.
 const DRAIN: Duration = Duration::from_millis(500);
+/// How often a bot that sends no inputs (yet) pings, to stay under the idle timeout.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long a bot waits for the server to answer its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// First wait before rejoining again after a failed connect or join (doubles up to 1 s).
@@ -659,7 +661,9 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
     // entries) showed up.
     let stop = phases.stop.cancelled();
     let steady = phases.steady.cancelled();
-    let due = tokio::time::sleep(Duration::ZERO);
+    // Until inputs are due, a Ping every KEEPALIVE: the server closes a client silent
+    // for its idle timeout, and on a slow machine the join phase of a big run is long.
+    let due = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(stop, steady, due);
     loop {
         // Checked on every turn, not only in the wake-up branch below: a frame that wins
@@ -684,7 +688,15 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
             }
             // Only wakes the loop; the schedule is set at its top.
             _ = &mut steady, if !steady_now && input_period.is_some() => {}
-            _ = &mut due, if next_input.is_some() => {
+            _ = &mut due => {
+                if next_input.is_none() {
+                    let ping = encode_client(&ClientMsg::Ping { nonce: 0 });
+                    if let Err(e) = ws.send(Message::Binary(ping.into())).await {
+                        return Exit::Ended(Ended::Broken(format!("sending ping: {e}")));
+                    }
+                    due.as_mut().reset(Instant::now() + KEEPALIVE);
+                    continue;
+                }
                 if let Some(input) = state.next_input(&mut rng, Instant::now()) {
                     let frame = encode_client(&input);
                     if let Err(e) = ws.send(Message::Binary(frame.into())).await {

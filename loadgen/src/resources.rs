@@ -4,7 +4,9 @@
 //! `/metrics` (`gaia_gameserver_process_cpu_seconds`, `..._process_resident_bytes`,
 //! `..._connections`). The run samples every server before the bots start, when the
 //! steady phase starts and when it ends. CPU is the steady phase's share of one core;
-//! memory per connection is the growth since before the bots, over the connections.
+//! memory per connection is the growth since before the bots, over the connections;
+//! the tick duration's p99 is read off the steady phase's share of the server's
+//! `gaia_gameserver_tick_duration_seconds` histogram (so it is a bucket bound).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,12 +16,16 @@ use gaia_api::gameserver::GameServer;
 use gaia_api::process::Usage;
 
 /// One scrape of a game server's `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sample {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
     pub connections: u64,
+    /// The tick-duration histogram: (upper bound in seconds, cumulative count).
+    pub tick_buckets: Vec<(f64, u64)>,
 }
+
+const TICK_BUCKET: &str = "gaia_gameserver_tick_duration_seconds_bucket{le=\"";
 
 /// Server name -> sample, for the servers that answered.
 pub(crate) type Samples = BTreeMap<String, Sample>;
@@ -29,11 +35,35 @@ pub(crate) fn parse(text: &str) -> Option<Sample> {
     let value = |name: &str| {
         text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
     };
+    let tick_buckets = text
+        .lines()
+        .filter_map(|line| {
+            let (le, count) = line.strip_prefix(TICK_BUCKET)?.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
     Some(Sample {
         cpu_seconds: value("gaia_gameserver_process_cpu_seconds")?,
         rss_bytes: value("gaia_gameserver_process_resident_bytes")? as u64,
         connections: value("gaia_gameserver_connections")? as u64,
+        tick_buckets,
     })
+}
+
+/// The bound of the bucket holding the 99th percentile of the ticks between two
+/// scrapes of the same histogram; `None` without ticks.
+fn tick_p99(start: &[(f64, u64)], end: &[(f64, u64)]) -> Option<Duration> {
+    let counts: Vec<(f64, u64)> = end
+        .iter()
+        .map(|&(le, n)| (le, n.saturating_sub(start.iter().find(|b| b.0 == le).map_or(0, |b| b.1))))
+        .collect();
+    let total = counts.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let le = counts.iter().find(|&&(_, n)| n as f64 >= 0.99 * total as f64)?.0;
+    le.is_finite().then(|| Duration::from_secs_f64(le))
 }
 
 /// `ws://host:port/ws` -> `http://host:port/metrics`.
@@ -72,6 +102,8 @@ pub struct ProcessUse {
     pub connections: Option<u64>,
     /// Resident memory growth since before the bots, per connection.
     pub bytes_per_connection: Option<f64>,
+    /// 99% of the steady phase's ticks took at most this (game servers).
+    pub tick_p99: Option<Duration>,
 }
 
 /// Folds the samples into one line per process: the load generator first.
@@ -89,6 +121,7 @@ pub(crate) fn usage(
         rss_bytes: loadgen.1.rss_bytes.unwrap_or(0),
         connections: None,
         bytes_per_connection: None,
+        tick_p99: None,
     }];
     for (name, last) in end {
         let Some(first) = start.get(name) else { continue };
@@ -102,6 +135,7 @@ pub(crate) fn usage(
             rss_bytes: last.rss_bytes,
             connections: Some(last.connections),
             bytes_per_connection: per_connection,
+            tick_p99: tick_p99(&first.tick_buckets, &last.tick_buckets),
         });
     }
     out
@@ -116,6 +150,9 @@ impl fmt::Display for ProcessUse {
         }
         if let Some(bytes) = self.bytes_per_connection {
             write!(f, ", {:.1} KiB per connection", bytes / 1024.0)?;
+        }
+        if let Some(p99) = self.tick_p99 {
+            write!(f, ", tick p99 <= {:.2} ms", p99.as_secs_f64() * 1e3)?;
         }
         Ok(())
     }
@@ -132,7 +169,21 @@ mod tests {
                     gaia_gameserver_connections_other 1\n\
                     gaia_gameserver_process_cpu_seconds 12.5\n\
                     gaia_gameserver_process_resident_bytes 52428800\n";
-        assert_eq!(parse(text), Some(Sample { cpu_seconds: 12.5, rss_bytes: 52_428_800, connections: 3000 }));
+        let sample = Sample { cpu_seconds: 12.5, rss_bytes: 52_428_800, connections: 3000, tick_buckets: vec![] };
+        assert_eq!(parse(text), Some(sample));
+        let text = format!(
+            "{text}gaia_gameserver_tick_duration_seconds_bucket{{le=\"0.001\"}} 90\n\
+             gaia_gameserver_tick_duration_seconds_bucket{{le=\"0.002\"}} 100\n\
+             gaia_gameserver_tick_duration_seconds_bucket{{le=\"+Inf\"}} 100\n"
+        );
+        let buckets = parse(&text).unwrap().tick_buckets;
+        assert_eq!(buckets, vec![(0.001, 90), (0.002, 100), (f64::INFINITY, 100)]);
+        // Between the scrapes: 60 ticks, 59 under 1 ms: p99 is in the 2 ms bucket.
+        let start = vec![(0.001, 31), (0.002, 40), (f64::INFINITY, 40)];
+        assert_eq!(tick_p99(&start, &buckets), Some(Duration::from_millis(2)));
+        let start = vec![(0.001, 31), (0.002, 31), (f64::INFINITY, 31)];
+        assert_eq!(tick_p99(&start, &buckets), Some(Duration::from_millis(2)), "59 of 69 under 1 ms");
+        assert_eq!(tick_p99(&buckets, &buckets), None, "no ticks in between");
         assert_eq!(parse("gaia_gameserver_connections 1\n"), None);
         assert_eq!(metrics_url("ws://127.0.0.1:4000/ws").as_deref(), Some("http://127.0.0.1:4000/metrics"));
         assert_eq!(metrics_url("http://x"), None);
@@ -140,7 +191,12 @@ mod tests {
 
     #[test]
     fn usage_is_per_steady_second_and_growth_per_connection() {
-        let s = |cpu, mib: u64, connections| Sample { cpu_seconds: cpu, rss_bytes: mib << 20, connections };
+        let s = |cpu, mib: u64, connections| Sample {
+            cpu_seconds: cpu,
+            rss_bytes: mib << 20,
+            connections,
+            tick_buckets: vec![(0.001, 0), (f64::INFINITY, 0)],
+        };
         let before = Samples::from([("gs".to_string(), s(1.0, 10, 0))]);
         let start = Samples::from([("gs".to_string(), s(5.0, 30, 1024))]);
         let end = Samples::from([("gs".to_string(), s(15.0, 30, 1024))]);
