@@ -40,6 +40,32 @@ pub struct FleetSpec {
     pub regions: Vec<RegionSpec>,
 }
 
+/// The label that records which version of its fleet's template a server was started
+/// from: a rolling update replaces the servers whose label differs from
+/// [`FleetSpec::template_version`].
+pub const TEMPLATE_LABEL: &str = "gaia.dev/template";
+
+impl FleetSpec {
+    /// A short digest of everything a running server was started with (template,
+    /// capacities, health, labels): when it changes, the fleet's servers are replaced
+    /// one at a time (a rolling update). Regions and replica counts are not part of it.
+    pub fn template_version(&self) -> String {
+        use sha2::Digest;
+        let started_with = (
+            &self.template,
+            self.world_capacity,
+            self.player_capacity,
+            self.world_player_capacity,
+            &self.health,
+            &self.labels,
+        );
+        // Serialising maps of strings and integers cannot fail.
+        let json = serde_json::to_vec(&started_with).unwrap_or_default();
+        let digest = sha2::Sha256::digest(&json);
+        digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// How to start one game server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -192,6 +192,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut config = gaia_embedded::Config::new(fleet_config(args.config.as_ref())?);
             config.join_secret = args.join_secret;
             args.stores.apply(&mut config);
+            if let Some(path) = args.config.clone() {
+                config.fleet_updates = Some(reload_on_sighup(path, config.fleets.fleets.clone()));
+            }
             let listener =
                 tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
             gaia_embedded::run(config, listener, shutdown).await?;
@@ -207,6 +210,36 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Loadgen(args) => return loadgen(args, shutdown).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the fleet YAML at `path` on every SIGHUP and sends its fleets; a file that
+/// does not read or parse is reported and ignored.
+fn reload_on_sighup(
+    path: PathBuf,
+    fleets: Vec<gaia_api::fleet::FleetSpec>,
+) -> tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>> {
+    let (tx, rx) = tokio::sync::watch::channel(fleets);
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; the fleet config will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match fleet_config(Some(&path)) {
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: fleet config reloaded");
+                    if tx.send(config.fleets).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: fleet config not reloaded"),
+            }
+        }
+    });
+    rx
 }
 
 /// Asks the kernel to SIGINT this process when its parent dies, so game servers never

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use gaia_api::fleet::{DesiredReplicas, FleetSpec};
+use gaia_api::fleet::{DesiredReplicas, FleetSpec, TEMPLATE_LABEL};
 use gaia_api::gameserver::{GameServer, GameServerState};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,6 +46,11 @@ pub fn is_idle(server: &GameServer) -> bool {
 ///   Scheduled before Ready, then by name; then `Drain` Ready or Allocated servers that
 ///   host worlds, fewest worlds first, then by name: their worlds move to the servers
 ///   that stay. Reserved servers are never taken (their SDK holds them).
+/// - a rolling update: servers whose [`TEMPLATE_LABEL`] is not the fleet's
+///   [`FleetSpec::template_version`] are outdated. While any stays, the pair may have one
+///   server more than desired (surge 1): a new one is started, and once it is no longer
+///   Scheduled the excess takes an outdated server first (stopped if idle, drained if it
+///   hosts worlds), then the next is started, until none is outdated.
 ///
 /// And for every name in `running`: a terminal record, or none at all, gives `Kill`.
 ///
@@ -58,32 +63,35 @@ pub fn plan(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     for ((fleet, region), &want) in desired {
-        if !fleets.iter().any(|f| f.name == *fleet) {
+        let Some(spec) = fleets.iter().find(|f| f.name == *fleet) else {
             continue;
-        }
+        };
+        let version = spec.template_version();
+        let outdated = |s: &GameServer| s.labels.get(TEMPLATE_LABEL) != Some(&version);
         let live: Vec<&GameServer> =
             observed.iter().filter(|s| s.fleet == *fleet && s.region == *region && !s.state.is_terminal()).collect();
+        let staying: Vec<&GameServer> = live.iter().copied().filter(|s| s.state != GameServerState::Draining).collect();
         let want = usize::try_from(want).unwrap_or(usize::MAX);
-        if live.len() < want {
+        // A rolling update: one server of the new version is added (surge 1), and once it
+        // is up one old server goes, until none is left.
+        let rolling = staying.iter().any(|s| outdated(s));
+        let starting = staying.iter().any(|s| !outdated(s) && s.state == GameServerState::Scheduled);
+        let target = if rolling && (starting || staying.len() <= want) { want + 1 } else { want };
+        if live.len() < target {
             let start = Action::Start { fleet: fleet.clone(), region: region.clone() };
-            actions.extend(std::iter::repeat_n(start, want - live.len()));
-        } else if live.len() > want {
-            let leaving = live.iter().filter(|s| s.state == GameServerState::Draining).count();
-            let excess = (live.len() - want).saturating_sub(leaving);
-            let mut idle: Vec<&GameServer> = live.iter().copied().filter(|s| is_idle(s)).collect();
-            idle.sort_by(|a, b| {
-                let scheduled_first = |s: &GameServer| s.state != GameServerState::Scheduled;
-                scheduled_first(a).cmp(&scheduled_first(b)).then_with(|| a.name.cmp(&b.name))
-            });
-            let stops = idle.len().min(excess);
-            actions.extend(idle.into_iter().take(stops).map(|s| Action::Stop { name: s.name.clone() }));
-            let mut hosting: Vec<&GameServer> = live
-                .into_iter()
-                .filter(|s| s.worlds > 0 && matches!(s.state, GameServerState::Ready | GameServerState::Allocated))
-                .collect();
-            hosting.sort_by(|a, b| a.worlds.cmp(&b.worlds).then_with(|| a.name.cmp(&b.name)));
-            actions.extend(hosting.into_iter().take(excess - stops).map(|s| Action::Drain { name: s.name.clone() }));
+            actions.extend(std::iter::repeat_n(start, target - live.len()));
         }
+        let excess = staying.len().saturating_sub(target);
+        // Old versions first; idle before hosting (Scheduled first); fewest worlds; name.
+        // Reserved servers are never taken: their SDK holds them.
+        let mut candidates: Vec<&GameServer> =
+            staying.into_iter().filter(|s| is_idle(s) || (s.worlds > 0 && s.state.is_allocatable())).collect();
+        candidates.sort_by_key(|s| {
+            (!outdated(s), !is_idle(s), s.state != GameServerState::Scheduled, s.worlds, s.name.clone())
+        });
+        actions.extend(candidates.into_iter().take(excess).map(|s| {
+            if is_idle(s) { Action::Stop { name: s.name.clone() } } else { Action::Drain { name: s.name.clone() } }
+        }));
     }
 
     let records: HashMap<&str, &GameServer> = observed.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -128,7 +136,38 @@ mod tests {
         let mut s = GameServer::scheduled(name, "town", region, 4, 100);
         s.state = state;
         s.worlds = worlds;
+        s.labels.insert(TEMPLATE_LABEL.into(), fleet("town").template_version());
         s
+    }
+
+    fn old(mut s: GameServer) -> GameServer {
+        s.labels.insert(TEMPLATE_LABEL.into(), "old".into());
+        s
+    }
+
+    #[test]
+    fn a_rolling_update_replaces_one_server_at_a_time() {
+        let desired = want(&[("town", "eu", 2)]);
+        let plan = |observed: &[GameServer]| plan(&fleets(), &desired, observed, &BTreeSet::new());
+        let (a, b) = (old(server("a", "eu", Allocated, 2)), old(server("b", "eu", Ready, 0)));
+        // Surge: one new server first.
+        assert_eq!(plan(&[a.clone(), b.clone()]), vec![start("eu")]);
+        // While it starts, nothing else.
+        let n1 = server("n1", "eu", Scheduled, 0);
+        assert_eq!(plan(&[a.clone(), b.clone(), n1.clone()]), vec![]);
+        // Once it is up, an old one goes: the idle one first.
+        let n1 = server("n1", "eu", Ready, 0);
+        assert_eq!(plan(&[a.clone(), b.clone(), n1.clone()]), vec![stop("b")]);
+        // Then the next new one, and the old one hosting worlds is drained.
+        let b = server("b", "eu", Shutdown, 0);
+        assert_eq!(plan(&[a.clone(), b.clone(), n1.clone()]), vec![start("eu")]);
+        let n2 = server("n2", "eu", Ready, 0);
+        assert_eq!(plan(&[a.clone(), b.clone(), n1.clone(), n2.clone()]), vec![drain("a")]);
+        // While it drains (it counts as live), nothing; once it is gone, the fleet is new.
+        let mut a = a;
+        a.state = Draining;
+        assert_eq!(plan(&[a.clone(), n1.clone(), n2.clone()]), vec![]);
+        assert_eq!(plan(&[n1, n2]), vec![]);
     }
 
     fn want(pairs: &[(&str, &str, u32)]) -> DesiredReplicas {
@@ -264,6 +303,7 @@ mod tests {
         (prop_oneof![Just("eu"), Just("us")], any_state(), 0u32..3, prop_oneof![Just("town"), Just("city")]).prop_map(
             move |(region, state, worlds, fleet)| {
                 let mut s = GameServer::scheduled(format!("s{i}"), fleet, region, 4, 100);
+                s.labels.insert(TEMPLATE_LABEL.into(), super::tests::fleet("town").template_version());
                 s.state = state;
                 // Terminal records hold no world (entering a terminal state frees them).
                 s.worlds = if state.is_terminal() { 0 } else { worlds };

@@ -40,6 +40,10 @@ pub struct Config {
     /// Environment for every game server (e.g. its checkpoint stores); a fleet's
     /// template may override it.
     pub env: BTreeMap<String, String>,
+    /// New fleet specs (a reloaded config). A fleet whose template changed is rolled:
+    /// its servers are replaced one at a time ([`plan`]). Invalid specs are refused
+    /// with an error logged, and the current ones kept.
+    pub updates: Option<watch::Receiver<Vec<FleetSpec>>>,
     pub metrics: Option<Arc<Metrics>>,
 }
 
@@ -51,6 +55,7 @@ impl Default for Config {
             reconcile_every: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
             env: BTreeMap::new(),
+            updates: None,
             metrics: None,
         }
     }
@@ -106,6 +111,7 @@ pub async fn run(
     }
     let mut ticker = tokio::time::interval(config.reconcile_every.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut updates = config.updates.clone();
     let mut controller = Controller { config, fleets, registry, children: BTreeMap::new() };
     let mut watching = true;
     loop {
@@ -116,6 +122,12 @@ pub async fn run(
                 if changed.is_err() {
                     tracing::debug!("desired replicas will not change any more; keeping the last value");
                     watching = false;
+                }
+            }
+            changed = async { updates.as_mut()?.changed().await.ok() }, if updates.is_some() => {
+                match changed.and_then(|()| updates.as_mut().map(|u| u.borrow_and_update().clone())) {
+                    Some(fleets) => controller.update(fleets),
+                    None => updates = None,
                 }
             }
             _ = ticker.tick() => {}
@@ -135,6 +147,24 @@ struct Controller {
 }
 
 impl Controller {
+    /// Takes new fleet specs if they are all valid.
+    fn update(&mut self, fleets: Vec<FleetSpec>) {
+        for (i, fleet) in fleets.iter().enumerate() {
+            if let Err(error) = fleet.validate(&format!("fleets[{i}]")) {
+                tracing::error!(%error, "refusing the new fleet specs; keeping the current ones");
+                return;
+            }
+        }
+        for fleet in &fleets {
+            let before = self.fleets.iter().find(|f| f.name == fleet.name).map(FleetSpec::template_version);
+            let after = fleet.template_version();
+            if before.as_ref().is_some_and(|b| *b != after) {
+                tracing::info!(fleet = %fleet.name, from = ?before, to = %after, "fleet template changed: rolling its servers");
+            }
+        }
+        self.fleets = fleets;
+    }
+
     async fn reconcile(&mut self, desired: &DesiredReplicas) {
         self.reap().await;
         match self.observe().await {
@@ -249,6 +279,7 @@ impl Controller {
         let name = process::server_name(fleet, region);
         let mut record = GameServer::scheduled(&name, fleet, region, spec.world_capacity, spec.player_capacity);
         record.labels = spec.labels.clone();
+        record.labels.insert(gaia_api::fleet::TEMPLATE_LABEL.to_string(), spec.template_version());
         record.health = spec.health;
         self.registry.schedule(record).await?;
 

@@ -75,6 +75,8 @@ fn eu(n: u32) -> DesiredReplicas {
 struct Fixture {
     registry: Arc<MemoryRegistry>,
     desired: watch::Sender<DesiredReplicas>,
+    /// The fleet's spec as the controller knows it; send a new one to roll the fleet.
+    fleets: watch::Sender<Vec<FleetSpec>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ControllerError>>,
@@ -86,11 +88,13 @@ impl Fixture {
         let dir = TestDir::new();
         let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
         let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+        let (fleets, updates) = watch::channel(vec![fleet(script, &dir)]);
         let config = Config {
             sdk_url: "http://127.0.0.1:9".into(),
             join_secret: "test-secret".into(),
             reconcile_every: Duration::from_millis(50),
             stop_grace,
+            updates: Some(updates),
             metrics: Some(Arc::clone(&metrics)),
             ..Config::default()
         };
@@ -103,7 +107,25 @@ impl Fixture {
             rx,
             shutdown.clone(),
         ));
-        Self { registry, desired, metrics, shutdown, task, dir }
+        Self { registry, desired, fleets, metrics, shutdown, task, dir }
+    }
+
+    /// What a game server's SDK would do: every Scheduled record registers and is Ready.
+    async fn ready_all(&self) {
+        for record in self.records().await.into_iter().filter(|s| s.state == GameServerState::Scheduled) {
+            let req = RegisterRequest {
+                fleet: "town".into(),
+                region: "eu".into(),
+                address: "ws://127.0.0.1:1/ws".into(),
+                world_capacity: 4,
+                player_capacity: 100,
+                labels: BTreeMap::new(),
+                health: Default::default(),
+            };
+            if self.registry.register(&record.name, req).await.is_ok() {
+                let _ = self.registry.transition(&record.name, GameServerState::Ready).await;
+            }
+        }
     }
 
     async fn records(&self) -> Vec<GameServer> {
@@ -374,4 +396,40 @@ async fn an_invalid_fleet_is_refused_before_anything_starts() {
         other => panic!("expected InvalidFleet, got {other:?}"),
     }
     assert!(registry.list(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_template_rolls_the_servers_one_at_a_time() {
+    let fx = Fixture::start(SERVER, 2, Duration::from_secs(1));
+    let old = fx.exactly_live(2).await;
+    fx.ready_all().await;
+
+    let mut spec = fx.fleets.borrow().first().cloned().unwrap();
+    spec.template.env.insert("GAIA_TEST_VERSION".into(), "2".into());
+    let version = spec.template_version();
+    fx.fleets.send_replace(vec![spec]);
+
+    let mut most_live = 0;
+    let new = eventually("every server replaced by one of the new template", async || {
+        fx.ready_all().await;
+        let live = fx.live().await;
+        most_live = most_live.max(live.len());
+        let current = |s: &GameServer| s.labels.get(gaia_api::fleet::TEMPLATE_LABEL) == Some(&version);
+        let done = live.len() == 2 && live.iter().all(|s| current(s) && s.state == GameServerState::Ready);
+        done.then(|| live.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+    })
+    .await;
+    assert!(most_live <= 3, "at most one server above desired during the roll, saw {most_live}");
+    for (name, pid) in &old {
+        assert_eq!(fx.state(name).await, GameServerState::Shutdown, "{name}");
+        eventually("an old process gone", async || (!alive(*pid)).then_some(())).await;
+    }
+    for name in &new {
+        assert_eq!(
+            fx.env(name).get("GAIA_TEST_VERSION").map(String::as_str),
+            Some("2"),
+            "{name} runs the new template"
+        );
+    }
+    fx.stop().await;
 }

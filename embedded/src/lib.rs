@@ -37,6 +37,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Where the default SQLite checkpoint file lives (created if missing).
     pub data_dir: std::path::PathBuf,
+    /// Reloaded fleet specs (`gaia run` sends them on SIGHUP): a fleet whose template
+    /// changed is rolled, one server at a time. Regions and autoscaling policies are read
+    /// at start only.
+    pub fleet_updates: Option<tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>>>,
 }
 
 impl Config {
@@ -50,6 +54,7 @@ impl Config {
             redis_url: None,
             database_url: None,
             data_dir: "gaia-data".into(),
+            fleet_updates: None,
         }
     }
 
@@ -141,6 +146,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         join_secret,
         reconcile_every: config.controller_reconcile,
         env: server_env,
+        updates: config.fleet_updates.clone(),
         metrics: Some(controller_metrics),
         ..Default::default()
     };
