@@ -113,16 +113,7 @@ impl Fixture {
     /// What a game server's SDK would do: every Scheduled record registers and is Ready.
     async fn ready_all(&self) {
         for record in self.records().await.into_iter().filter(|s| s.state == GameServerState::Scheduled) {
-            let req = RegisterRequest {
-                fleet: "town".into(),
-                region: "eu".into(),
-                address: "ws://127.0.0.1:1/ws".into(),
-                world_capacity: 4,
-                player_capacity: 100,
-                labels: BTreeMap::new(),
-                health: Default::default(),
-            };
-            if self.registry.register(&record.name, req).await.is_ok() {
+            if self.registry.register(&record.name, register_request()).await.is_ok() {
                 let _ = self.registry.transition(&record.name, GameServerState::Ready).await;
             }
         }
@@ -189,6 +180,19 @@ impl Fixture {
 
 /// Whether a process with this pid exists (a zombie counts: the controller has not
 /// reaped it yet).
+/// What a stub server's SDK would send to register.
+fn register_request() -> RegisterRequest {
+    RegisterRequest {
+        fleet: "town".into(),
+        region: "eu".into(),
+        address: "ws://127.0.0.1:1/ws".into(),
+        world_capacity: 4,
+        player_capacity: 100,
+        labels: BTreeMap::new(),
+        health: Default::default(),
+    }
+}
+
 fn alive(pid: Pid) -> bool {
     kill(pid, None).is_ok()
 }
@@ -258,16 +262,7 @@ async fn scale_down_stops_idle_servers_and_drains_busy_ones() {
 
     // One server hosts a world; asking for zero stops the two idle ones and drains it.
     let (busy, busy_pid) = servers[2].clone();
-    let req = RegisterRequest {
-        fleet: "town".into(),
-        region: "eu".into(),
-        address: "ws://127.0.0.1:1/ws".into(),
-        world_capacity: 4,
-        player_capacity: 100,
-        labels: BTreeMap::new(),
-        health: Default::default(),
-    };
-    fx.registry.register(&busy, req).await.unwrap();
+    fx.registry.register(&busy, register_request()).await.unwrap();
     fx.registry.transition(&busy, GameServerState::Ready).await.unwrap();
     let placement =
         fx.registry.allocate(&AllocationRequest { fleet: "town".into(), ..Default::default() }).await.unwrap();
