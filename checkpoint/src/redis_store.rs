@@ -19,7 +19,7 @@ const PIPELINE: usize = 256;
 /// fail the batch, and every retry of it).
 const IN_FLIGHT: usize = 4;
 
-/// KEYS[1]: the world's hash. ARGV: epoch, tick, data, ttl in ms (0: none).
+/// KEYS[1]: the world's hash. ARGV: epoch, tick, data.
 /// Answers {0, stored epoch} when fenced, {1, stored tick} when stale, {2, 0} when written.
 /// Epochs and ticks stay below 2^53, so Lua's numbers hold them exactly.
 const WRITE: &str = r"
@@ -31,7 +31,6 @@ if cur[1] then
   if e == epoch and t > tick then return {1, t} end
 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'tick', ARGV[2], 'data', ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return {2, 0}
 ";
 
@@ -40,7 +39,6 @@ pub struct RedisStore {
     conn: ConnectionManager,
     script: Arc<redis::Script>,
     prefix: String,
-    ttl: Option<Duration>,
 }
 
 impl RedisStore {
@@ -54,7 +52,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn, script: Arc::new(redis::Script::new(WRITE)), prefix: "gaia:ckpt:".into(), ttl: None })
+        Ok(Self { conn, script: Arc::new(redis::Script::new(WRITE)), prefix: "gaia:ckpt:".into() })
     }
 
     /// Keys are `{prefix}{world_id}`; `gaia:ckpt:` by default.
@@ -63,28 +61,15 @@ impl RedisStore {
         self
     }
 
-    /// Hot checkpoints expire this long after their last write (the durable tier keeps
-    /// worlds for good). None by default.
-    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
     fn key(&self, world_id: &str) -> String {
         format!("{}{world_id}", self.prefix)
     }
 
     async fn write_chunk(&self, chunk: &[&Arc<Checkpoint>]) -> Result<Vec<Written>, StoreError> {
-        let ttl_ms = self.ttl.map_or(0, |t| t.as_millis() as u64);
         let mut pipe = redis::pipe();
         for c in chunk {
             pipe.invoke_script(
-                self.script
-                    .key(self.key(c.world_id()))
-                    .arg(c.epoch())
-                    .arg(c.tick())
-                    .arg(c.bytes().as_ref())
-                    .arg(ttl_ms),
+                self.script.key(self.key(c.world_id())).arg(c.epoch()).arg(c.tick()).arg(c.bytes().as_ref()),
             );
         }
         let mut conn = self.conn.clone();

@@ -83,8 +83,7 @@ pub struct Tiers {
 
 impl Tiers {
     /// Starts one writer task per tier. They run until `stop`, then write what is
-    /// pending once more and end. Hottest tier first: [`Tiers::load`] prefers nothing
-    /// by order, but logs read that way.
+    /// pending once more and end.
     pub fn start(tiers: Vec<Tier>, metrics: Arc<Metrics>, stop: CancellationToken) -> Arc<Self> {
         let mut receivers = Vec::new();
         let states = tiers
@@ -110,20 +109,13 @@ impl Tiers {
         this
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty()
-    }
-
     /// Queues `checkpoint` for every tier, replacing an older one of the same world.
     /// Never waits on a store.
     pub fn put(&self, checkpoint: Checkpoint) {
         let checkpoint = Arc::new(checkpoint);
         for tier in &self.tiers {
             let mut pending = tier.pending.lock();
-            let newer = pending.get(checkpoint.world_id()).is_some_and(|p| p.is_newer_than(&checkpoint));
-            if !newer {
-                pending.insert(checkpoint.world_id().to_string(), Arc::clone(&checkpoint));
-            }
+            keep_newest(&mut pending, Arc::clone(&checkpoint));
             self.metrics.backlog.get_or_create(&tier.labels).set(pending.len() as i64);
         }
     }
@@ -314,10 +306,7 @@ impl Tiers {
                 self.metrics.writes.get_or_create(&labels).inc_by(batch.len() as u64);
                 let mut pending = tier.pending.lock();
                 for checkpoint in batch {
-                    let newer = pending.get(checkpoint.world_id()).is_some_and(|p| p.is_newer_than(&checkpoint));
-                    if !newer {
-                        pending.insert(checkpoint.world_id().to_string(), checkpoint);
-                    }
+                    keep_newest(&mut pending, checkpoint);
                 }
                 tier.writing.lock().clear();
                 let mut failing = tier.failing.lock();
@@ -332,5 +321,12 @@ impl Tiers {
         let backlog = tier.pending.lock().len();
         self.metrics.backlog.get_or_create(&tier.labels).set(backlog as i64);
         result
+    }
+}
+
+/// Puts `checkpoint` into `pending` unless a newer one of its world is there.
+fn keep_newest(pending: &mut HashMap<String, Arc<Checkpoint>>, checkpoint: Arc<Checkpoint>) {
+    if !pending.get(checkpoint.world_id()).is_some_and(|p| p.is_newer_than(&checkpoint)) {
+        pending.insert(checkpoint.world_id().to_string(), checkpoint);
     }
 }

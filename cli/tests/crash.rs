@@ -12,76 +12,19 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{children_with_env, exists, pid_of, stat};
-use gaia_api::fleet::FleetConfig;
+use common::{Fleet, POLL, REGION, children_with_env, exists, fleet_config, pid_of, stat};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
-use tokio_util::sync::CancellationToken;
 
-const POLL: Duration = Duration::from_millis(100);
 /// Process start, registration and Ready, for a debug build on a busy machine.
 const START: Duration = Duration::from_secs(20);
-const REGION: &str = "local";
-
-struct Fleet {
-    name: String,
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-    run: tokio::task::JoinHandle<Result<(), gaia_embedded::Error>>,
-}
 
 impl Fleet {
-    /// An embedded fleet named `name` on an ephemeral port: one region, two replicas of
-    /// the real game-server binary, health period 1 s and threshold 3 (3 s of silence).
+    /// Two replicas with room for 2 worlds each.
     async fn start(name: &str) -> Fleet {
-        // A JSON string is a valid YAML scalar, whatever the path holds.
-        let program = serde_json::to_string(env!("CARGO_BIN_EXE_gaia")).unwrap();
-        let yaml = format!(
-            "
-fleets:
-  - name: {name}
-    worldCapacity: 2
-    template:
-      command: [{program}, gameserver]
-      env: {{ RUST_LOG: warn }}
-    health: {{ periodSeconds: 1, failureThreshold: 3, initialDelaySeconds: 5 }}
-    regions:
-      - {{ name: {REGION}, replicas: 2 }}
-"
-        );
-        let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
-        config.data_dir = std::env::temp_dir().join(format!("gaia-crash-{}-{name}", std::process::id()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(gaia_embedded::run(config, listener, shutdown.clone()));
-        Fleet { name: name.into(), url, http: reqwest::Client::new(), shutdown, run }
-    }
-
-    async fn servers(&self) -> Vec<GameServer> {
-        let url = format!("{}/v1/gameservers?fleet={}", self.url, self.name);
-        let resp = self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
-        resp.json().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
-    }
-
-    /// Polls the records every [`POLL`] until `check` answers; panics with the last
-    /// records seen if it has not within `within`.
-    async fn wait_for<T>(&self, within: Duration, what: &str, mut check: impl FnMut(&[GameServer]) -> Option<T>) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            let servers = self.servers().await;
-            if let Some(found) = check(&servers) {
-                return found;
-            }
-            if Instant::now() >= deadline {
-                panic!("fleet {}: {what}: not within {within:?}; last seen: {}", self.name, show(&servers));
-            }
-            sleep(POLL).await;
-        }
+        Fleet::launch(name, fleet_config(name, 2, 2)).await
     }
 
     /// Waits for `n` Ready servers in [`REGION`] and answers their names.
@@ -92,28 +35,10 @@ fleets:
         })
         .await
     }
-
-    /// Cancels the fleet and checks that `run` returns Ok in time; answers how long it took.
-    async fn stop(self) -> Duration {
-        self.shutdown.cancel();
-        let started = Instant::now();
-        // The controller gives servers `stop_grace` (10 s) to exit, then kills them.
-        let result = tokio::time::timeout(Duration::from_secs(12), self.run)
-            .await
-            .unwrap_or_else(|_| panic!("fleet {}: run did not return within 12 s of shutdown", self.name));
-        let result = result.unwrap_or_else(|e| panic!("fleet {}: run panicked: {e}", self.name));
-        assert!(result.is_ok(), "fleet {}: run failed: {result:?}", self.name);
-        started.elapsed()
-    }
 }
 
 fn ready_names(servers: &[GameServer]) -> BTreeSet<String> {
     servers.iter().filter(|s| s.state == GameServerState::Ready && s.region == REGION).map(|s| s.name.clone()).collect()
-}
-
-fn show(servers: &[GameServer]) -> String {
-    let all: Vec<String> = servers.iter().map(|s| format!("{} {} in {}", s.name, s.state, s.region)).collect();
-    format!("[{}]", all.join(", "))
 }
 
 fn state_of(servers: &[GameServer], name: &str) -> Option<GameServerState> {

@@ -16,15 +16,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::pid_of;
-use gaia_api::fleet::FleetConfig;
+use common::{Fleet, REGION, fleet_config, pid_of};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_loadgen::{ErrorKind, Report};
 use nix::sys::signal::{Signal, kill};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
-
-const REGION: &str = "local";
 
 struct Services {
     redis: String,
@@ -48,14 +45,6 @@ async fn services() -> Option<Services> {
     Some(Services { redis, postgres })
 }
 
-struct Fleet {
-    name: String,
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-    run: tokio::task::JoinHandle<Result<(), gaia_embedded::Error>>,
-}
-
 impl Fleet {
     /// Three game servers in one region, checkpointing to Redis every second and to
     /// Postgres every 30 s (and at drain and shutdown).
@@ -64,47 +53,10 @@ impl Fleet {
     }
 
     async fn start_with(name: &str, services: &Services, world_capacity: u32, replicas: u32) -> Fleet {
-        let program = serde_json::to_string(env!("CARGO_BIN_EXE_gaia")).unwrap();
-        let yaml = format!(
-            "
-fleets:
-  - name: {name}
-    worldCapacity: {world_capacity}
-    playerCapacity: 1000
-    template:
-      command: [{program}, gameserver]
-      env: {{ RUST_LOG: warn }}
-    health: {{ periodSeconds: 1, failureThreshold: 3, initialDelaySeconds: 5 }}
-    regions:
-      - {{ name: {REGION}, replicas: {replicas} }}
-"
-        );
-        let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
+        let mut config = fleet_config(name, world_capacity, replicas);
         config.redis_url = Some(services.redis.clone());
         config.database_url = Some(services.postgres.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let run = tokio::spawn(gaia_embedded::run(config, listener, shutdown.clone()));
-        Fleet { name: name.into(), url, http: reqwest::Client::new(), shutdown, run }
-    }
-
-    async fn servers(&self) -> Vec<GameServer> {
-        let url = format!("{}/v1/gameservers?fleet={}", self.url, self.name);
-        self.http.get(&url).send().await.unwrap().json().await.unwrap()
-    }
-
-    /// Polls until `check` answers, or panics naming `what` after `within`.
-    async fn wait_for<T>(&self, within: Duration, what: &str, mut check: impl FnMut(&[GameServer]) -> Option<T>) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            let servers = self.servers().await;
-            if let Some(found) = check(&servers) {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "fleet {}: {what}: not within {within:?}: {servers:?}", self.name);
-            sleep(Duration::from_millis(100)).await;
-        }
+        Fleet::launch(name, config).await
     }
 
     /// Starts the bots: `worlds` worlds of 15, inputs at 2 Hz for `duration`.
@@ -141,11 +93,6 @@ fleets:
             (live.clone().map(|s| s.worlds).sum::<u32>() == worlds).then(|| live.max_by_key(|s| s.worlds).cloned())?
         })
         .await
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.run).await.unwrap().unwrap().unwrap();
     }
 }
 

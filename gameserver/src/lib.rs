@@ -608,14 +608,12 @@ async fn drain_when_told<W: World>(
         _ = drain.cancelled() => {
             tracing::info!("asked to drain");
             // No new world may land here while the old ones move away.
-            match sdk.as_ref().map(Sdk::drain) {
-                None => {}
-                Some(call) => match call.await {
-                    Ok(_) => {}
-                    // Retired already (Shutdown): nothing can land here anyway.
-                    Err(SdkError::Refused { status: 404 | 409, .. }) => {}
+            if let Some(sdk) = &sdk {
+                match sdk.drain().await {
+                    // Refused when retired already (Shutdown): nothing can land here anyway.
+                    Ok(_) | Err(SdkError::Refused { status: 404 | 409, .. }) => {}
                     Err(e) => tracing::warn!(error = %e, "could not mark this server Draining"),
-                },
+                }
             }
         }
     }

@@ -366,15 +366,20 @@ impl<W: World> Rooms<W> {
         // Whether anything happened since the last checkpoint.
         let mut dirty = false;
         tracing::debug!(world = %world_id, tick = engine.tick(), "world started");
+        // Made once, not per turn of the loop: each wait on a token shared by every world
+        // registers with (and leaves) that token's waiter list under its lock.
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        let draining = self.draining.clone().cancelled_owned();
+        tokio::pin!(shutdown, draining);
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
                     self.save(&world_id, epoch, &engine);
                     break;
                 }
-                _ = self.draining.cancelled() => {
+                _ = &mut draining => {
                     self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
                     self.save(&world_id, epoch, &engine);
                     self.migrate(&world_id, engine.tick(), &mut fanout).await;
@@ -586,8 +591,9 @@ impl<W: World> Rooms<W> {
         };
         for member in fanout.members.values() {
             // A member behind holds results of applied inputs that never reached it;
-            // `Migrate` promises they all did, so it is let go instead (1001, below the
-            // loop) and finds its world through the allocator.
+            // `Migrate` promises they all did, so it is let go instead (1001, when its
+            // queue is dropped) and finds its world through the allocator, as is one
+            // whose queue cannot take the Migrate.
             if !matches!(member.standing, Standing::Live) || !member.held.is_empty() {
                 continue;
             }
@@ -599,8 +605,6 @@ impl<W: World> Rooms<W> {
                 epoch: destination.epoch,
             });
             let msg: ServerMsg<(), ()> = ServerMsg::Migrate { address: destination.address.clone(), token };
-            // A member too far behind to take these is let go and finds the world
-            // through the allocator.
             if member.out.try_send(Outbound::Frame(Bytes::from(encode_server(&msg)))).is_ok() {
                 let _ = member.out.try_send(Outbound::Close(goodbye.clone()));
             }

@@ -19,6 +19,8 @@
 //! The cluster version (control plane, real Redis and Postgres, kill -9, live migration)
 //! is `cli/tests/durable.rs`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +29,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{InputOutcome, close, decode_server, encode_client};
+use futures_util::SinkExt;
+use gaia_api::protocol::{InputOutcome, close, encode_client};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityKind, ServerMsg, Snapshot};
 use gaia_checkpoint::{Checkpoint, SqlStore, Store, Written};
@@ -38,10 +40,15 @@ use gaia_gameserver::world::{World, seed_of};
 use gaia_gameserver::{Config, Stop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{Received, Ws};
+
+/// The next message of the reference world, or the close frame as an Err.
+async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
+    common::recv(ws).await
+}
 
 const SECRET: &str = "s3cret";
 const WORLD: &str = "w-durable";
@@ -173,20 +180,6 @@ impl Server {
     async fn shut_down(self) {
         self.stop.shutdown.cancel();
         self.exited().await;
-    }
-}
-
-/// The next server message, or the close frame's (code, reason) as an Err.
-async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
-        match msg {
-            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
-        }
     }
 }
 

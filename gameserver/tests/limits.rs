@@ -10,6 +10,8 @@
 //! A reader that never reads (bounded memory, `TOO_SLOW`) is in `slow_reader.rs`: it
 //! measures the process's memory, which other tests running alongside would disturb.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,14 +26,12 @@ use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, Snapshot};
 use gaia_gameserver::Config;
 use gaia_gameserver::world::{MemberId, NewWorld, RestoreError, World};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, connect_async};
 use tokio_util::sync::CancellationToken;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-/// A message from the server, or the close frame's (code, reason) as an Err.
-type Received<V, C> = Result<ServerMsg<V, C>, (u16, String)>;
+use common::{Received, Ws, recv, send};
 
 const SECRET: &str = "s3cret";
 const NAME: &str = "gs-limits";
@@ -116,23 +116,6 @@ fn token(world: &str, player: &str) -> String {
         expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
         epoch: 1,
     })
-}
-
-async fn send<A: Encode>(ws: &mut Ws, msg: &ClientMsg<A>) {
-    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
-}
-
-async fn recv<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> Received<V, C> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
-        match msg {
-            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
-        }
-    }
 }
 
 /// Reads until the close frame; returns its code and reason.

@@ -2,19 +2,25 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 //! WebSocket clients.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
 
-use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{InputOutcome, PROTOCOL_VERSION, close, decode_server, encode_client};
+use futures_util::SinkExt;
+use gaia_api::protocol::{InputOutcome, PROTOCOL_VERSION, close, encode_client};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
-use tokio::net::TcpStream;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tokio_util::sync::CancellationToken;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::{Received, Ws, send};
+
+/// The next message of the reference world, or the close frame as an Err.
+async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
+    common::recv(ws).await
+}
 
 const SECRET: &str = "s3cret";
 
@@ -42,24 +48,6 @@ fn token(world: &str, player: &str, server: &str, ttl_ms: i64) -> String {
         expires_at_ms: (now + ttl_ms).max(0) as u64,
         epoch: 1,
     })
-}
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
-}
-
-/// The next server message, or the close frame's (code, reason) as an Err.
-async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
-        match msg {
-            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
-        }
-    }
 }
 
 async fn join(url: &str, world: &str, player: &str) -> (Ws, u32, Snapshot) {

@@ -203,6 +203,27 @@ impl Fleet {
         epoch
     }
 
+    /// Assigns `world_id` to `server` (allocation or move): takes a slot there, held by a
+    /// new lease until the first player joins, under the world's next epoch.
+    fn place(
+        &mut self,
+        world_id: &str,
+        server: &str,
+        now: Instant,
+        lease_ttl: Duration,
+        events: &mut Vec<RegistryEvent>,
+    ) -> (Lease, u64) {
+        self.take_slot(server, now, events);
+        let lease = Lease {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            expires_at_ms: unix_ms(SystemTime::now() + lease_ttl),
+        };
+        let epoch = self.bump_epoch(world_id, now);
+        let world = World { server: server.to_string(), lease: Some((lease.clone(), now + lease_ttl)), epoch };
+        self.worlds.insert(world_id.to_string(), world);
+        (lease, epoch)
+    }
+
     /// The last epoch handed out for `world_id`; 0 when none is remembered.
     fn last_epoch(&self, world_id: &str) -> u64 {
         self.epochs.get(world_id).map_or(0, |e| e.last)
@@ -504,23 +525,16 @@ fn allocate_locked(
         let regions = if req.regions.is_empty() { "any region".to_string() } else { req.regions.join(", ") };
         RegistryError::NoCapacity(format!("no game server of fleet {:?} in {regions} has a free world slot", req.fleet))
     })?;
-    fleet.take_slot(&name, now, events);
+    let world_id = req.world_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let (lease, epoch) = fleet.place(&world_id, &name, now, lease_ttl, events);
     let entry = entry(fleet, &name)?;
     entry.record.labels.extend(req.metadata.labels.clone());
-    let world_id = req.world_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let server = entry.record.clone();
-    let lease = new_lease(lease_ttl);
-    let epoch = fleet.bump_epoch(&world_id, now);
-    let placement = Placement { world_id: world_id.clone(), player_id, server, lease: Some(lease.clone()), epoch };
-    fleet.worlds.insert(world_id, World { server: name, lease: Some((lease, now + lease_ttl)), epoch });
+    let placement = Placement { world_id, player_id, server, lease: Some(lease), epoch };
     if let Some(key) = &req.idempotency_key {
         fleet.idempotent.insert(key.clone(), (placement.clone(), now + lease_ttl));
     }
     Ok(placement)
-}
-
-fn new_lease(ttl: Duration) -> Lease {
-    Lease { id: uuid::Uuid::new_v4().simple().to_string(), expires_at_ms: unix_ms(SystemTime::now() + ttl) }
 }
 
 /// [`Registry::move_world`] under the fleet's lock.
@@ -553,14 +567,9 @@ fn move_locked(
             ))
         })?;
 
-    fleet.take_slot(&target, now, events);
     fleet.release_slot(name, now, events);
+    let (lease, epoch) = fleet.place(world_id, &target, now, lease_ttl, events);
     let server = entry(fleet, &target)?.record.clone();
-    let lease = new_lease(lease_ttl);
-    let epoch = fleet.bump_epoch(world_id, now);
-    fleet
-        .worlds
-        .insert(world_id.to_string(), World { server: target, lease: Some((lease.clone(), now + lease_ttl)), epoch });
     // An idempotent repeat of the allocation that placed it must not send players back.
     fleet.idempotent.retain(|_, (p, _)| p.world_id != world_id);
     Ok(Placement { world_id: world_id.to_string(), player_id: String::new(), server, lease: Some(lease), epoch })
