@@ -22,6 +22,41 @@ pub enum Strategy {
     Distributed,
 }
 
+/// A label requirement, as in Kubernetes' label selectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelExpression {
+    pub key: String,
+    pub operator: Operator,
+    /// The values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    /// The label is set to one of the values.
+    In,
+    /// The label is unset or set to none of the values.
+    NotIn,
+    /// The label is set, to anything.
+    Exists,
+    /// The label is unset.
+    DoesNotExist,
+}
+
+impl LabelExpression {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.contains(v)),
+            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
 /// Narrows the candidate servers. Selectors are tried in order; the first that matches
 /// any server wins (Agones' semantics).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +65,9 @@ pub struct Selector {
     /// Every pair must be among the server's labels.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// Every expression must hold for the server's labels.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelExpression>,
     /// Only servers in this state (Ready or Allocated); any allocatable state when unset.
     #[serde(default)]
     pub game_server_state: Option<GameServerState>,
@@ -41,12 +79,51 @@ pub struct Selector {
     pub min_free_players: Option<u32>,
 }
 
+impl Selector {
+    /// Whether `labels` satisfy the label part of this selector.
+    pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| e.matches(labels))
+    }
+}
+
+/// A server count that orders candidates (Agones' Counter priorities, over the two
+/// counters every server has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PriorityKey {
+    /// World slots in use.
+    Worlds,
+    /// Connected players.
+    Players,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Order {
+    #[default]
+    Ascending,
+    Descending,
+}
+
+/// Orders the servers that match a selector. Packed: breaks ties among the fullest
+/// servers. Distributed: orders all of them (then emptiest first). See `choose` in the
+/// registry crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Priority {
+    pub key: PriorityKey,
+    #[serde(default)]
+    pub order: Order,
+}
+
 /// Set on the chosen server at allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationMetadata {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,18 +144,33 @@ pub struct AllocationRequest {
     #[serde(default)]
     pub strategy: Strategy,
     #[serde(default)]
+    pub priorities: Vec<Priority>,
+    #[serde(default)]
     pub metadata: AllocationMetadata,
     /// Repeating a request with the same key while its lease lives returns the same answer.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// How long the caller will wait for capacity, in milliseconds. The walking skeleton
-    /// answers at once; waiting for the autoscaler comes with the allocator issue.
+    /// How long the caller will wait for capacity, in milliseconds, at most
+    /// [`MAX_DEADLINE_MS`]. With no free slot the allocator waits (for the autoscaler to
+    /// add servers, or a lease to expire) until then, and answers 429 after. Unset or 0:
+    /// answer at once.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
 }
 
 /// Longest id (world, player, idempotency key) the API accepts.
 pub const MAX_ID_LEN: usize = 128;
+
+/// Longest wait for capacity a request may ask for.
+pub const MAX_DEADLINE_MS: u64 = 60_000;
+
+/// Most selectors, expressions per selector, values per expression, priorities and
+/// metadata entries a request may carry: enough for any matchmaker, small enough that
+/// one request cannot make the allocator scan for long.
+pub const MAX_LIST_LEN: usize = 16;
+
+/// Most requests in one batch.
+pub const MAX_BATCH: usize = 1000;
 
 fn check_id(field: &str, id: &str) -> Result<(), SpecError> {
     let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
@@ -111,26 +203,81 @@ impl AllocationRequest {
                 });
             }
         }
+        check_len("regions", self.regions.len())?;
+        check_len("selectors", self.selectors.len())?;
         for (i, selector) in self.selectors.iter().enumerate() {
-            if let Some(state) = selector.game_server_state
-                && !state.is_allocatable()
-            {
-                return Err(SpecError {
-                    field: format!("selectors[{i}].gameServerState"),
-                    message: format!("must be Ready or Allocated, not {state}"),
-                });
-            }
+            selector.validate(&format!("selectors[{i}]"))?;
         }
-        for key in self.metadata.labels.keys() {
-            if key.is_empty() {
-                return Err(SpecError {
-                    field: "metadata.labels".into(),
-                    message: "label keys must not be empty".into(),
-                });
-            }
+        check_len("priorities", self.priorities.len())?;
+        for (field, map) in
+            [("metadata.labels", &self.metadata.labels), ("metadata.annotations", &self.metadata.annotations)]
+        {
+            check_len(field, map.len())?;
+            check_keys(field, map.keys())?;
+        }
+        if let Some(deadline) = self.deadline_ms
+            && deadline > MAX_DEADLINE_MS
+        {
+            return Err(SpecError {
+                field: "deadlineMs".into(),
+                message: format!("must be at most {MAX_DEADLINE_MS} (one minute), not {deadline}"),
+            });
         }
         Ok(())
     }
+}
+
+impl Selector {
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        if let Some(state) = self.game_server_state
+            && !state.is_allocatable()
+        {
+            return Err(SpecError {
+                field: format!("{field}.gameServerState"),
+                message: format!("must be Ready or Allocated, not {state}"),
+            });
+        }
+        check_len(&format!("{field}.matchLabels"), self.match_labels.len())?;
+        check_keys(&format!("{field}.matchLabels"), self.match_labels.keys())?;
+        check_len(&format!("{field}.matchExpressions"), self.match_expressions.len())?;
+        for (j, e) in self.match_expressions.iter().enumerate() {
+            let field = format!("{field}.matchExpressions[{j}]");
+            check_keys(&format!("{field}.key"), [&e.key])?;
+            check_len(&format!("{field}.values"), e.values.len())?;
+            let needs_values = matches!(e.operator, Operator::In | Operator::NotIn);
+            if needs_values == e.values.is_empty() {
+                let message = if needs_values {
+                    format!("operator {:?} needs at least one value", e.operator)
+                } else {
+                    format!("operator {:?} takes no values", e.operator)
+                };
+                return Err(SpecError { field: format!("{field}.values"), message });
+            }
+        }
+        if self.min_free_worlds == Some(0) {
+            return Err(SpecError {
+                field: format!("{field}.minFreeWorlds"),
+                message: "must be at least 1: a new world takes a slot".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_len(field: &str, len: usize) -> Result<(), SpecError> {
+    if len > MAX_LIST_LEN {
+        return Err(SpecError { field: field.into(), message: format!("at most {MAX_LIST_LEN} entries, not {len}") });
+    }
+    Ok(())
+}
+
+fn check_keys<'a>(field: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<(), SpecError> {
+    for key in keys {
+        if key.is_empty() || key.len() > 253 {
+            return Err(SpecError { field: field.into(), message: "keys must be 1 to 253 characters".into() });
+        }
+    }
+    Ok(())
 }
 
 /// A slot held for a world until its first player joins or the lease expires.
@@ -176,6 +323,33 @@ pub struct MoveResponse {
     pub address: String,
     /// The world's new epoch; checkpoints written under an older one are stale.
     pub epoch: u64,
+}
+
+/// `POST /v1/allocations:batch`: a matchmaker's whole cycle in one call. The requests are
+/// answered in order, each on its own (one failing does not fail the rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchAllocationRequest {
+    pub requests: Vec<AllocationRequest>,
+}
+
+/// One answer per request, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAllocationResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// Either the allocation or the error the single endpoint would have answered, with its
+/// HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<AllocationResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// Every error the HTTP APIs return has this shape.
@@ -232,12 +406,63 @@ mod tests {
             (r#"{"fleet":"town","regions":["EU"]}"#, "regions[0]"),
             (r#"{"fleet":"town","selectors":[{},{"gameServerState":"Draining"}]}"#, "selectors[1].gameServerState"),
             (r#"{"fleet":"town","metadata":{"labels":{"":"x"}}}"#, "metadata.labels"),
+            (r#"{"fleet":"town","metadata":{"annotations":{"":"x"}}}"#, "metadata.annotations"),
+            (
+                r#"{"fleet":"town","selectors":[{"matchExpressions":[{"key":"m","operator":"In"}]}]}"#,
+                "selectors[0].matchExpressions[0].values",
+            ),
+            (
+                r#"{"fleet":"town","selectors":[{"matchExpressions":[{"key":"m","operator":"Exists","values":["x"]}]}]}"#,
+                "selectors[0].matchExpressions[0].values",
+            ),
+            (
+                r#"{"fleet":"town","selectors":[{"matchExpressions":[{"key":"","operator":"Exists"}]}]}"#,
+                "selectors[0].matchExpressions[0].key",
+            ),
+            (r#"{"fleet":"town","selectors":[{"minFreeWorlds":0}]}"#, "selectors[0].minFreeWorlds"),
+            (r#"{"fleet":"town","deadlineMs":60001}"#, "deadlineMs"),
         ];
         for (json, field) in cases {
             assert_eq!(request(json).validate().unwrap_err().field, field, "{json}");
         }
         let long = format!(r#"{{"fleet":"town","idempotencyKey":"{}"}}"#, "k".repeat(MAX_ID_LEN + 1));
         assert_eq!(request(&long).validate().unwrap_err().field, "idempotencyKey");
+    }
+
+    #[test]
+    fn label_expressions() {
+        let labels = BTreeMap::from([("mode".to_string(), "ranked".to_string())]);
+        let e = |key: &str, operator, values: &[&str]| LabelExpression {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        use Operator::*;
+        let cases = [
+            (e("mode", In, &["ranked", "casual"]), true),
+            (e("mode", In, &["casual"]), false),
+            (e("map", In, &["ranked"]), false),
+            (e("mode", NotIn, &["casual"]), true),
+            (e("mode", NotIn, &["ranked"]), false),
+            (e("map", NotIn, &["x"]), true),
+            (e("mode", Exists, &[]), true),
+            (e("map", Exists, &[]), false),
+            (e("mode", DoesNotExist, &[]), false),
+            (e("map", DoesNotExist, &[]), true),
+        ];
+        for (expr, want) in cases {
+            assert_eq!(expr.matches(&labels), want, "{expr:?}");
+        }
+    }
+
+    #[test]
+    fn negative_and_huge_numbers_name_the_field() {
+        for json in [r#"{"fleet":"town","selectors":[{"minFreePlayers":-1}]}"#, r#"{"fleet":"town","deadlineMs":-5}"#] {
+            let de = &mut serde_json::Deserializer::from_str(json);
+            let err = serde_path_to_error::deserialize::<_, AllocationRequest>(de).unwrap_err();
+            assert!(err.to_string().contains("invalid value"), "{err}");
+            assert_ne!(err.path().to_string(), ".");
+        }
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct GameServer {
     pub state: GameServerState,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Free-form notes, set by allocations' `metadata.annotations`; not used for matching.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Worlds this server can host at once.
     pub world_capacity: u32,
     /// Client connections this server accepts at once.
@@ -151,6 +154,7 @@ impl GameServer {
             address: None,
             state: GameServerState::Scheduled,
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             world_capacity,
             player_capacity,
             worlds: 0,

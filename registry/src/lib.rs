@@ -10,7 +10,7 @@
 //!
 //! Start with [`Registry`], then [`choose`], then [`memory`].
 
-mod choose;
+pub mod choose;
 mod error;
 pub mod memory;
 
@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use gaia_api::allocation::{AllocationRequest, Lease};
 use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
 
-pub use choose::choose;
+pub use choose::{OpenIndex, choose};
 pub use error::RegistryError;
 pub use memory::{MemoryRegistry, RegistryConfig, run_sweeper};
 

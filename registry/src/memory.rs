@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::{Placement, Registry, RegistryError, RegistryEvent, Result, SweepReport, choose};
+use crate::choose::is_open;
+use crate::{OpenIndex, Placement, Registry, RegistryError, RegistryEvent, Result, SweepReport};
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -53,6 +54,8 @@ struct Entry {
     spoken: bool,
     /// When the record entered its current state.
     since: Instant,
+    /// The world count this server is listed under in the fleet's [`OpenIndex`], if it is.
+    indexed: Option<u32>,
 }
 
 struct World {
@@ -72,6 +75,8 @@ struct Epoch {
 #[derive(Default)]
 struct Fleet {
     servers: BTreeMap<String, Entry>,
+    /// The servers that can take a world, in choice order; kept by [`Fleet::reindex`].
+    open: OpenIndex,
     worlds: HashMap<String, World>,
     idempotent: HashMap<String, (Placement, Instant)>,
     /// World id -> last epoch. Outlives the world's placement: a world freed because its
@@ -160,6 +165,38 @@ fn set_state(entry: &mut Entry, to: GameServerState, now: Instant, events: &mut 
 }
 
 impl Fleet {
+    /// Puts `name` in, moves it within, or takes it out of the open index after its record
+    /// changed. Every change to a record's state, address or world count calls it.
+    fn reindex(&mut self, name: &str) {
+        let Some(entry) = self.servers.get_mut(name) else { return };
+        let key = is_open(&entry.record).then_some(entry.record.worlds);
+        if entry.indexed == key {
+            return;
+        }
+        if let Some(worlds) = entry.indexed {
+            self.open.remove(&entry.record.region, worlds, name);
+        }
+        if let Some(worlds) = key {
+            self.open.insert(&entry.record.region, worlds, name);
+        }
+        entry.indexed = key;
+    }
+
+    /// Forgets server `name` altogether.
+    fn remove_server(&mut self, name: &str) -> Option<Entry> {
+        let entry = self.servers.remove(name)?;
+        if let Some(worlds) = entry.indexed {
+            self.open.remove(&entry.record.region, worlds, name);
+        }
+        Some(entry)
+    }
+
+    /// The open server `req` should go to (see [`crate::choose`]), never `exclude`.
+    fn choose(&self, req: &AllocationRequest, exclude: Option<&str>) -> Option<String> {
+        let found = self.open.choose(req, exclude, |name| self.servers.get(name).map(|e| &e.record));
+        found.map(|s| s.name.clone())
+    }
+
     /// Gives back one world slot on `server`; an Allocated server with no world left is
     /// Ready again.
     fn release_slot(&mut self, server: &str, now: Instant, events: &mut Vec<RegistryEvent>) {
@@ -170,6 +207,7 @@ impl Fleet {
                 set_state(entry, GameServerState::Ready, now, events);
             }
         }
+        self.reindex(server);
     }
 
     /// Takes one world slot on `server`; a Ready server becomes Allocated.
@@ -184,6 +222,7 @@ impl Fleet {
                 set_state(entry, GameServerState::Allocated, now, events);
             }
         }
+        self.reindex(server);
     }
 
     /// The next epoch of `world_id`, recorded as handed out.
@@ -263,15 +302,18 @@ impl Fleet {
             to = GameServerState::Allocated;
         }
         set_state(entry, to, now, events);
-        if to.is_terminal() {
+        let record = if to.is_terminal() {
             let freed = entry.record.worlds;
             entry.record.worlds = 0;
             let record = entry.record.clone();
             self.drop_worlds_of(name);
             events.extend((0..freed).map(|_| released(&record)));
-            return Ok(record);
-        }
-        Ok(entry.record.clone())
+            record
+        } else {
+            entry.record.clone()
+        };
+        self.reindex(name);
+        Ok(record)
     }
 }
 
@@ -286,8 +328,9 @@ impl Registry for MemoryRegistry {
                 return Err(RegistryError::AlreadyExists(server.name));
             }
             self.fleet_of.insert(server.name.clone(), server.fleet.clone());
-            let entry = Entry { record: server.clone(), last_seen: now, spoken: false, since: now };
+            let entry = Entry { record: server.clone(), last_seen: now, spoken: false, since: now, indexed: None };
             fleet.servers.insert(server.name.clone(), entry);
+            fleet.reindex(&server.name);
         }
         self.publish(vec![state_changed(&server)]);
         Ok(server)
@@ -321,7 +364,9 @@ impl Registry for MemoryRegistry {
             record.labels.extend(req.labels);
             entry.last_seen = Instant::now();
             entry.spoken = true;
-            Ok(entry.record.clone())
+            let record = entry.record.clone();
+            fleet.reindex(name);
+            Ok(record)
         })
     }
 
@@ -455,7 +500,7 @@ impl Registry for MemoryRegistry {
 
     async fn remove(&self, name: &str) -> Result<()> {
         self.with_server(name, |fleet, events| {
-            if let Some(entry) = fleet.servers.remove(name) {
+            if let Some(entry) = fleet.remove_server(name) {
                 fleet.drop_worlds_of(name);
                 events.extend((0..entry.record.worlds).map(|_| released(&entry.record)));
             }
@@ -521,7 +566,7 @@ fn allocate_locked(
         });
     }
 
-    let name = choose(fleet.servers.values().map(|e| &e.record), req).map(|s| s.name.clone()).ok_or_else(|| {
+    let name = fleet.choose(req, None).ok_or_else(|| {
         let regions = if req.regions.is_empty() { "any region".to_string() } else { req.regions.join(", ") };
         RegistryError::NoCapacity(format!("no game server of fleet {:?} in {regions} has a free world slot", req.fleet))
     })?;
@@ -529,6 +574,7 @@ fn allocate_locked(
     let (lease, epoch) = fleet.place(&world_id, &name, now, lease_ttl, events);
     let entry = entry(fleet, &name)?;
     entry.record.labels.extend(req.metadata.labels.clone());
+    entry.record.annotations.extend(req.metadata.annotations.clone());
     let server = entry.record.clone();
     let placement = Placement { world_id, player_id, server, lease: Some(lease), epoch };
     if let Some(key) = &req.idempotency_key {
@@ -553,13 +599,12 @@ fn move_locked(
     // Same region first (players and checkpoints are near), then anywhere in the fleet.
     let mut req =
         AllocationRequest { fleet: source.fleet.clone(), regions: vec![source.region.clone()], ..Default::default() };
-    let others = fleet.servers.values().map(|e| &e.record).filter(|s| s.name != name);
-    let target = choose(others.clone(), &req)
+    let target = fleet
+        .choose(&req, Some(name))
         .or_else(|| {
             req.regions.clear();
-            choose(others, &req)
+            fleet.choose(&req, Some(name))
         })
-        .map(|s| s.name.clone())
         .ok_or_else(|| {
             RegistryError::NoCapacity(format!(
                 "no other game server of fleet {:?} has a free world slot for world {world_id:?}",
@@ -622,7 +667,7 @@ fn sweep_fleet(
         .map(|e| e.record.name.clone())
         .collect();
     for name in old {
-        fleet.servers.remove(&name);
+        fleet.remove_server(&name);
         report.removed.push(name);
     }
 }

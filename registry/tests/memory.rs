@@ -50,7 +50,7 @@ async fn allocation_takes_a_slot_and_ending_the_world_returns_it() {
     let reg = registry();
     ready(&reg, "s1", "eu", 2).await;
     let mut req = alloc(&[]);
-    req.metadata = AllocationMetadata { labels: [("match".to_string(), "m1".to_string())].into() };
+    req.metadata = AllocationMetadata { labels: [("match".to_string(), "m1".to_string())].into(), ..Default::default() };
     let p = reg.allocate(&req).await.unwrap();
     assert_eq!(p.server.name, "s1");
     assert_eq!(p.server.address.as_deref(), Some("ws://127.0.0.1:1/s1"));
