@@ -7,13 +7,14 @@
 //! errors become status codes in one place, [`ApiError`].
 //! Start with [`router`]; [`run`] serves it until shutdown.
 
+mod allocate;
 mod error;
 mod json;
 pub mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -22,12 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use gaia_api::allocation::{AllocationRequest, AllocationResponse, MoveResponse};
+use gaia_api::allocation::MoveResponse;
 use gaia_api::fleet::check_name;
 use gaia_api::gameserver::{
     GameServer, GameServerState, PlayerCountRequest, RegisterRequest, SetLabelRequest, WorldStartedRequest,
 };
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::token::TokenKey;
 use gaia_registry::{Registry, RegistryEvent};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -58,10 +59,10 @@ impl Default for Config {
 
 #[derive(Clone)]
 pub struct AppState {
-    registry: Arc<dyn Registry>,
-    key: TokenKey,
-    token_ttl: Duration,
-    metrics: Arc<Metrics>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) key: TokenKey,
+    pub(crate) token_ttl: Duration,
+    pub(crate) metrics: Arc<Metrics>,
     /// Everything this process exports on /metrics.
     prometheus: Arc<prometheus_client::registry::Registry>,
     /// Ends long-lived responses (watch streams); [`run`] sets it to its own shutdown so
@@ -104,7 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/worlds/{world}/ended", post(world_ended))
         .route("/worlds/{world}/move", post(move_world));
     Router::new()
-        .route("/v1/allocations", post(allocate))
+        .route("/v1/allocations", post(allocate::allocate))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)
@@ -120,51 +121,6 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
     tracing::info!(addr = ?listener.local_addr().ok(), "control-plane API listening");
     let state = AppState { shutdown: shutdown.clone(), ..state };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
-}
-
-async fn allocate(
-    State(s): State<AppState>,
-    body: Result<JsonBody<AllocationRequest>, ApiError>,
-) -> Result<Json<AllocationResponse>, ApiError> {
-    let started = Instant::now();
-    let result = allocate_inner(&s, body).await;
-    let label = metrics::ResultLabels { result: result.as_ref().map_or_else(ApiError::metric_label, |_| "ok") };
-    s.metrics.allocations.get_or_create(&label).inc();
-    s.metrics.allocation_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
-    result.map(Json)
-}
-
-async fn allocate_inner(
-    s: &AppState,
-    body: Result<JsonBody<AllocationRequest>, ApiError>,
-) -> Result<AllocationResponse, ApiError> {
-    let JsonBody(req) = body?;
-    req.validate()?;
-    let placement = s.registry.allocate(&req).await?;
-    let server = placement.server;
-    let address = server.address.ok_or_else(|| ApiError::NoAddress(server.name.clone()))?;
-    let expires_at_ms = match &placement.lease {
-        Some(lease) => lease.expires_at_ms,
-        None => unix_ms(SystemTime::now() + s.token_ttl),
-    };
-    let join_token = s.key.sign(&JoinClaims {
-        world_id: placement.world_id.clone(),
-        server: server.name.clone(),
-        player_id: placement.player_id.clone(),
-        expires_at_ms,
-        epoch: placement.epoch,
-    });
-    Ok(AllocationResponse {
-        world_id: placement.world_id,
-        player_id: placement.player_id,
-        fleet: server.fleet,
-        server: server.name,
-        region: server.region,
-        address,
-        join_token,
-        lease: placement.lease,
-        epoch: placement.epoch,
-    })
 }
 
 #[derive(Deserialize)]
@@ -350,7 +306,7 @@ async fn watch(State(s): State<AppState>, Path(name): Path<String>) -> Result<Re
 /// One watch stream's state. Nothing is buffered per watcher beyond the broadcast
 /// receiver: a watcher that reads slowly lags, and then gets the current record.
 struct Watch {
-    registry: Arc<dyn Registry>,
+    pub(crate) registry: Arc<dyn Registry>,
     name: String,
     events: broadcast::Receiver<RegistryEvent>,
     shutdown: CancellationToken,
