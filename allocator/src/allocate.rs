@@ -1,35 +1,191 @@
-//! `POST /v1/allocations`: a matchmaker's request becomes a registry allocation and a
-//! signed join token.
+//! `POST /v1/allocations` and `POST /v1/allocations:batch`: a matchmaker's request
+//! becomes a registry allocation and a signed join token.
+//!
+//! With no free slot, a request that carries `deadlineMs` waits for capacity (a server
+//! turning Ready, a slot or lease given back) instead of failing at once, and gets 429
+//! only when its deadline passes. Nothing is held while it waits, so a request that times
+//! out leaves nothing allocated.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
 use axum::extract::State;
-use gaia_api::allocation::{AllocationRequest, AllocationResponse};
+use gaia_api::allocation::{
+    AllocationRequest, AllocationResponse, BatchAllocationRequest, BatchAllocationResponse, BatchResult, ErrorBody,
+    MAX_BATCH,
+};
+use gaia_api::gameserver::GameServerState;
 use gaia_api::token::{JoinClaims, unix_ms};
+use gaia_registry::{Placement, RegistryError, RegistryEvent};
+use tokio::sync::broadcast;
 
 use crate::json::JsonBody;
 use crate::{ApiError, AppState, metrics};
 
+/// A waiting request re-checks at least this often, in case a capacity event was missed
+/// (a lagged subscriber, another process's registry).
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Allocates a world slot (or finds where a world lives) and returns its address and a
+/// join token.
+#[utoipa::path(
+    post,
+    path = "/v1/allocations",
+    request_body = AllocationRequest,
+    responses(
+        (status = 200, description = "Allocated", body = AllocationResponse),
+        (status = 400, description = "Bad request; `error.field` names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "Unknown fleet", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "No capacity before the deadline", body = ErrorBody),
+        (status = 503, description = "Registry unavailable", body = ErrorBody),
+    ),
+    security(("matchmaker" = [])),
+)]
 pub(crate) async fn allocate(
     State(s): State<AppState>,
     body: Result<JsonBody<AllocationRequest>, ApiError>,
 ) -> Result<Json<AllocationResponse>, ApiError> {
-    let started = Instant::now();
-    let result = allocate_inner(&s, body).await;
-    let label = metrics::ResultLabels { result: result.as_ref().map_or_else(ApiError::metric_label, |_| "ok") };
-    s.metrics.allocations.get_or_create(&label).inc();
-    s.metrics.allocation_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
-    result.map(Json)
+    let req = body.map(|JsonBody(req)| req);
+    let asked = req.as_ref().ok().and_then(first_region);
+    counted(&s, asked, async { allocate_one(&s, req?).await }).await.map(Json)
 }
 
-async fn allocate_inner(
+/// A matchmaker's whole cycle: each request answered in order, on its own.
+#[utoipa::path(
+    post,
+    path = "/v1/allocations:batch",
+    request_body = BatchAllocationRequest,
+    responses(
+        (status = 200, description = "One result per request, in order", body = BatchAllocationResponse),
+        (status = 400, description = "Bad batch (not JSON, too many requests)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    ),
+    security(("matchmaker" = [])),
+)]
+pub(crate) async fn batch(
+    State(s): State<AppState>,
+    body: Result<JsonBody<BatchAllocationRequest>, ApiError>,
+) -> Result<Json<BatchAllocationResponse>, ApiError> {
+    let JsonBody(batch) = body?;
+    if batch.requests.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest {
+            field: Some("requests".into()),
+            message: format!("at most {MAX_BATCH} requests per batch, not {}", batch.requests.len()),
+        });
+    }
+    let mut results = Vec::with_capacity(batch.requests.len());
+    for (i, req) in batch.requests.into_iter().enumerate() {
+        let result = counted(&s, first_region(&req), allocate_one(&s, req)).await;
+        results.push(match result {
+            Ok(allocation) => BatchResult { status: 200, allocation: Some(allocation), error: None },
+            Err(e) => {
+                let mut detail = e.detail();
+                detail.field = detail.field.map(|f| format!("requests[{i}].{f}"));
+                BatchResult { status: e.status().as_u16(), allocation: None, error: Some(detail) }
+            }
+        });
+    }
+    Ok(Json(BatchAllocationResponse { results }))
+}
+
+fn first_region(req: &AllocationRequest) -> Option<String> {
+    req.regions.first().cloned()
+}
+
+/// Runs one allocation and records its result, region and latency. `asked` is the
+/// region a failure is counted in.
+async fn counted(
     s: &AppState,
-    body: Result<JsonBody<AllocationRequest>, ApiError>,
+    asked: Option<String>,
+    allocation: impl Future<Output = Result<AllocationResponse, ApiError>>,
 ) -> Result<AllocationResponse, ApiError> {
-    let JsonBody(req) = body?;
+    let started = Instant::now();
+    let result = allocation.await;
+    let result_label = result.as_ref().map_or_else(ApiError::metric_label, |_| "ok");
+    // The region it landed in; for a failure the first one asked for.
+    let region = match &result {
+        Ok(a) => a.region.clone(),
+        Err(_) => asked.unwrap_or_else(|| "any".into()),
+    };
+    s.metrics.allocations.get_or_create(&metrics::AllocationLabels { result: result_label, region }).inc();
+    let label = metrics::ResultLabels { result: result_label };
+    s.metrics.allocation_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn allocate_one(s: &AppState, req: AllocationRequest) -> Result<AllocationResponse, ApiError> {
     req.validate()?;
-    let placement = s.registry.allocate(&req).await?;
+    let placement = place(s, &req).await?;
+    response(s, placement)
+}
+
+/// The registry's allocation, retried on capacity changes until the request's deadline.
+async fn place(s: &AppState, req: &AllocationRequest) -> Result<Placement, ApiError> {
+    let deadline = match req.deadline_ms {
+        Some(ms) if ms > 0 => tokio::time::Instant::now() + Duration::from_millis(ms),
+        _ => return Ok(s.registry.allocate(req).await?),
+    };
+    // Subscribe before the first try, so capacity freed between the try and the wait
+    // still wakes us.
+    let mut events = s.registry.subscribe();
+    let mut waiting = None;
+    loop {
+        match s.registry.allocate(req).await {
+            Err(RegistryError::NoCapacity(why)) if tokio::time::Instant::now() < deadline => {
+                waiting.get_or_insert_with(|| Waiting::new(s));
+                let woke = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + RECHECK), async {
+                    capacity_changed(&mut events, &req.fleet).await
+                })
+                .await;
+                if woke.is_err() && tokio::time::Instant::now() >= deadline {
+                    let waited = req.deadline_ms.unwrap_or_default();
+                    return Err(RegistryError::NoCapacity(format!("{why} (waited {waited} ms)")).into());
+                }
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Returns when an event may have made room in `fleet`.
+async fn capacity_changed(events: &mut broadcast::Receiver<RegistryEvent>, fleet: &str) {
+    loop {
+        match events.recv().await {
+            Ok(RegistryEvent::Released { fleet: f, .. }) if f == fleet => return,
+            Ok(RegistryEvent::StateChanged { fleet: f, state, .. })
+                if f == fleet && matches!(state, GameServerState::Ready | GameServerState::Allocated) =>
+            {
+                return;
+            }
+            Ok(_) => {}
+            // Missed events might have been ours: look again.
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // No more events: the periodic re-check takes over.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// Counts a request in the waiting-for-capacity gauge while it lives.
+struct Waiting(AppState);
+
+impl Waiting {
+    fn new(s: &AppState) -> Self {
+        s.metrics.waiting.inc();
+        Self(s.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.metrics.waiting.dec();
+    }
+}
+
+fn response(s: &AppState, placement: Placement) -> Result<AllocationResponse, ApiError> {
     let server = placement.server;
     let address = server.address.ok_or_else(|| ApiError::NoAddress(server.name.clone()))?;
     let expires_at_ms = match &placement.lease {
@@ -55,4 +211,3 @@ async fn allocate_inner(
         epoch: placement.epoch,
     })
 }
-

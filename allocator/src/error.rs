@@ -1,7 +1,7 @@
 //! The allocator's errors and the one place they become HTTP status codes.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gaia_api::allocation::{ErrorBody, ErrorDetail};
 use gaia_api::fleet::SpecError;
@@ -15,6 +15,14 @@ pub enum ApiError {
     Registry(#[from] RegistryError),
     #[error("game server {0:?} has no address yet")]
     NoAddress(String),
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    /// No bearer token, or one that is not valid here (401, with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid token that may not act on this game server (403).
+    #[error("this token may not act on game server {server:?}")]
+    Forbidden { server: String },
 }
 
 impl From<SpecError> for ApiError {
@@ -30,6 +38,9 @@ impl ApiError {
             Self::BadRequest { .. } => "bad_request",
             Self::Registry(e) => e.metric_label(),
             Self::NoAddress(_) => "no_address",
+            Self::TooLarge(_) => "too_large",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
         }
     }
 
@@ -41,18 +52,30 @@ impl ApiError {
             Self::Registry(AlreadyExists(_) | Conflict(_) | IllegalTransition(_)) => StatusCode::CONFLICT,
             Self::Registry(NoCapacity(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Registry(Unavailable(_)) | Self::NoAddress(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
+    }
+}
+
+impl ApiError {
+    /// The error body's contents.
+    pub fn detail(&self) -> ErrorDetail {
+        let field = match self {
+            Self::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        ErrorDetail { code: self.metric_label().into(), message: self.to_string(), field }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let field = match &self {
-            Self::BadRequest { field, .. } => field.clone(),
-            _ => None,
-        };
-        let body =
-            ErrorBody { error: ErrorDetail { code: self.metric_label().into(), message: self.to_string(), field } };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(ErrorBody { error: self.detail() })).into_response();
+        if let Self::Unauthorized(_) = self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

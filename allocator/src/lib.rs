@@ -4,13 +4,18 @@
 //! (`/v1/gameservers/{name}/...`, including drain, moving a world and watching the own
 //! record), reads of the fleet (`GET /v1/gameservers`) and the operational endpoints
 //! (`/livez`, `/readyz`, `/metrics`). Every handler is a thin shell over the [`Registry`];
-//! errors become status codes in one place, [`ApiError`].
+//! errors become status codes in one place, [`ApiError`]. Bearer tokens guard the
+//! matchmaker and SDK endpoints ([`auth`](crate::auth), docs/architecture.md); [`run`]
+//! serves HTTPS instead of HTTP when given a certificate ([`TlsFiles`]).
 //! Start with [`router`]; [`run`] serves it until shutdown.
 
 mod allocate;
+mod auth;
 mod error;
 mod json;
 pub mod metrics;
+pub mod openapi;
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,9 +43,12 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 use json::JsonBody;
 pub use metrics::Metrics;
+pub use tls::{TlsConfig, TlsError, TlsFiles};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest batch allocation body accepted.
+const MAX_BATCH_BODY: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,11 +57,22 @@ pub struct Config {
     /// Lifetime of a join token for a world that is already running (a new world's token
     /// lives as long as its lease).
     pub join_token_ttl: Duration,
+    /// Bearer tokens matchmakers present on `/v1/allocations` and the fleet reads; any
+    /// one of them is accepted. Empty: those endpoints are open.
+    pub matchmaker_tokens: Vec<String>,
+    /// Derives each game server's SDK token (`TokenKey::sdk_token`); the controller
+    /// hands it out with the same secret. `None`: SDK endpoints are open.
+    pub sdk_secret: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { join_secret: String::new(), join_token_ttl: Duration::from_secs(30) }
+        Self {
+            join_secret: String::new(),
+            join_token_ttl: Duration::from_secs(30),
+            matchmaker_tokens: Vec::new(),
+            sdk_secret: None,
+        }
     }
 }
 
@@ -63,6 +82,9 @@ pub struct AppState {
     pub(crate) key: TokenKey,
     pub(crate) token_ttl: Duration,
     pub(crate) metrics: Arc<Metrics>,
+    auth: Arc<auth::Auth>,
+    /// Serve HTTPS with this instead of HTTP.
+    tls: Option<TlsConfig>,
     /// Everything this process exports on /metrics.
     prometheus: Arc<prometheus_client::registry::Registry>,
     /// Ends long-lived responses (watch streams); [`run`] sets it to its own shutdown so
@@ -83,9 +105,16 @@ impl AppState {
             key: TokenKey::new(config.join_secret.as_bytes()),
             token_ttl: config.join_token_ttl,
             metrics: Arc::new(metrics),
+            auth: Arc::new(auth::Auth::new(&config.matchmaker_tokens, config.sdk_secret.as_deref())),
+            tls: None,
             prometheus,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// [`run`] serves HTTPS only, with `tls` (see [`TlsFiles::load`]).
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        Self { tls: Some(tls), ..self }
     }
 }
 
@@ -106,21 +135,54 @@ pub fn router(state: AppState) -> Router {
         .route("/worlds/{world}/move", post(move_world));
     Router::new()
         .route("/v1/allocations", post(allocate::allocate))
+        // A matchmaker's whole cycle: up to MAX_BATCH requests of a few hundred bytes.
+        .route("/v1/allocations:batch", post(allocate::batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)
+        .route("/openapi.json", get(openapi::serve))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` is cancelled.
+/// Sweeps the registry every `every` until `shutdown` (leases, health, old records; see
+/// [`Registry::sweep`]), counting expired leases. Any number of processes may sweep one
+/// shared registry.
+pub async fn run_sweeper(state: AppState, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => match state.registry.sweep().await {
+                Ok(report) => {
+                    state.metrics.lease_expiries.inc_by(report.expired_leases.len() as u64);
+                }
+                Err(e) => tracing::warn!(error = %e, "registry sweep failed"),
+            },
+        }
+    }
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled: HTTPS only when the
+/// state has TLS ([`AppState::with_tls`]), else HTTP.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "control-plane API listening");
-    let state = AppState { shutdown: shutdown.clone(), ..state };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let tls = state.tls.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = ?listener.local_addr().ok(), scheme, "control-plane API listening");
+    state.auth.warn_if_open();
+    let app = router(AppState { shutdown: shutdown.clone(), ..state });
+    match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+    }
 }
 
 #[derive(Deserialize)]
@@ -128,6 +190,14 @@ struct ListQuery {
     fleet: Option<String>,
 }
 
+/// All game servers, or those of one fleet, sorted by name.
+#[utoipa::path(
+    get,
+    path = "/v1/gameservers",
+    params(("fleet" = Option<String>, Query, description = "Only this fleet's servers")),
+    responses((status = 200, description = "The servers", body = Vec<GameServer>)),
+    security(("matchmaker" = [])),
+)]
 async fn list_servers(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -139,6 +209,17 @@ fn server_name(name: &str) -> Result<(), ApiError> {
     check_name("name", name).map_err(ApiError::from)
 }
 
+/// One game server's record.
+#[utoipa::path(
+    get,
+    path = "/v1/gameservers/{name}",
+    params(("name" = String, Path, description = "Game-server name")),
+    responses(
+        (status = 200, description = "The server", body = GameServer),
+        (status = 404, description = "No such server", body = gaia_api::allocation::ErrorBody),
+    ),
+    security(("matchmaker" = [])),
+)]
 async fn get_server(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<GameServer>, ApiError> {
     server_name(&name)?;
     Ok(Json(s.registry.get(&name).await?))

@@ -1,56 +1,25 @@
 //! The control-plane API through `router()` with `oneshot`: no sockets needed.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures_util::StreamExt;
-use gaia_allocator::{AppState, Config, Metrics, router};
-use gaia_api::allocation::{AllocationResponse, ErrorBody, MoveResponse};
+use gaia_api::allocation::{AllocationResponse, MoveResponse};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_api::token::{TokenKey, unix_ms};
-use gaia_registry::{MemoryRegistry, Registry};
-use serde_json::{Value, json};
+use gaia_registry::Registry;
+use serde_json::json;
 use tower::ServiceExt;
 
-const SECRET: &str = "test-secret";
+use common::{App, SECRET, call, error, ready_server};
 
 fn app() -> (axum::Router, Arc<dyn Registry>) {
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Default::default()));
-    let mut prom = prometheus_client::registry::Registry::default();
-    let metrics = Metrics::new(&mut prom);
-    let config = Config { join_secret: SECRET.into(), ..Default::default() };
-    (router(AppState::new(&config, Arc::clone(&registry), metrics, Arc::new(prom))), registry)
-}
-
-async fn call(app: &axum::Router, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    (status, value)
-}
-
-/// Registers and readies a server through the SDK endpoints.
-async fn ready_server(app: &axum::Router, name: &str, region: &str, worlds: u32) {
-    let body = json!({"fleet":"town","region":region,"address":format!("ws://127.0.0.1:9/{name}"),
-        "worldCapacity":worlds,"playerCapacity":100})
-    .to_string();
-    let (status, v) = call(app, Method::POST, &format!("/v1/gameservers/{name}/register"), &body).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    let (status, v) = call(app, Method::POST, &format!("/v1/gameservers/{name}/ready"), "").await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "Ready");
-}
-
-fn error(v: &Value) -> ErrorBody {
-    serde_json::from_value(v.clone()).unwrap()
+    let app = App::new();
+    (app.router, app.registry)
 }
 
 #[tokio::test]
@@ -165,19 +134,6 @@ async fn sdk_lifecycle_through_http() {
 
     let (status, v) = call(&app, Method::GET, "/v1/gameservers?fleet=town", "").await;
     assert_eq!((status, v.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
-}
-
-#[tokio::test]
-async fn metrics_count_allocations_by_result() {
-    let (app, _) = app();
-    ready_server(&app, "s1", "eu-west", 1).await;
-    call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
-    call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
-    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
-    assert!(text.contains(r#"gaia_allocator_allocations_total{result="ok"} 1"#), "{text}");
-    assert!(text.contains(r#"gaia_allocator_allocations_total{result="no_capacity"} 1"#), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,7 @@ use crate::fleet::SpecError;
 use crate::gameserver::GameServerState;
 
 /// Which server a new world goes to among the candidates that fit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Strategy {
     /// Fill the fullest server that still has room, so empty ones can be scaled down.
     #[default]
@@ -23,7 +23,7 @@ pub enum Strategy {
 }
 
 /// A label requirement, as in Kubernetes' label selectors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelExpression {
     pub key: String,
@@ -33,7 +33,7 @@ pub struct LabelExpression {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Operator {
     /// The label is set to one of the values.
     In,
@@ -59,7 +59,7 @@ impl LabelExpression {
 
 /// Narrows the candidate servers. Selectors are tried in order; the first that matches
 /// any server wins (Agones' semantics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     /// Every pair must be among the server's labels.
@@ -89,7 +89,7 @@ impl Selector {
 
 /// A server count that orders candidates (Agones' Counter priorities, over the two
 /// counters every server has).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PriorityKey {
     /// World slots in use.
@@ -98,7 +98,7 @@ pub enum PriorityKey {
     Players,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Order {
     #[default]
     Ascending,
@@ -108,7 +108,7 @@ pub enum Order {
 /// Orders the servers that match a selector. Packed: breaks ties among the fullest
 /// servers. Distributed: orders all of them (then emptiest first). See `choose` in the
 /// registry crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Priority {
     pub key: PriorityKey,
@@ -117,7 +117,7 @@ pub struct Priority {
 }
 
 /// Set on the chosen server at allocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationMetadata {
     #[serde(default)]
@@ -126,7 +126,7 @@ pub struct AllocationMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationRequest {
     pub fleet: String,
@@ -281,7 +281,7 @@ fn check_keys<'a>(field: &str, keys: impl IntoIterator<Item = &'a String>) -> Re
 }
 
 /// A slot held for a world until its first player joins or the lease expires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
     pub id: String,
@@ -289,7 +289,7 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationResponse {
     pub world_id: String,
@@ -313,7 +313,7 @@ pub struct AllocationResponse {
 
 /// Answer to `POST /v1/gameservers/{name}/worlds/{worldId}/move`: where the world lives
 /// now. The new server holds its slot under a lease until the world starts there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MoveResponse {
     pub world_id: String,
@@ -327,14 +327,14 @@ pub struct MoveResponse {
 
 /// `POST /v1/allocations:batch`: a matchmaker's whole cycle in one call. The requests are
 /// answered in order, each on its own (one failing does not fail the rest).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchAllocationRequest {
     pub requests: Vec<AllocationRequest>,
 }
 
 /// One answer per request, in the same order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchAllocationResponse {
     pub results: Vec<BatchResult>,
@@ -342,7 +342,7 @@ pub struct BatchAllocationResponse {
 
 /// Either the allocation or the error the single endpoint would have answered, with its
 /// HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchResult {
     pub status: u16,
@@ -353,12 +353,12 @@ pub struct BatchResult {
 }
 
 /// Every error the HTTP APIs return has this shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `bad_request`, `no_capacity`.
     pub code: String,

@@ -79,7 +79,7 @@ pub struct GameServerTemplate {
 }
 
 /// Health checking, as Agones' `health` block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthSpec {
     /// How often the SDK pings.

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle state of one game server (Agones names, same meaning).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum GameServerState {
     /// Asked for by the controller; the process may not be running yet.
     Scheduled,
@@ -108,7 +108,7 @@ pub struct IllegalTransition {
 }
 
 /// The live record of one game server, as the registry holds it and the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GameServer {
     pub name: String,
@@ -189,6 +189,17 @@ pub struct RegisterRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub health: crate::fleet::HealthSpec,
+}
+
+impl RegisterRequest {
+    /// The record of a server that registered without being scheduled (started by hand).
+    pub fn record(&self, name: &str) -> GameServer {
+        let mut server =
+            GameServer::scheduled(name, &self.fleet, &self.region, self.world_capacity, self.player_capacity);
+        server.labels = self.labels.clone();
+        server.health = self.health;
+        server
+    }
 }
 
 /// SDK call: set one label on the calling server.

@@ -4,6 +4,12 @@
 //! allocator and the game servers of one deployment share the key. A token names the
 //! world, the server and the player, and expires; the game server refuses a token for
 //! another server, an expired one, or one whose signature does not match.
+//!
+//! SDK tokens ([`TokenKey::sdk_token`]) are the other kind: `{server}.base64url(HMAC-SHA256(
+//! key, "gaia-sdk-v1:" server))`, under a separate SDK secret that only the control plane
+//! and the controller hold. Each game server gets its own and may act only on its own
+//! record. The prefix keeps the two kinds apart: no join token's MAC input (base64url,
+//! which has no ':') can equal an SDK token's.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,6 +91,49 @@ impl TokenKey {
     }
 }
 
+/// Why an SDK token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SdkTokenError {
+    /// Not a token signed with this key (or not a token at all).
+    #[error("bad token")]
+    Bad,
+    /// A valid token, but for another server.
+    #[error("token is for another game server")]
+    OtherServer,
+}
+
+/// The MAC input of an SDK token: domain-separated from join tokens (see the module docs).
+const SDK_TOKEN_PREFIX: &[u8] = b"gaia-sdk-v1:";
+
+impl TokenKey {
+    fn sdk_mac(&self, server: &str) -> [u8; 32] {
+        let mut mac = self.mac(SDK_TOKEN_PREFIX);
+        mac.update(server.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The bearer token with which game server `server` authenticates its SDK calls.
+    /// Deterministic: the control plane recomputes it instead of storing it.
+    pub fn sdk_token(&self, server: &str) -> String {
+        format!("{server}.{}", URL_SAFE_NO_PAD.encode(self.sdk_mac(server)))
+    }
+
+    /// Checks that `token` is the SDK token of `server`, comparing in constant time.
+    /// A token this key signed for another server is [`SdkTokenError::OtherServer`].
+    pub fn verify_sdk_token(&self, token: &str, server: &str) -> Result<(), SdkTokenError> {
+        use subtle::ConstantTimeEq;
+        let (named, signature) = token.rsplit_once('.').ok_or(SdkTokenError::Bad)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| SdkTokenError::Bad)?;
+        if !bool::from(self.sdk_mac(named).as_slice().ct_eq(&signature)) {
+            return Err(SdkTokenError::Bad);
+        }
+        if named != server {
+            return Err(SdkTokenError::OtherServer);
+        }
+        Ok(())
+    }
+}
+
 /// Unix time in milliseconds, as tokens and leases carry it.
 pub fn unix_ms(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -126,5 +175,30 @@ mod tests {
         forged.expires_at_ms = u64::MAX;
         let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
         assert_eq!(key.verify(&format!("{forged_payload}.{sig}"), "s1", 0), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn sdk_tokens_belong_to_one_server() {
+        let key = TokenKey::new("sdk-secret");
+        let token = key.sdk_token("gs-1");
+        assert!(token.starts_with("gs-1."), "{token}");
+        assert_eq!(token, key.sdk_token("gs-1"), "deterministic");
+        assert_eq!(key.verify_sdk_token(&token, "gs-1"), Ok(()));
+        assert_eq!(key.verify_sdk_token(&token, "gs-2"), Err(SdkTokenError::OtherServer));
+        assert_eq!(TokenKey::new("other").verify_sdk_token(&token, "gs-1"), Err(SdkTokenError::Bad));
+        // The name is signed: renaming a valid token does not make one for another server.
+        let (_, sig) = token.rsplit_once('.').unwrap();
+        assert_eq!(key.verify_sdk_token(&format!("gs-2.{sig}"), "gs-2"), Err(SdkTokenError::Bad));
+        for bad in ["", "gs-1", "gs-1.", "gs-1.!!", "."] {
+            assert_eq!(key.verify_sdk_token(bad, "gs-1"), Err(SdkTokenError::Bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sdk_tokens_and_join_tokens_do_not_mix() {
+        let key = TokenKey::new("secret");
+        let join = key.sign(&claims());
+        assert_eq!(key.verify_sdk_token(&join, "s1"), Err(SdkTokenError::Bad));
+        assert_eq!(key.verify(&key.sdk_token("s1"), "s1", 0), Err(TokenError::BadSignature));
     }
 }

@@ -5,6 +5,10 @@
 //! - `gaia gameserver`: one game server, configured by `GAIA_*` variables.
 //! - `gaia loadgen`: matchmaker + bots against an allocator, or against an embedded
 //!   fleet it starts itself; exits non-zero unless the run was clean.
+//! - `gaia sdk-token`: prints a game server's SDK token, for a server started by hand.
+//! - `gaia allocator`: the allocator and SDK API alone (services mode), over an in-memory
+//!   registry or a Redis one shared by several allocator processes.
+//! - `gaia bench-allocations`: the allocator benchmark (docs/benchmarks.md).
 //!
 //! Each subcommand parses its config, then hands over to its library's `run`.
 
@@ -17,6 +21,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gaia_api::fleet::FleetConfig;
 use tokio_util::sync::CancellationToken;
+
+mod allocator;
+mod auth;
+use auth::{ApiAuthArgs, SdkTokenArgs, TlsArgs};
 
 /// mimalloc returns freed memory to the OS more readily than glibc's allocator with its
 /// per-thread arenas: measured, it keeps a game server's memory per connection lower
@@ -39,6 +47,39 @@ enum Command {
     Gameserver(GameserverArgs),
     /// Allocate worlds and drive bots in them, then print a report.
     Loadgen(LoadgenArgs),
+    /// Print the SDK token (GAIA_SDK_TOKEN) of a game server, for one started by hand.
+    SdkToken(SdkTokenArgs),
+    /// Run the allocator and SDK API alone (services mode), over an in-memory or a shared
+    /// Redis registry.
+    Allocator(allocator::AllocatorArgs),
+    /// Register stand-in servers and measure allocations/s and latency against allocators.
+    BenchAllocations(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Allocator base URLs (comma-separated); connections are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7700")]
+    allocator: Vec<String>,
+    #[arg(long, default_value = "bench")]
+    fleet: String,
+    #[arg(long, value_delimiter = ',', default_value = "eu-west,us-east,ap-south")]
+    regions: Vec<String>,
+    /// Stand-in servers to register first; 0 registers none.
+    #[arg(long, default_value_t = 10_000)]
+    servers: usize,
+    #[arg(long, default_value_t = 64)]
+    worlds_per_server: u32,
+    /// Closed-loop connections (requests in flight).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The matchmaker token sent is the first; --sdk-secret signs the servers' SDK calls.
+    #[command(flatten)]
+    auth: ApiAuthArgs,
 }
 
 #[derive(clap::Args)]
@@ -52,6 +93,10 @@ struct RunArgs {
     /// Join-token secret shared with the game servers; random when unset.
     #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true, default_value = "")]
     join_secret: String,
+    #[command(flatten)]
+    auth: ApiAuthArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     stores: StoreArgs,
 }
@@ -114,6 +159,15 @@ struct LoadgenArgs {
     /// Allocations and connects in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// With --allocator: a PEM certificate to trust for an `https://` allocator.
+    #[arg(long, env = "GAIA_ALLOCATOR_CA", value_name = "FILE")]
+    allocator_ca: Option<PathBuf>,
+    /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
+    #[command(flatten)]
+    auth: ApiAuthArgs,
+    /// For the embedded fleet.
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     stores: StoreArgs,
 }
@@ -191,6 +245,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let mut config = gaia_embedded::Config::new(fleet_config(args.config.as_ref())?);
             config.join_secret = args.join_secret;
+            args.auth.apply(&mut config);
+            config.tls = args.tls.files();
             args.stores.apply(&mut config);
             if let Some(path) = args.config.clone() {
                 config.fleet_updates = Some(reload_on_sighup(path, config.fleets.fleets.clone()));
@@ -208,6 +264,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             gaia_gameserver::run(args.config, listener, stop).await?;
         }
         Command::Loadgen(args) => return loadgen(args, shutdown).await,
+        Command::SdkToken(args) => println!("{}", auth::sdk_token(&args)?),
+        Command::Allocator(args) => allocator::run(args, shutdown).await?,
+        Command::BenchAllocations(args) => {
+            let config = gaia_loadgen::allocations::BenchConfig {
+                allocators: args.allocator,
+                fleet: args.fleet,
+                regions: args.regions,
+                servers: args.servers,
+                worlds_per_server: args.worlds_per_server,
+                connections: args.connections,
+                warmup: args.warmup,
+                duration: args.duration,
+                token: args.auth.allocator_tokens.first().cloned(),
+                sdk_secret: args.auth.sdk_secret,
+            };
+            println!("{}", gaia_loadgen::allocations::run(config, shutdown).await?);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -262,6 +335,8 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         duration: args.duration,
         input_rate_hz: args.input_rate,
         connect_concurrency: args.concurrency,
+        allocator_token: args.auth.allocator_tokens.first().cloned(),
+        allocator_ca_file: args.allocator_ca.clone(),
         ..Default::default()
     };
     // With no allocator given, run the embedded fleet here on an ephemeral port.
@@ -274,8 +349,14 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         None => {
             let fleets = fleet_config(args.config.as_ref())?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            config.allocator_url = format!("http://{}", listener.local_addr()?);
             let mut embedded = gaia_embedded::Config::new(fleets);
+            args.auth.apply(&mut embedded);
+            embedded.tls = args.tls.files();
+            let scheme = if embedded.tls.is_some() { "https" } else { "http" };
+            config.allocator_url = format!("{scheme}://{}", listener.local_addr()?);
+            if let Some(tls) = &embedded.tls {
+                config.allocator_ca_file = Some(tls.cert.clone());
+            }
             args.stores.apply(&mut embedded);
             Some(tokio::spawn(gaia_embedded::run(embedded, listener, fleet_stop.clone())))
         }

@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Fleet, REGION, fleet_config, pid_of};
+use common::{Fleet, REGION, fleet_config, pid_of, sdk_token};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_loadgen::{ErrorKind, Report};
 use nix::sys::signal::{Signal, kill};
@@ -161,9 +161,9 @@ async fn drained_servers_move_their_worlds_without_an_error_or_a_lost_tick() {
     let first = fleet.busiest(6).await;
     sleep(Duration::from_secs(2)).await;
 
-    // Through the API, as an operator or the controller would.
+    // Through the API, as an operator would: with the server's SDK token.
     let url = format!("{}/v1/gameservers/{}/drain", fleet.url, first.name);
-    let drained = fleet.http.post(&url).send().await.unwrap();
+    let drained = fleet.http.post(&url).bearer_auth(sdk_token(&first.name)).send().await.unwrap();
     assert!(drained.status().is_success(), "POST {url}: {}", drained.status());
     let asked = Instant::now();
     fleet
@@ -240,7 +240,7 @@ async fn drain_of_a_server_hosting_50_worlds() {
 
     let url = format!("{}/v1/gameservers/{}/drain", fleet.url, busy.name);
     let asked = Instant::now();
-    assert!(fleet.http.post(&url).send().await.unwrap().status().is_success());
+    assert!(fleet.http.post(&url).bearer_auth(sdk_token(&busy.name)).send().await.unwrap().status().is_success());
     fleet
         .wait_for(Duration::from_secs(10), "the drained server hands over its 50 worlds", |servers| {
             let left = servers.iter().find(|s| s.name == busy.name).map_or(0, |s| s.worlds);

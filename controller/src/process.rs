@@ -38,6 +38,8 @@ pub struct ServerIdentity<'a> {
     pub region: &'a str,
     pub sdk_url: &'a str,
     pub join_secret: &'a str,
+    /// This server's SDK token (`GAIA_SDK_TOKEN`), when the control plane checks them.
+    pub sdk_token: Option<&'a str>,
     /// The deployment's settings for every server (checkpoint stores); the template may
     /// override them.
     pub env: &'a BTreeMap<String, String>,
@@ -64,8 +66,18 @@ pub fn server_env(spec: &FleetSpec, id: ServerIdentity<'_>) -> BTreeMap<String, 
         ("GAIA_EXIT_WITH_PARENT", "1".to_string()),
     ];
     env.extend(identity.into_iter().map(|(k, v)| (k.to_string(), v)));
+    match id.sdk_token {
+        Some(token) => env.insert("GAIA_SDK_TOKEN".to_string(), token.to_string()),
+        None => env.remove("GAIA_SDK_TOKEN"),
+    };
     env
 }
+
+/// Variables of this process that a game server must not inherit: the secrets from
+/// which every server's SDK token, or a matchmaker's access, follows. (A server gets its
+/// own token, `GAIA_SDK_TOKEN`, from [`server_env`]; one inherited from this process would
+/// be another's.)
+pub const WITHHELD_ENV: [&str; 3] = ["GAIA_SDK_SECRET", "GAIA_ALLOCATOR_TOKENS", "GAIA_SDK_TOKEN"];
 
 /// The command that starts one game server: the template's program and arguments with
 /// [`server_env`] added to this process's environment, stdin closed, stdout and stderr
@@ -76,6 +88,9 @@ pub fn command(spec: &FleetSpec, id: ServerIdentity<'_>) -> Option<(PathBuf, tok
     let exe = std::env::current_exe().ok();
     let program = resolve_program(program, exe.as_deref().and_then(Path::parent));
     let mut command = tokio::process::Command::new(&program);
+    for key in WITHHELD_ENV {
+        command.env_remove(key);
+    }
     command
         .args(args)
         .envs(server_env(spec, id))
@@ -119,6 +134,7 @@ fleets:
             region: "eu",
             sdk_url: "http://127.0.0.1:7700",
             join_secret: "s3cret",
+            sdk_token: Some("town-eu-abcde.c2lnbmF0dXJl"),
             env: &ENV,
         }
     }
@@ -142,6 +158,7 @@ fleets:
         assert_eq!(get("GAIA_REGION"), Some("eu"));
         assert_eq!(get("GAIA_SDK_URL"), Some("http://127.0.0.1:7700"));
         assert_eq!(get("GAIA_JOIN_SECRET"), Some("s3cret"));
+        assert_eq!(get("GAIA_SDK_TOKEN"), Some("town-eu-abcde.c2lnbmF0dXJl"));
         assert_eq!(get("GAIA_WORLD_CAPACITY"), Some("20"));
         assert_eq!(get("GAIA_PLAYER_CAPACITY"), Some("600"));
         assert_eq!(get("GAIA_WORLD_PLAYER_CAPACITY"), Some("30"));
@@ -158,6 +175,25 @@ fleets:
         let mut plain = spec();
         plain.template.env.clear();
         assert_eq!(server_env(&plain, id()).get("GAIA_LISTEN").map(String::as_str), Some("127.0.0.1:0"));
+    }
+
+    #[test]
+    fn the_sdk_token_is_the_controller_s_to_give() {
+        let mut spoofing = spec();
+        spoofing.template.env.insert("GAIA_SDK_TOKEN".into(), "someone-else.token".into());
+        let env = server_env(&spoofing, id());
+        assert_eq!(env.get("GAIA_SDK_TOKEN").map(String::as_str), Some("town-eu-abcde.c2lnbmF0dXJl"));
+        let env = server_env(&spoofing, ServerIdentity { sdk_token: None, ..id() });
+        assert_eq!(env.get("GAIA_SDK_TOKEN"), None, "no SDK auth: no token at all");
+
+        // The secrets behind every token are not inherited from the controller's environment.
+        let (_, command) = command(&spec(), id()).expect("a command");
+        let envs: BTreeMap<_, _> = command.as_std().get_envs().collect();
+        for key in WITHHELD_ENV {
+            let key = std::ffi::OsStr::new(key);
+            let expected = (key == "GAIA_SDK_TOKEN").then(|| std::ffi::OsStr::new("town-eu-abcde.c2lnbmF0dXJl"));
+            assert_eq!(envs.get(key).copied(), Some(expected), "{key:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use gaia_api::fleet::{DesiredReplicas, FleetSpec};
 use gaia_api::gameserver::{GameServer, GameServerState};
+use gaia_api::token::TokenKey;
 use gaia_registry::{Registry, RegistryError};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -33,6 +34,9 @@ pub struct Config {
     pub sdk_url: String,
     /// Join-token secret handed to every game server (`GAIA_JOIN_SECRET`).
     pub join_secret: String,
+    /// The control plane's SDK secret: each game server gets its own SDK token derived
+    /// from it (`GAIA_SDK_TOKEN`), never the secret. `None`: no token (SDK auth off).
+    pub sdk_secret: Option<String>,
     /// Reconcile at least this often.
     pub reconcile_every: Duration,
     /// How long a server asked to stop (scale-down, shutdown) has to exit before SIGKILL.
@@ -52,6 +56,7 @@ impl Default for Config {
         Self {
             sdk_url: "http://127.0.0.1:7700".into(),
             join_secret: String::new(),
+            sdk_secret: None,
             reconcile_every: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
             env: BTreeMap::new(),
@@ -112,7 +117,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(config.reconcile_every.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut updates = config.updates.clone();
-    let mut controller = Controller { config, fleets, registry, children: BTreeMap::new() };
+    let sdk_key = config.sdk_secret.as_deref().filter(|s| !s.is_empty()).map(TokenKey::new);
+    let mut controller = Controller { config, sdk_key, fleets, registry, children: BTreeMap::new() };
     let mut watching = true;
     loop {
         tokio::select! {
@@ -141,6 +147,8 @@ pub async fn run(
 
 struct Controller {
     config: Config,
+    /// Derives the SDK tokens of the servers started ([`Config::sdk_secret`]).
+    sdk_key: Option<TokenKey>,
     fleets: Vec<FleetSpec>,
     registry: Arc<dyn Registry>,
     children: BTreeMap<String, Child>,
@@ -283,11 +291,13 @@ impl Controller {
         record.health = spec.health;
         self.registry.schedule(record).await?;
 
+        let sdk_token = self.sdk_key.as_ref().map(|key| key.sdk_token(&name));
         let id = ServerIdentity {
             name: &name,
             region,
             sdk_url: &self.config.sdk_url,
             join_secret: &self.config.join_secret,
+            sdk_token: sdk_token.as_deref(),
             env: &self.config.env,
         };
         let spawned = match process::command(spec, id) {

@@ -34,6 +34,7 @@ fn stubborn_server() -> String {
 }
 
 const WAIT: Duration = Duration::from_secs(5);
+const SDK_SECRET: &str = "sdk-secret";
 
 struct TestDir(PathBuf);
 
@@ -92,6 +93,7 @@ impl Fixture {
         let config = Config {
             sdk_url: "http://127.0.0.1:9".into(),
             join_secret: "test-secret".into(),
+            sdk_secret: Some(SDK_SECRET.into()),
             reconcile_every: Duration::from_millis(50),
             stop_grace,
             updates: Some(updates),
@@ -221,8 +223,10 @@ async fn starts_desired_servers_and_replaces_one_that_dies() {
     assert_eq!(record.health.period_seconds, 1);
     assert_eq!((record.world_capacity, record.player_capacity), (4, 100));
     let env = fx.env(&name);
+    let sdk_token = gaia_api::token::TokenKey::new(SDK_SECRET).sdk_token(&name);
     for (key, want) in [
         ("GAIA_SERVER_NAME", name.as_str()),
+        ("GAIA_SDK_TOKEN", sdk_token.as_str()),
         ("GAIA_FLEET", "town"),
         ("GAIA_REGION", "eu"),
         ("GAIA_SDK_URL", "http://127.0.0.1:9"),
@@ -236,6 +240,7 @@ async fn starts_desired_servers_and_replaces_one_that_dies() {
     ] {
         assert_eq!(env.get(key).map(String::as_str), Some(want), "{key}");
     }
+    assert!(!env.contains_key("GAIA_SDK_SECRET"), "the server gets its token, not the secret");
 
     kill(victim, Signal::SIGKILL).unwrap();
     let replaced = eventually("the dead server marked Unhealthy and replaced", async || {

@@ -9,6 +9,12 @@
 //! Checkpoints: the game servers get [`Config::redis_url`] and [`Config::database_url`]
 //! (`GAIA_REDIS_URL`, `GAIA_DATABASE_URL`). With neither set, worlds are checkpointed to
 //! a SQLite file under [`Config::data_dir`], so the embedded fleet needs no service.
+//!
+//! Authentication: SDK calls always need the calling server's own token here: with no
+//! [`Config::sdk_secret`] a random one is made at start and handed to the allocator and
+//! the controller, which gives each game server its token. Matchmakers need a token only
+//! when [`Config::matchmaker_tokens`] names some. With [`Config::tls`] the API serves
+//! HTTPS only, and the game servers are told to trust its certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +23,8 @@ use gaia_api::fleet::FleetConfig;
 use gaia_registry::{MemoryRegistry, Registry, RegistryConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use gaia_allocator::TlsFiles;
 
 /// The fleet `gaia run` and `gaia loadgen` use when given no `--config`:
 /// examples/fleet.yaml, one AI-Town-style fleet in two regions.
@@ -27,6 +35,16 @@ pub struct Config {
     pub fleets: FleetConfig,
     /// Signs join tokens; handed to every game server. Random when empty.
     pub join_secret: String,
+    /// Bearer tokens matchmakers present (`/v1/allocations`, the fleet reads); empty:
+    /// those endpoints are open.
+    pub matchmaker_tokens: Vec<String>,
+    /// Derives each game server's SDK token; random when unset, so SDK calls are always
+    /// authenticated. Set it to compute tokens outside (`gaia sdk-token`).
+    pub sdk_secret: Option<String>,
+    /// Serve the API over HTTPS only, with this certificate and key. The game servers
+    /// reach it at `https://{listen address}` and trust the certificate
+    /// (`GAIA_SDK_CA_FILE`), so it must name that address.
+    pub tls: Option<TlsFiles>,
     pub registry: RegistryConfig,
     /// How often leases and health are checked.
     pub sweep_every: Duration,
@@ -48,6 +66,9 @@ impl Config {
         Self {
             fleets,
             join_secret: String::new(),
+            matchmaker_tokens: Vec::new(),
+            sdk_secret: None,
+            tls: None,
             registry: RegistryConfig::default(),
             sweep_every: Duration::from_millis(250),
             controller_reconcile: Duration::from_millis(500),
@@ -78,6 +99,12 @@ impl Config {
         if let Some(url) = database {
             env.insert("GAIA_DATABASE_URL".to_string(), url);
         }
+        if let Some(tls) = &self.tls {
+            let cert = std::fs::canonicalize(&tls.cert).map_err(|e| {
+                Error::Tls(gaia_allocator::TlsError::Cert { path: tls.cert.clone(), message: e.to_string() })
+            })?;
+            env.insert("GAIA_SDK_CA_FILE".to_string(), cert.display().to_string());
+        }
         Ok(env)
     }
 }
@@ -92,6 +119,8 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("data directory {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] gaia_allocator::TlsError),
 }
 
 impl Error {
@@ -101,38 +130,48 @@ impl Error {
             Self::Controller(_) => "controller",
             Self::Join(_) => "join",
             Self::DataDir(..) => "data_dir",
+            Self::Tls(_) => "tls",
         }
     }
 }
 
 /// Runs the embedded fleet on `listener` until `shutdown` (or until a part fails).
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
-    let url = format!("http://{}", listener.local_addr().map_err(Error::Api)?);
+    // A bad certificate stops the fleet before anything starts.
+    let tls = config.tls.as_ref().map(TlsFiles::load).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().map_err(Error::Api)?);
     let server_env = config.server_env()?;
-    let join_secret = if config.join_secret.is_empty() {
-        uuid::Uuid::new_v4().simple().to_string()
-    } else {
-        config.join_secret.clone()
-    };
+    let random = || uuid::Uuid::new_v4().simple().to_string();
+    let join_secret = if config.join_secret.is_empty() { random() } else { config.join_secret.clone() };
+    let sdk_secret = config.sdk_secret.clone().filter(|s| !s.is_empty()).unwrap_or_else(random);
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(config.registry.clone()));
     let mut prometheus = prometheus_client::registry::Registry::default();
     let allocator_metrics = gaia_allocator::Metrics::new(&mut prometheus);
     let controller_metrics = Arc::new(gaia_controller::Metrics::new(&mut prometheus));
     let autoscaler_metrics = Arc::new(gaia_fleet_autoscaler::Metrics::new(&mut prometheus));
-    let allocator_config = gaia_allocator::Config { join_secret: join_secret.clone(), ..Default::default() };
-    let state = gaia_allocator::AppState::new(
+    let allocator_config = gaia_allocator::Config {
+        join_secret: join_secret.clone(),
+        matchmaker_tokens: config.matchmaker_tokens.clone(),
+        sdk_secret: Some(sdk_secret.clone()),
+        ..Default::default()
+    };
+    let mut state = gaia_allocator::AppState::new(
         &allocator_config,
         Arc::clone(&registry),
         allocator_metrics,
         Arc::new(prometheus),
     );
+    if let Some(tls) = tls {
+        state = state.with_tls(tls);
+    }
 
     // Every part runs under `parts`, and the API or the controller ending for any reason
     // ends them all. The API has its own token so it outlives the controller's goodbyes.
     let parts = shutdown.child_token();
     let api_stop = CancellationToken::new();
+    let sweeper = tokio::spawn(gaia_allocator::run_sweeper(state.clone(), config.sweep_every, parts.clone()));
     let api = tokio::spawn(stop_all_after(parts.clone(), gaia_allocator::run(listener, state, api_stop.clone())));
-    let sweeper = tokio::spawn(gaia_registry::run_sweeper(Arc::clone(&registry), config.sweep_every, parts.clone()));
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::initial_desired(&config.fleets));
     let autoscaler = tokio::spawn(gaia_fleet_autoscaler::run(
         config.fleets.clone(),
@@ -144,6 +183,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let controller_config = gaia_controller::Config {
         sdk_url: url.clone(),
         join_secret,
+        sdk_secret: Some(sdk_secret),
         reconcile_every: config.controller_reconcile,
         env: server_env,
         updates: config.fleet_updates.clone(),

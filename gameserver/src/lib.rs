@@ -62,6 +62,14 @@ pub struct Config {
     /// Control-plane URL for the SDK. Unset: run standalone, telling nobody.
     #[arg(long, env = "GAIA_SDK_URL")]
     pub sdk_url: Option<String>,
+    /// This server's SDK token, sent on every SDK call (the controller sets it; a
+    /// control plane with an SDK secret refuses calls without it).
+    #[arg(long, env = "GAIA_SDK_TOKEN", hide_env_values = true)]
+    pub sdk_token: Option<String>,
+    /// A PEM certificate to trust for an `https://` control plane, besides the public
+    /// roots (a private CA, or the control plane's self-signed certificate).
+    #[arg(long, env = "GAIA_SDK_CA_FILE")]
+    pub sdk_ca_file: Option<std::path::PathBuf>,
     /// Verifies join tokens; the allocator signs them with the same secret.
     #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true)]
     pub join_secret: String,
@@ -141,6 +149,8 @@ impl Default for Config {
             fleet: "town".into(),
             region: "local".into(),
             sdk_url: None,
+            sdk_token: None,
+            sdk_ca_file: None,
             join_secret: String::new(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             advertise_host: None,
@@ -518,7 +528,12 @@ pub async fn run_world<W: World>(
 /// Registers with the control plane and marks the server Ready. Retries for a while:
 /// the control plane may still be starting.
 async fn connect(config: &Config, url: &str, address: &str) -> Result<Sdk, Error> {
-    let sdk = Sdk::new(url, &config.name)?;
+    let mut sdk = Sdk::new(url, &config.name)?.with_token(config.sdk_token.clone())?;
+    if let Some(path) = &config.sdk_ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| Error::Config(format!("GAIA_SDK_CA_FILE {}: {e}", path.display())))?;
+        sdk = sdk.with_root_certificate(&pem)?;
+    }
     let req = RegisterRequest {
         fleet: config.fleet.clone(),
         region: config.region.clone(),

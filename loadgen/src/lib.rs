@@ -15,6 +15,7 @@
 //!
 //! Start with [`run`]; [`wait_ready`] waits for the fleet to have servers to allocate.
 
+pub mod allocations;
 mod bot;
 mod matchmaker;
 mod report;
@@ -48,6 +49,10 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// The allocator's base URL, e.g. `http://127.0.0.1:7700`.
     pub allocator_url: String,
+    /// Matchmaker bearer token, sent on allocations and fleet reads.
+    pub allocator_token: Option<String>,
+    /// A PEM certificate to trust for an `https://` allocator, besides the public roots.
+    pub allocator_ca_file: Option<std::path::PathBuf>,
     pub fleet: String,
     /// Regions to spread worlds over, in order; empty: every region the fleet has servers in.
     pub regions: Vec<String>,
@@ -73,6 +78,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             allocator_url: "http://127.0.0.1:7700".into(),
+            allocator_token: None,
+            allocator_ca_file: None,
             fleet: "town".into(),
             regions: Vec::new(),
             bots: 1000,
@@ -101,8 +108,21 @@ impl Config {
     }
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder().build().context("building the HTTP client")
+/// The client for the allocator: its token on every request, its certificate trusted.
+fn http_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(token) = &config.allocator_token {
+        let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .context("the allocator token is not a valid header value")?;
+        value.set_sensitive(true);
+        builder = builder.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());
+    }
+    if let Some(path) = &config.allocator_ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("in {}", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().context("building the HTTP client")
 }
 
 async fn list_servers(http: &reqwest::Client, config: &Config) -> Result<Vec<GameServer>, String> {
@@ -164,7 +184,7 @@ fn describe(servers: &[GameServer]) -> String {
 /// or every region seen) has a Ready or Allocated server with an address. Returns the
 /// regions; fails after `ready_timeout` naming what was missing.
 pub async fn wait_ready(config: &Config) -> anyhow::Result<Vec<String>> {
-    let http = http_client()?;
+    let http = http_client(config)?;
     let deadline = Instant::now() + config.ready_timeout;
     loop {
         let why = match list_servers(&http, config).await {
@@ -363,7 +383,7 @@ async fn world(ctx: Arc<Ctx>, plan: WorldPlan, members: Vec<(usize, Settled)>) -
 /// when `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
     config.validate()?;
-    let http = http_client()?;
+    let http = http_client(&config)?;
     let servers = list_servers(&http, &config).await.map_err(anyhow::Error::msg)?;
     let before = resources::sample(&http, &servers).await;
     let regions = if config.regions.is_empty() {

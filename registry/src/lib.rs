@@ -13,14 +13,16 @@
 pub mod choose;
 mod error;
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use gaia_api::allocation::{AllocationRequest, Lease};
 use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
 
+pub use self::redis::RedisRegistry;
 pub use choose::{OpenIndex, choose};
 pub use error::RegistryError;
-pub use memory::{MemoryRegistry, RegistryConfig, run_sweeper};
+pub use memory::{MemoryRegistry, RegistryConfig};
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 

@@ -338,12 +338,8 @@ impl Registry for MemoryRegistry {
 
     async fn register(&self, name: &str, req: RegisterRequest) -> Result<GameServer> {
         if !self.fleet_of.contains_key(name) {
-            let mut server =
-                GameServer::scheduled(name, &req.fleet, &req.region, req.world_capacity, req.player_capacity);
-            server.labels = req.labels.clone();
-            server.health = req.health;
             // A concurrent register of the same name lost the race: fall through to update.
-            match self.schedule(server).await {
+            match self.schedule(req.record(name)).await {
                 Ok(_) | Err(RegistryError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -669,21 +665,5 @@ fn sweep_fleet(
     for name in old {
         fleet.remove_server(&name);
         report.removed.push(name);
-    }
-}
-
-/// Sweeps `registry` every `every` until `shutdown`.
-pub async fn run_sweeper(registry: Arc<dyn Registry>, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {
-                if let Err(e) = registry.sweep().await {
-                    tracing::warn!(error = %e, "registry sweep failed");
-                }
-            }
-        }
     }
 }

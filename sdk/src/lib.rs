@@ -11,6 +11,13 @@
 //!
 //! Start with [`Sdk::from_env`] in a process the controller started, then
 //! [`Sdk::register`], [`Sdk::ready`], [`Sdk::spawn_health`] and [`Sdk::spawn_watch`].
+//!
+//! Every call, the watch stream included, carries this server's SDK token
+//! (`GAIA_SDK_TOKEN`, [`Sdk::with_token`]) as `Authorization: Bearer`, when it has one:
+//! a control plane with an SDK secret refuses calls without it (401) and calls on
+//! another server's record (403). An `https://` control plane is reached with rustls,
+//! trusting the usual public roots and, if given, one more ([`Sdk::with_root_certificate`],
+//! `GAIA_SDK_CA_FILE`).
 
 use std::time::Duration;
 
@@ -77,32 +84,70 @@ pub struct Sdk {
     /// `{base}/v1/gameservers/{name}`
     server_url: String,
     name: String,
+    /// `Authorization` header value, marked sensitive (never logged).
+    auth: Option<reqwest::header::HeaderValue>,
 }
 
 impl Sdk {
     /// `base_url` is the control plane (`http://127.0.0.1:7700`), `name` this server's name.
     pub fn new(base_url: &str, name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).build()?;
-        // Keepalive probes notice a control plane that vanished without closing (~25 s).
-        let streaming = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(Duration::from_secs(10))
-            .tcp_keepalive_interval(Duration::from_secs(5))
-            .tcp_keepalive_retries(3)
-            .build()?;
+        let (http, streaming) = clients(None)?;
         let server_url = format!("{}/v1/gameservers/{name}", base_url.trim_end_matches('/'));
-        Ok(Self { http, streaming, server_url, name })
+        Ok(Self { http, streaming, server_url, name, auth: None })
     }
 
-    /// From `GAIA_SDK_URL` and `GAIA_SERVER_NAME`, as the controller sets them.
+    /// Sends `token` (this server's SDK token) on every call; `None` sends none.
+    pub fn with_token(mut self, token: Option<String>) -> Result<Self> {
+        self.auth = match token {
+            Some(token) => {
+                let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    SdkError::Env { name: "GAIA_SDK_TOKEN", message: "not a valid header value".into() }
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// Trusts `pem` (a PEM certificate: a private CA, or the control plane's own
+    /// self-signed one) for an `https://` control plane, besides the public roots.
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self> {
+        let cert = reqwest::Certificate::from_pem(pem)?;
+        (self.http, self.streaming) = clients(Some(cert))?;
+        Ok(self)
+    }
+
+    /// From `GAIA_SDK_URL` and `GAIA_SERVER_NAME`, as the controller sets them, and the
+    /// optional `GAIA_SDK_TOKEN` and `GAIA_SDK_CA_FILE`.
     pub fn from_env() -> Result<Self> {
-        let var = |name: &'static str| std::env::var(name).map_err(|e| SdkError::Env { name, message: e.to_string() });
-        Self::new(&var("GAIA_SDK_URL")?, var("GAIA_SERVER_NAME")?)
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Sdk::from_env`] with the variables looked up in `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |name: &'static str| var(name).ok_or_else(|| SdkError::Env { name, message: "not set".into() });
+        let mut sdk = Self::new(&required("GAIA_SDK_URL")?, required("GAIA_SERVER_NAME")?)?
+            .with_token(var("GAIA_SDK_TOKEN").filter(|t| !t.is_empty()))?;
+        if let Some(path) = var("GAIA_SDK_CA_FILE").filter(|p| !p.is_empty()) {
+            let pem = std::fs::read(&path)
+                .map_err(|e| SdkError::Env { name: "GAIA_SDK_CA_FILE", message: format!("{path}: {e}") })?;
+            sdk = sdk.with_root_certificate(&pem)?;
+        }
+        Ok(sdk)
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Some(auth) => req.header(reqwest::header::AUTHORIZATION, auth.clone()),
+            None => req,
+        }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -112,7 +157,7 @@ impl Sdk {
         path: &str,
         body: Option<&(impl serde::Serialize + Sync)>,
     ) -> Result<Option<T>> {
-        let mut req = self.http.request(method, format!("{}{path}", self.server_url));
+        let mut req = self.authorized(self.http.request(method, format!("{}{path}", self.server_url)));
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -260,7 +305,7 @@ impl Sdk {
     /// stream ends or fails.
     async fn watch_once(&self, tx: &watch::Sender<Option<GameServer>>, received: &mut u64) -> Result<()> {
         const CALL: &str = "watch";
-        let mut resp = self.streaming.get(format!("{}/watch", self.server_url)).send().await?;
+        let mut resp = self.authorized(self.streaming.get(format!("{}/watch", self.server_url))).send().await?;
         if !resp.status().is_success() {
             return Err(refused(CALL, resp).await);
         }
@@ -304,6 +349,26 @@ impl Sdk {
             }
         })
     }
+}
+
+/// The client for calls and the one for the watch stream, trusting `root` besides the
+/// public roots.
+fn clients(root: Option<reqwest::Certificate>) -> Result<(reqwest::Client, reqwest::Client)> {
+    let with_root = |builder: reqwest::ClientBuilder| match &root {
+        Some(root) => builder.add_root_certificate(root.clone()),
+        None => builder,
+    };
+    let http = with_root(reqwest::Client::builder().timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT)).build()?;
+    // Keepalive probes notice a control plane that vanished without closing (~25 s).
+    let streaming = with_root(
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(10))
+            .tcp_keepalive_interval(Duration::from_secs(5))
+            .tcp_keepalive_retries(3),
+    )
+    .build()?;
+    Ok((http, streaming))
 }
 
 /// The error for a call the control plane answered with a failure status.

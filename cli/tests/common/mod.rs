@@ -13,6 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 pub const POLL: Duration = Duration::from_millis(100);
 pub const REGION: &str = "local";
+/// The fleets' SDK secret, so tests can act as a server (or an operator) does.
+pub const SDK_SECRET: &str = "test-sdk-secret";
+
+/// The SDK token of game server `name` under [`SDK_SECRET`].
+pub fn sdk_token(name: &str) -> String {
+    gaia_api::token::TokenKey::new(SDK_SECRET).sdk_token(name)
+}
 
 pub struct Fleet {
     pub name: String,
@@ -44,17 +51,30 @@ fleets:
     );
     let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
     config.data_dir = std::env::temp_dir().join(format!("gaia-test-{}-{name}", std::process::id()));
+    config.sdk_secret = Some(SDK_SECRET.into());
     config
 }
 
 impl Fleet {
     /// Runs the embedded fleet `config` (its first fleet named `name`) on an ephemeral port.
+    /// `http` is a matchmaker's client: it sends the first matchmaker token, if any, and
+    /// trusts the fleet's certificate, if it has one.
     pub async fn launch(name: &str, config: gaia_embedded::Config) -> Fleet {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let mut http = reqwest::Client::builder();
+        if let Some(token) = config.matchmaker_tokens.first() {
+            let auth = reqwest::header::HeaderValue::try_from(format!("Bearer {token}")).unwrap();
+            http = http.default_headers([(reqwest::header::AUTHORIZATION, auth)].into_iter().collect());
+        }
+        if let Some(tls) = &config.tls {
+            http =
+                http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&tls.cert).unwrap()).unwrap());
+        }
         let shutdown = CancellationToken::new();
         let run = tokio::spawn(gaia_embedded::run(config, listener, shutdown.clone()));
-        Fleet { name: name.into(), url, http: reqwest::Client::new(), shutdown, run }
+        Fleet { name: name.into(), url, http: http.build().unwrap(), shutdown, run }
     }
 
     pub async fn servers(&self) -> Vec<GameServer> {

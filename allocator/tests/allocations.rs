@@ -1,0 +1,202 @@
+//! The matchmaker's side of the allocator: waiting for capacity until a deadline, the
+//! batch endpoint, bad requests, the OpenAPI description and the allocation metrics.
+//! Through `router()` with `oneshot`, on tokio's paused clock where time matters.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use gaia_api::allocation::{AllocationRequest, BatchAllocationResponse, MAX_BATCH, Selector};
+use gaia_api::gameserver::GameServerState;
+use serde_json::{Value, json};
+
+use common::{App, call, error};
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_until_its_deadline_for_a_server_to_become_ready() {
+    let app = App::new();
+    app.register("s1", "eu", 1).await;
+    let waiting = tokio::spawn({
+        let router = app.router.clone();
+        async move { call(&router, Method::POST, "/v1/allocations", r#"{"fleet":"town","deadlineMs":2000}"#).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(app.metrics().await.contains("gaia_allocator_waiting_requests 1"));
+    app.registry.transition("s1", GameServerState::Ready).await.unwrap();
+    let (status, v) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["server"], "s1");
+    assert!(app.metrics().await.contains("gaia_allocator_waiting_requests 0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_a_slot_given_back() {
+    let app = App::new();
+    app.ready("s1", "eu", 1).await;
+    let (_, first) = call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    let world = first["worldId"].as_str().unwrap().to_string();
+    let waiting = tokio::spawn({
+        let router = app.router.clone();
+        async move { call(&router, Method::POST, "/v1/allocations", r#"{"fleet":"town","deadlineMs":5000}"#).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.registry.world_ended("s1", &world).await.unwrap();
+    let (status, v) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_ne!(v["worldId"], first["worldId"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_its_deadline_a_request_gets_429_and_leaves_nothing_allocated() {
+    let app = App::new();
+    app.register("s1", "eu", 4).await; // never Ready
+    let started = tokio::time::Instant::now();
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town","deadlineMs":1500}"#).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(started.elapsed(), Duration::from_millis(1500), "answered at the deadline, not before");
+    let e = error(&v);
+    assert_eq!(e.error.code, "no_capacity");
+    assert!(e.error.message.contains("waited 1500 ms"), "{}", e.error.message);
+    // Becoming Ready now finds every slot free: the timed-out request holds nothing.
+    let server = app.registry.transition("s1", GameServerState::Ready).await.unwrap();
+    assert_eq!((server.worlds, server.state), (0, GameServerState::Ready));
+    assert!(app.metrics().await.contains("gaia_allocator_waiting_requests 0"));
+}
+
+#[tokio::test]
+async fn without_a_deadline_no_capacity_is_answered_at_once() {
+    let app = App::new();
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    // No server was ever scheduled in "town": unknown fleet.
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    app.ready("s1", "eu", 1).await;
+    call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town","deadlineMs":0}"#).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_request_in_order() {
+    let app = App::new();
+    app.ready("s1", "eu", 2).await;
+    let body = json!({"requests": [
+        {"fleet":"town","idempotencyKey":"m1"},
+        {"fleet":"arena"},
+        {"fleet":"town","regions":["us"]},
+        {"fleet":"town","selectors":[{"matchExpressions":[{"key":"k","operator":"In"}]}]},
+        {"fleet":"town","idempotencyKey":"m1"},
+        {"fleet":"town"},
+        {"fleet":"town"},
+    ]});
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations:batch", &body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let batch: BatchAllocationResponse = serde_json::from_value(v).unwrap();
+    let statuses: Vec<u16> = batch.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 404, 429, 400, 200, 200, 429]);
+    let world = |i: usize| batch.results[i].allocation.as_ref().unwrap().world_id.clone();
+    assert_eq!(world(0), world(4), "the idempotent repeat in the same batch is the same allocation");
+    assert_ne!(world(0), world(5));
+    let bad = batch.results[3].error.as_ref().unwrap();
+    assert_eq!(bad.field.as_deref(), Some("requests[3].selectors[0].matchExpressions[0].values"));
+    assert_eq!(batch.results[1].error.as_ref().unwrap().code, "fleet_not_found");
+}
+
+#[tokio::test]
+async fn a_batch_too_long_is_refused_whole() {
+    let app = App::new();
+    app.ready("s1", "eu", 2).await;
+    let requests: Vec<Value> = (0..=MAX_BATCH).map(|_| json!({"fleet":"town"})).collect();
+    let body = json!({ "requests": requests }).to_string();
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations:batch", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error(&v).error.field.as_deref(), Some("requests"));
+    assert_eq!(app.registry.get("s1").await.unwrap().worlds, 0, "nothing of a refused batch is allocated");
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_problem() {
+    let app = App::new();
+    app.ready("s1", "eu", 2).await;
+    let cases = [
+        (
+            r#"{"fleet":"town","selectors":[{"minFreePlayers":-1}]}"#,
+            StatusCode::BAD_REQUEST,
+            "selectors[0].minFreePlayers",
+        ),
+        (r#"{"fleet":"town","deadlineMs":-1}"#, StatusCode::BAD_REQUEST, "deadlineMs"),
+        (r#"{"fleet":"town","deadlineMs":3600000}"#, StatusCode::BAD_REQUEST, "deadlineMs"),
+        (
+            r#"{"fleet":"town","selectors":[{"matchExpressions":[{"key":"k","operator":"Near","values":["x"]}]}]}"#,
+            StatusCode::BAD_REQUEST,
+            "selectors[0].matchExpressions[0].operator",
+        ),
+        (r#"{"fleet":"town","priorities":[{"key":"cpu"}]}"#, StatusCode::BAD_REQUEST, "priorities[0].key"),
+        (r#"{"fleet":"town","strategy":"Random"}"#, StatusCode::BAD_REQUEST, "strategy"),
+        (r#"{"fleet":"town","regions":"eu"}"#, StatusCode::BAD_REQUEST, "regions"),
+    ];
+    for (body, want, field) in cases {
+        let (status, v) = call(&app.router, Method::POST, "/v1/allocations", body).await;
+        assert_eq!(status, want, "{body}: {v}");
+        assert_eq!(error(&v).error.field.as_deref(), Some(field), "{body}: {v}");
+    }
+    let huge = format!(r#"{{"fleet":"town","playerId":"{}"}}"#, "p".repeat(70 * 1024));
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations", &huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(error(&v).error.code, "too_large");
+    assert_eq!(app.registry.get("s1").await.unwrap().worlds, 0);
+}
+
+#[tokio::test]
+async fn the_openapi_description_matches_the_types() {
+    let app = App::new();
+    let (status, doc) = call(&app.router, Method::GET, "/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in ["/v1/allocations", "/v1/allocations:batch", "/v1/gameservers", "/v1/gameservers/{name}"] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+    // Every field the allocator reads is in the schema, and nothing else.
+    let schemas = &doc["components"]["schemas"];
+    for (name, example) in [
+        ("AllocationRequest", serde_json::to_value(AllocationRequest::default()).unwrap()),
+        ("Selector", serde_json::to_value(Selector::default()).unwrap()),
+    ] {
+        let mut described: Vec<&String> = schemas[name]["properties"].as_object().unwrap().keys().collect();
+        let mut fields: Vec<&String> = example.as_object().unwrap().keys().collect();
+        described.sort();
+        fields.sort();
+        assert_eq!(described, fields, "{name}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["matchmaker"]["scheme"], "bearer");
+}
+
+#[tokio::test]
+async fn allocations_are_counted_by_result_and_region() {
+    let app = App::new();
+    app.ready("s1", "eu", 1).await;
+    call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town","regions":["us"]}"#).await;
+    let text = app.metrics().await;
+    assert!(text.contains(r#"gaia_allocator_allocations_total{result="ok",region="eu"} 1"#), "{text}");
+    assert!(text.contains(r#"gaia_allocator_allocations_total{result="no_capacity",region="us"} 1"#), "{text}");
+    assert!(text.contains(r#"gaia_allocator_allocation_duration_seconds_count{result="ok"} 1"#), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_counts_expired_leases() {
+    let app = App::new();
+    app.ready("s1", "eu", 1).await;
+    call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(gaia_allocator::run_sweeper(app.state.clone(), Duration::from_secs(1), stop.clone()));
+    // Health pings keep the server alive meanwhile; the lease (30 s) runs out.
+    for _ in 0..35 {
+        app.registry.health("s1").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.cancel();
+    sweeper.await.unwrap();
+    assert!(app.metrics().await.contains("gaia_allocator_lease_expiries_total 1"));
+    assert_eq!(app.registry.get("s1").await.unwrap().worlds, 0);
+}
