@@ -6,7 +6,7 @@
 //! by name. Time is `tokio::time::Instant`, so leases and health timeouts can be tested on
 //! tokio's paused clock; epochs alone read the wall clock (see [`Fleet::bump_epoch`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -79,9 +79,19 @@ struct Fleet {
     open: OpenIndex,
     worlds: HashMap<String, World>,
     idempotent: HashMap<String, (Placement, Instant)>,
+    /// World id -> the idempotency key whose answer placed it.
+    idem_of: HashMap<String, String>,
     /// World id -> last epoch. Outlives the world's placement: a world freed because its
     /// server died, or whose lease expired, keeps its entry, so its next epoch is higher.
     epochs: HashMap<String, Epoch>,
+    /// What the sweep must look at, each in time order, so a sweep costs what expires
+    /// rather than a scan of every world (the lease TTL is fixed, so deadlines come in the
+    /// order they were set). Entries that went stale (a confirmed lease, a reused key, a
+    /// newer epoch) are skipped when they come up.
+    lease_queue: VecDeque<(Instant, String)>,
+    idem_queue: VecDeque<(Instant, String)>,
+    /// (assigned or last checked at, world id).
+    epoch_queue: VecDeque<(Instant, String)>,
 }
 
 pub struct MemoryRegistry {
@@ -238,8 +248,13 @@ impl Fleet {
             Some(e) => (e.last + 1).max(floor),
             None => floor.max(1),
         };
-        self.epochs.insert(world_id.to_string(), Epoch { last: epoch, at: now });
+        self.remember_epoch(world_id, epoch, now);
         epoch
+    }
+
+    fn remember_epoch(&mut self, world_id: &str, last: u64, now: Instant) {
+        self.epochs.insert(world_id.to_string(), Epoch { last, at: now });
+        self.epoch_queue.push_back((now, world_id.to_string()));
     }
 
     /// Assigns `world_id` to `server` (allocation or move): takes a slot there, held by a
@@ -260,7 +275,53 @@ impl Fleet {
         let epoch = self.bump_epoch(world_id, now);
         let world = World { server: server.to_string(), lease: Some((lease.clone(), now + lease_ttl)), epoch };
         self.worlds.insert(world_id.to_string(), world);
+        self.lease_queue.push_back((now + lease_ttl, world_id.to_string()));
         (lease, epoch)
+    }
+
+    /// Keeps `placement` as the answer to idempotency key `key` until `expires`.
+    fn remember_answer(&mut self, key: &str, placement: &Placement, expires: Instant) {
+        self.idempotent.insert(key.to_string(), (placement.clone(), expires));
+        self.idem_of.insert(placement.world_id.clone(), key.to_string());
+        self.idem_queue.push_back((expires, key.to_string()));
+    }
+
+    /// Forgets the idempotent answer that placed `world_id`, if the key still gives it.
+    fn forget_answer_of(&mut self, world_id: &str) {
+        if let Some(key) = self.idem_of.remove(world_id)
+            && self.idempotent.get(&key).is_some_and(|(p, _)| p.world_id == world_id)
+        {
+            self.idempotent.remove(&key);
+        }
+    }
+
+    /// Gives back the slots of leases that ran out by `now`.
+    fn expire_leases(&mut self, now: Instant, report: &mut SweepReport, events: &mut Vec<RegistryEvent>) {
+        while let Some((deadline, world_id)) = self.lease_queue.pop_front() {
+            if deadline > now {
+                self.lease_queue.push_front((deadline, world_id));
+                break;
+            }
+            let expired =
+                self.worlds.get(&world_id).is_some_and(|w| w.lease.as_ref().is_some_and(|(_, d)| *d == deadline));
+            if let Some(world) = expired.then(|| self.worlds.remove(&world_id)).flatten() {
+                self.release_slot(&world.server, now, events);
+                report.expired_leases.push(world_id);
+            }
+        }
+        while let Some((expires, key)) = self.idem_queue.pop_front() {
+            if expires > now {
+                self.idem_queue.push_front((expires, key));
+                break;
+            }
+            // Only the answer this entry was queued for; the key may have been reused since.
+            if self.idempotent.get(&key).is_some_and(|(_, e)| *e == expires)
+                && let Some((placement, _)) = self.idempotent.remove(&key)
+                && self.idem_of.get(&placement.world_id) == Some(&key)
+            {
+                self.idem_of.remove(&placement.world_id);
+            }
+        }
     }
 
     /// The last epoch handed out for `world_id`; 0 when none is remembered.
@@ -271,11 +332,25 @@ impl Fleet {
     /// Forgets the epochs of worlds placed nowhere and last assigned `retention` ago, so
     /// the map does not grow with every world id ever seen. Only entries already below
     /// the wall clock go: the next [`Fleet::bump_epoch`] of such a world starts at the
-    /// clock, above the forgotten value, so epochs stay monotonic.
+    /// clock, above the forgotten value, so epochs stay monotonic. A world still placed
+    /// (or above the clock) is looked at again one retention later.
     fn prune_epochs(&mut self, now: Instant, retention: Duration) {
         let floor = unix_ms(SystemTime::now());
-        let worlds = &self.worlds;
-        self.epochs.retain(|id, e| worlds.contains_key(id) || e.at + retention > now || e.last >= floor);
+        while let Some((at, world_id)) = self.epoch_queue.pop_front() {
+            if at + retention > now {
+                self.epoch_queue.push_front((at, world_id));
+                break;
+            }
+            let Some(epoch) = self.epochs.get(&world_id) else { continue };
+            if epoch.at > at {
+                continue; // assigned again since; that assignment has its own entry
+            }
+            if epoch.at + retention > now || self.worlds.contains_key(&world_id) || epoch.last >= floor {
+                self.epoch_queue.push_back((now, world_id));
+            } else {
+                self.epochs.remove(&world_id);
+            }
+        }
     }
 
     /// Forgets every world and answer that points at `server` (it is gone or terminal).
@@ -439,7 +514,7 @@ impl Registry for MemoryRegistry {
                     let now = Instant::now();
                     // A registry that restarted has forgotten the epoch: remember the
                     // server's, so the next assignment goes above it.
-                    fleet.epochs.insert(world_id.to_string(), Epoch { last: epoch, at: now });
+                    fleet.remember_epoch(world_id, epoch, now);
                     fleet.worlds.insert(world_id.to_string(), World { server: name.to_string(), lease: None, epoch });
                     fleet.take_slot(name, now, events);
                     Ok(())
@@ -453,7 +528,7 @@ impl Registry for MemoryRegistry {
             // Ending a world twice (an SDK retry) is not an error.
             if fleet.worlds.get(world_id).is_some_and(|w| w.server == name) {
                 fleet.worlds.remove(world_id);
-                fleet.idempotent.retain(|_, (p, _)| p.world_id != world_id);
+                fleet.forget_answer_of(world_id);
                 fleet.release_slot(name, Instant::now(), events);
             }
             Ok(())
@@ -574,7 +649,7 @@ fn allocate_locked(
     let server = entry.record.clone();
     let placement = Placement { world_id, player_id, server, lease: Some(lease), epoch };
     if let Some(key) = &req.idempotency_key {
-        fleet.idempotent.insert(key.clone(), (placement.clone(), now + lease_ttl));
+        fleet.remember_answer(key, &placement, now + lease_ttl);
     }
     Ok(placement)
 }
@@ -612,7 +687,7 @@ fn move_locked(
     let (lease, epoch) = fleet.place(world_id, &target, now, lease_ttl, events);
     let server = entry(fleet, &target)?.record.clone();
     // An idempotent repeat of the allocation that placed it must not send players back.
-    fleet.idempotent.retain(|_, (p, _)| p.world_id != world_id);
+    fleet.forget_answer_of(world_id);
     Ok(Placement { world_id: world_id.to_string(), player_id: String::new(), server, lease: Some(lease), epoch })
 }
 
@@ -623,18 +698,7 @@ fn sweep_fleet(
     report: &mut SweepReport,
     events: &mut Vec<RegistryEvent>,
 ) {
-    let expired: Vec<(String, String)> = fleet
-        .worlds
-        .iter()
-        .filter(|(_, w)| w.lease.as_ref().is_some_and(|(_, deadline)| *deadline <= now))
-        .map(|(id, w)| (id.clone(), w.server.clone()))
-        .collect();
-    for (world_id, server) in expired {
-        fleet.worlds.remove(&world_id);
-        fleet.release_slot(&server, now, events);
-        report.expired_leases.push(world_id);
-    }
-    fleet.idempotent.retain(|_, (_, expires)| *expires > now);
+    fleet.expire_leases(now, report, events);
     fleet.prune_epochs(now, config.epoch_retention);
 
     let silent: Vec<String> = fleet
