@@ -52,6 +52,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{Placement, Registry, RegistryConfig, RegistryError, RegistryEvent, Result, SweepReport};
 
+/// Script calls one registry has in flight at once. A burst beyond it waits here, in
+/// order, rather than in the connection's pipeline, where the response timeout would
+/// count the wait and fail calls that Redis then runs anyway (an allocation answered 503
+/// whose slot stays leased until the lease expires).
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Entries each sweep phase handles per script call.
 const SWEEP_BATCH: usize = 500;
 
@@ -108,6 +114,8 @@ pub struct RedisRegistry {
     /// This registry's id in published events, so its forwarder skips its own.
     origin: String,
     events: broadcast::Sender<RegistryEvent>,
+    /// Bounds the script calls in flight ([`MAX_IN_FLIGHT`]).
+    in_flight: tokio::sync::Semaphore,
     /// Stops the event forwarder when the registry is dropped.
     _forwarder: DropGuard,
 }
@@ -139,6 +147,7 @@ impl RedisRegistry {
             scripts: Scripts::new(),
             origin,
             events,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             _forwarder: stop.drop_guard(),
         })
     }
@@ -164,6 +173,8 @@ impl RedisRegistry {
             invocation.arg(*arg);
         }
         let mut conn = self.conn.clone();
+        // Never closed, so acquiring cannot fail.
+        let _permit = self.in_flight.acquire().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let mut reply: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(unavailable)?;
         if reply.len() < 2 {
             return Err(RegistryError::Unavailable(format!("malformed script reply {reply:?}")));
