@@ -200,3 +200,70 @@ async fn the_sweeper_counts_expired_leases() {
     assert!(app.metrics().await.contains("gaia_allocator_lease_expiries_total 1"));
     assert_eq!(app.registry.get("s1").await.unwrap().worlds, 0);
 }
+
+mod arbitrary_bodies {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON-ish bodies built from the request's own vocabulary, so many get past the
+    /// parser and reach validation and the registry.
+    fn body() -> impl Strategy<Value = String> {
+        let atom = prop_oneof![
+            Just("\"town\"".to_string()),
+            Just("\"eu\"".to_string()),
+            Just("-1".to_string()),
+            Just("0".to_string()),
+            Just("4294967296".to_string()),
+            Just("1e400".to_string()),
+            Just("null".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            "\\PC{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        let key = prop_oneof![
+            Just("fleet"),
+            Just("regions"),
+            Just("selectors"),
+            Just("matchExpressions"),
+            Just("operator"),
+            Just("values"),
+            Just("minFreeWorlds"),
+            Just("priorities"),
+            Just("deadlineMs"),
+            Just("worldId"),
+            Just("idempotencyKey"),
+        ];
+        let value = atom.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..4).prop_map(|kv| {
+                    let fields: Vec<String> = kv.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        });
+        prop_oneof![value, "\\PC{0,64}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Whatever arrives, the answer is a 2xx or a 4xx with an error body, never a
+        /// panic or a 500.
+        #[test]
+        fn any_body_gets_an_answer(body in body()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let app = App::new();
+                app.ready("s1", "eu", 2).await;
+                for path in ["/v1/allocations", "/v1/allocations:batch"] {
+                    let (status, v) = call(&app.router, Method::POST, path, &body).await;
+                    assert!(status.is_success() || status.is_client_error(), "{path} {body}: {status} {v}");
+                    if status.is_client_error() {
+                        assert!(!error(&v).error.message.is_empty());
+                    }
+                }
+            });
+        }
+    }
+}
