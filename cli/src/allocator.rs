@@ -27,9 +27,8 @@ pub struct AllocatorArgs {
     /// Join-token secret; the game servers must have the same (`GAIA_JOIN_SECRET`).
     #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true)]
     join_secret: String,
-    /// How long an allocation holds its slot until a player joins.
-    #[arg(long, env = "GAIA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    lease_ttl: Duration,
+    #[command(flatten)]
+    leases: LeaseArgs,
     /// How often this process sweeps the registry.
     #[arg(long, env = "GAIA_SWEEP_EVERY", default_value = "250ms", value_parser = humantime::parse_duration)]
     sweep_every: Duration,
@@ -39,11 +38,27 @@ pub struct AllocatorArgs {
     tls: TlsArgs,
 }
 
+/// How long an allocation holds its slot (`gaia run` and `gaia allocator`).
+#[derive(clap::Args)]
+pub struct LeaseArgs {
+    /// How long an allocation holds its world slot until the first player joins; then
+    /// the slot returns.
+    #[arg(long, env = "GAIA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+}
+
+impl LeaseArgs {
+    pub fn ttl(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(!self.lease_ttl.is_zero(), "--lease-ttl (GAIA_LEASE_TTL) must be more than 0");
+        Ok(self.lease_ttl)
+    }
+}
+
 pub async fn run(args: AllocatorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(!args.join_secret.is_empty(), "--join-secret (GAIA_JOIN_SECRET) must not be empty");
     // Load the certificate before anything else starts, so a bad file fails at once.
     let tls = args.tls.files().map(|files| files.load()).transpose()?;
-    let registry_config = RegistryConfig { lease_ttl: args.lease_ttl, ..Default::default() };
+    let registry_config = RegistryConfig { lease_ttl: args.leases.ttl()?, ..Default::default() };
     let registry: Arc<dyn Registry> = match &args.redis_url {
         Some(url) => Arc::new(
             gaia_registry::redis::RedisRegistry::connect(url, &args.redis_prefix, registry_config)

@@ -98,6 +98,8 @@ struct RunArgs {
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
+    leases: allocator::LeaseArgs,
+    #[command(flatten)]
     stores: StoreArgs,
 }
 
@@ -245,6 +247,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let mut config = gaia_embedded::Config::new(fleet_config(args.config.as_ref())?);
             config.join_secret = args.join_secret;
+            config.registry.lease_ttl = args.leases.ttl()?;
             args.auth.apply(&mut config);
             config.tls = args.tls.files();
             args.stores.apply(&mut config);
