@@ -134,16 +134,16 @@ async fn place(s: &AppState, req: &AllocationRequest) -> Result<Placement, ApiEr
     let mut waiting = None;
     loop {
         match s.registry.allocate(req).await {
-            Err(RegistryError::NoCapacity(why)) if tokio::time::Instant::now() < deadline => {
-                waiting.get_or_insert_with(|| Waiting::new(s));
-                let woke = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + RECHECK), async {
-                    capacity_changed(&mut events, &req.fleet).await
-                })
-                .await;
-                if woke.is_err() && tokio::time::Instant::now() >= deadline {
+            Err(RegistryError::NoCapacity(why)) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
                     let waited = req.deadline_ms.unwrap_or_default();
                     return Err(RegistryError::NoCapacity(format!("{why} (waited {waited} ms)")).into());
                 }
+                waiting.get_or_insert_with(|| Waiting::new(s));
+                // Woken by an event or the re-check: either way, try again.
+                let wait = capacity_changed(&mut events, &req.fleet);
+                let _ = tokio::time::timeout_at(deadline.min(now + RECHECK), wait).await;
             }
             result => return Ok(result?),
         }

@@ -358,6 +358,8 @@ impl Fleet {
         let before = self.worlds.len();
         self.worlds.retain(|_, w| w.server != server);
         self.idempotent.retain(|_, (p, _)| p.server.name != server);
+        let worlds = &self.worlds;
+        self.idem_of.retain(|world, _| worlds.contains_key(world));
         before - self.worlds.len()
     }
 
