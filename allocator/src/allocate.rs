@@ -126,7 +126,13 @@ async fn allocate_one(s: &AppState, req: AllocationRequest) -> Result<Allocation
 async fn place(s: &AppState, req: &AllocationRequest) -> Result<Placement, ApiError> {
     let deadline = match req.deadline_ms {
         Some(ms) if ms > 0 => tokio::time::Instant::now() + Duration::from_millis(ms),
-        _ => return Ok(s.registry.allocate(req).await?),
+        _ => {
+            let result = s.registry.allocate(req).await;
+            if matches!(result, Err(RegistryError::NoCapacity(_))) {
+                report_unmet(s, req).await;
+            }
+            return Ok(result?);
+        }
     };
     // Subscribe before the first try, so capacity freed between the try and the wait
     // still wakes us.
@@ -140,13 +146,24 @@ async fn place(s: &AppState, req: &AllocationRequest) -> Result<Placement, ApiEr
                     let waited = req.deadline_ms.unwrap_or_default();
                     return Err(RegistryError::NoCapacity(format!("{why} (waited {waited} ms)")).into());
                 }
-                waiting.get_or_insert_with(|| Waiting::new(s));
+                if waiting.is_none() {
+                    waiting = Some(Waiting::new(s));
+                    report_unmet(s, req).await;
+                }
                 // Woken by an event or the re-check: either way, try again.
                 let wait = capacity_changed(&mut events, &req.fleet);
                 let _ = tokio::time::timeout_at(deadline.min(now + RECHECK), wait).await;
             }
             result => return Ok(result?),
         }
+    }
+}
+
+/// Tells the autoscaler (through the registry) that `req` found no free slot, once per
+/// request. A failure to tell is logged: the request itself is not affected.
+async fn report_unmet(s: &AppState, req: &AllocationRequest) {
+    if let Err(e) = s.registry.report_unmet(&req.fleet, req.regions.first().map(String::as_str)).await {
+        tracing::debug!(error = %e, fleet = %req.fleet, "could not report unmet demand");
     }
 }
 

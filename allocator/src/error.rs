@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No bearer token, or one that is not valid here (401, with `WWW-Authenticate`).
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// No autoscaler manages this fleet here (404).
+    #[error("{0}")]
+    NoAutoscaler(String),
     /// A valid token that may not act on this game server (403).
     #[error("this token may not act on game server {server:?}")]
     Forbidden { server: String },
@@ -41,6 +44,7 @@ impl ApiError {
             Self::TooLarge(_) => "too_large",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
+            Self::NoAutoscaler(_) => "autoscaler_not_found",
         }
     }
 
@@ -55,6 +59,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NoAutoscaler(_) => StatusCode::NOT_FOUND,
         }
     }
 }

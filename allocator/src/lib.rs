@@ -29,6 +29,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use gaia_api::allocation::MoveResponse;
+use gaia_api::autoscaler::FleetAutoscalerStatus;
 use gaia_api::fleet::check_name;
 use gaia_api::gameserver::{
     GameServer, GameServerState, PlayerCountRequest, RegisterRequest, SetLabelRequest, WorldStartedRequest,
@@ -76,6 +77,9 @@ impl Default for Config {
     }
 }
 
+/// Every autoscaled fleet's explained status, by fleet name.
+pub type AutoscalerStatuses = std::collections::BTreeMap<String, FleetAutoscalerStatus>;
+
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) registry: Arc<dyn Registry>,
@@ -87,6 +91,9 @@ pub struct AppState {
     tls: Option<TlsConfig>,
     /// Everything this process exports on /metrics.
     prometheus: Arc<prometheus_client::registry::Registry>,
+    /// The autoscaler's explained status of each fleet it manages, when it runs in this
+    /// process (`GET /v1/fleets/{fleet}/autoscaler`).
+    autoscalers: Option<tokio::sync::watch::Receiver<AutoscalerStatuses>>,
     /// Ends long-lived responses (watch streams); [`run`] sets it to its own shutdown so
     /// a graceful shutdown does not wait for them.
     shutdown: CancellationToken,
@@ -108,8 +115,15 @@ impl AppState {
             auth: Arc::new(auth::Auth::new(&config.matchmaker_tokens, config.sdk_secret.as_deref())),
             tls: None,
             prometheus,
+            autoscalers: None,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Serves the autoscaler's explained status from `statuses` (the autoscaler's
+    /// `Settings::status` channel).
+    pub fn with_autoscaler_status(self, statuses: tokio::sync::watch::Receiver<AutoscalerStatuses>) -> Self {
+        Self { autoscalers: Some(statuses), ..self }
     }
 
     /// [`run`] serves HTTPS only, with `tls` (see [`TlsFiles::load`]).
@@ -137,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/allocations", post(allocate::allocate))
         // A matchmaker's whole cycle: up to MAX_BATCH requests of a few hundred bytes.
         .route("/v1/allocations:batch", post(allocate::batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
+        .route("/v1/fleets/{fleet}/autoscaler", get(autoscaler_status))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)
@@ -203,6 +218,29 @@ async fn list_servers(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<GameServer>>, ApiError> {
     Ok(Json(s.registry.list(q.fleet.as_deref()).await?))
+}
+
+/// What the fleet's autoscaler decided for each region, from what, and why.
+#[utoipa::path(
+    get,
+    path = "/v1/fleets/{fleet}/autoscaler",
+    params(("fleet" = String, Path, description = "Fleet name")),
+    responses(
+        (status = 200, description = "Per region: desired and current replicas, buffer, policy inputs, last decisions", body = FleetAutoscalerStatus),
+        (status = 404, description = "No autoscaler manages this fleet here", body = gaia_api::allocation::ErrorBody),
+    ),
+    security(("matchmaker" = [])),
+)]
+async fn autoscaler_status(
+    State(s): State<AppState>,
+    Path(fleet): Path<String>,
+) -> Result<Json<FleetAutoscalerStatus>, ApiError> {
+    check_name("fleet", &fleet)?;
+    let Some(statuses) = &s.autoscalers else {
+        return Err(ApiError::NoAutoscaler("no autoscaler runs with this allocator".into()));
+    };
+    let status = statuses.borrow().get(&fleet).cloned();
+    status.map(Json).ok_or_else(|| ApiError::NoAutoscaler(format!("no autoscaler manages fleet {fleet:?}")))
 }
 
 fn server_name(name: &str) -> Result<(), ApiError> {

@@ -13,7 +13,13 @@ use utoipa::{Modify, OpenApi};
         description = "Allocations for matchmakers: a world slot on a ready game server, in the preferred \
             region, with an address and a join token. See docs/architecture.md."
     ),
-    paths(crate::allocate::allocate, crate::allocate::batch, crate::list_servers, crate::get_server),
+    paths(
+        crate::allocate::allocate,
+        crate::allocate::batch,
+        crate::autoscaler_status,
+        crate::list_servers,
+        crate::get_server
+    ),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

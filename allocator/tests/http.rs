@@ -276,3 +276,49 @@ async fn watch_streams_the_record_on_each_state_change() {
     let req = Request::builder().uri("/v1/gameservers/nobody/watch").body(Body::empty()).unwrap();
     assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_autoscaler_explains_itself_per_fleet() {
+    use gaia_api::autoscaler::{BufferStatus, FleetAutoscalerStatus, PolicyInputs, RegionAutoscalerStatus};
+    let (app, _) = app();
+    let (status, v) = call(&app, Method::GET, "/v1/fleets/town/autoscaler", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(error(&v).error.code, "autoscaler_not_found");
+
+    let explained = FleetAutoscalerStatus {
+        fleet: "town".into(),
+        updated_at_ms: 42,
+        regions: vec![RegionAutoscalerStatus {
+            region: "eu".into(),
+            policy: "Buffer".into(),
+            desired_replicas: 3,
+            current_replicas: 2,
+            buffer: BufferStatus { unit: Default::default(), target: 10, free: 4 },
+            inputs: PolicyInputs {
+                used_worlds: 16,
+                world_capacity: 10,
+                busy_servers: 2,
+                waiting_requests: 0,
+                allocation_rate: 0.5,
+                server_start_seconds: 3.0,
+                start_measured: true,
+                webhook: None,
+            },
+            decisions: Vec::new(),
+        }],
+    };
+    let (_tx, rx) = tokio::sync::watch::channel([("town".to_string(), explained.clone())].into_iter().collect());
+    let app = common::App::new();
+    let router = gaia_allocator::router(app.state.clone().with_autoscaler_status(rx));
+    let (status, v) = call(&router, Method::GET, "/v1/fleets/town/autoscaler", "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(serde_json::from_value::<FleetAutoscalerStatus>(v.clone()).unwrap(), explained);
+    assert_eq!(v["regions"][0]["inputs"]["usedWorlds"], 16, "camelCase on the wire: {v}");
+    let (status, v) = call(&router, Method::GET, "/v1/fleets/arena/autoscaler", "").await;
+    assert_eq!(
+        (status, error(&v).error.message.as_str()),
+        (StatusCode::NOT_FOUND, "no autoscaler manages fleet \"arena\"")
+    );
+    let (status, v) = call(&router, Method::GET, "/v1/fleets/Bad_Name/autoscaler", "").await;
+    assert_eq!((status, error(&v).error.field.as_deref()), (StatusCode::BAD_REQUEST, Some("fleet")));
+}

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::autoscaler::FleetAutoscalerSpec;
+
 /// One file: the fleets to run and their autoscalers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -119,35 +121,6 @@ pub struct RegionSpec {
     pub replicas: u32,
 }
 
-/// Scales one fleet, each of its regions on its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FleetAutoscalerSpec {
-    pub fleet: String,
-    /// Written `policy: { buffer: {...} }` (one key naming the policy).
-    #[serde(with = "serde_norway::with::singleton_map")]
-    pub policy: AutoscalerPolicy,
-    /// How long scale-down waits after the last scale-up need (stabilisation window).
-    #[serde(default = "defaults::scale_down_delay", with = "humantime_serde")]
-    pub scale_down_delay: std::time::Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum AutoscalerPolicy {
-    Buffer(BufferPolicy),
-}
-
-/// Keep `free_world_slots` world slots free in every region, within min/max replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BufferPolicy {
-    pub free_world_slots: u32,
-    #[serde(default)]
-    pub min_replicas: u32,
-    pub max_replicas: u32,
-}
-
 mod defaults {
     pub fn world_capacity() -> u32 {
         10
@@ -166,9 +139,6 @@ mod defaults {
     }
     pub fn initial_delay_seconds() -> u32 {
         10
-    }
-    pub fn scale_down_delay() -> std::time::Duration {
-        std::time::Duration::from_secs(30)
     }
 }
 
@@ -192,7 +162,7 @@ pub enum ConfigError {
     Invalid(#[from] SpecError),
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError { field: field.into(), message: message.into() }
 }
 
@@ -243,11 +213,8 @@ impl FleetConfig {
             if !scaled.insert(scaler.fleet.as_str()) {
                 return Err(invalid(format!("{field}.fleet"), "a fleet may have one autoscaler"));
             }
-            match &scaler.policy {
-                AutoscalerPolicy::Buffer(b) if b.min_replicas > b.max_replicas => {
-                    return Err(invalid(format!("{field}.policy.buffer.minReplicas"), "must not exceed maxReplicas"));
-                }
-                AutoscalerPolicy::Buffer(_) => {}
+            if let Some(fleet) = self.fleet(&scaler.fleet) {
+                scaler.validate(&field, fleet)?;
             }
         }
         Ok(())
@@ -298,6 +265,7 @@ impl FleetSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autoscaler::{AutoscalerPolicy, BufferPolicy};
 
     const EXAMPLE: &str = r#"
 fleets:
@@ -326,10 +294,7 @@ autoscalers:
         assert_eq!(town.health.initial_delay_seconds, 10);
         let scaler = config.autoscaler("town").unwrap();
         assert_eq!(scaler.scale_down_delay, std::time::Duration::from_secs(30));
-        assert_eq!(
-            scaler.policy,
-            AutoscalerPolicy::Buffer(BufferPolicy { free_world_slots: 8, min_replicas: 1, max_replicas: 4 })
-        );
+        assert_eq!(scaler.policy, AutoscalerPolicy::Buffer(BufferPolicy::worlds(8, 1, 4)));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and this one on nothing of ours.
 //!
 //! - [`gameserver`]: the game-server record and its lifecycle state machine.
-//! - [`fleet`]: fleet and autoscaler specs (YAML).
+//! - [`fleet`]: fleet specs (YAML).
+//! - [`autoscaler`]: autoscaler policies, the autoscaler's explained status, Agones'
+//!   webhook review.
 //! - [`allocation`]: the matchmaker's allocation request and response.
 //! - [`process`]: this process's CPU time and memory, for metrics and reports.
 //! - [`protocol`]: client WebSocket messages (bincode 2, versioned envelope).
@@ -10,6 +12,7 @@
 //! - [`token`]: signed join tokens.
 
 pub mod allocation;
+pub mod autoscaler;
 pub mod fleet;
 pub mod gameserver;
 pub mod process;

@@ -165,6 +165,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     if let Some(tls) = tls {
         state = state.with_tls(tls);
     }
+    let (status_tx, status_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::Statuses::new());
+    state = state.with_autoscaler_status(status_rx);
 
     // Every part runs under `parts`, and the API or the controller ending for any reason
     // ends them all. The API has its own token so it outlives the controller's goodbyes.
@@ -172,12 +174,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let api_stop = CancellationToken::new();
     let sweeper = tokio::spawn(gaia_allocator::run_sweeper(state.clone(), config.sweep_every, parts.clone()));
     let api = tokio::spawn(stop_all_after(parts.clone(), gaia_allocator::run(listener, state, api_stop.clone())));
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::initial_desired(&config.fleets));
+    let initial = gaia_fleet_autoscaler::initial_desired(&config.fleets, chrono::Utc::now());
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(initial);
     let autoscaler = tokio::spawn(gaia_fleet_autoscaler::run(
         config.fleets.clone(),
         Arc::clone(&registry),
         desired_tx,
-        gaia_fleet_autoscaler::Settings { metrics: Some(autoscaler_metrics), ..Default::default() },
+        gaia_fleet_autoscaler::Settings {
+            metrics: Some(autoscaler_metrics),
+            status: Some(status_tx),
+            ..Default::default()
+        },
         parts.clone(),
     ));
     let controller_config = gaia_controller::Config {

@@ -3,24 +3,32 @@
 //! This crate owns the *desired replicas* of every fleet that has an autoscaler. It
 //! publishes them as a [`DesiredReplicas`](gaia_api::fleet::DesiredReplicas) map on a
 //! `tokio::sync::watch` channel, which the controller realises. It never starts or stops a
-//! server itself, and it never picks which server goes: the controller only stops idle
-//! ones.
+//! server itself, and it never picks which server goes: the controller stops idle ones
+//! and drains (migrates the worlds off) the ones that host worlds.
 //!
-//! Start with [`desired`]: the buffer policy as a pure function of a [`RegionStatus`]
-//! (keep `freeWorldSlots` world slots free, within min/max replicas). Then
-//! [`Stabiliser`] (scale up at once, scale down only after `scaleDownDelay`), then
-//! [`run`], the async shell that feeds both from the [`Registry`](gaia_registry::Registry)
-//! on allocation events and on a timer. [`initial_desired`] gives the map to start the
-//! watch channel with.
+//! Start with [`decide`]: every policy (Buffer, Adaptive, Webhook, and Schedules and
+//! Chains of them, see [`gaia_api::autoscaler`]) as a pure function of a
+//! [`RegionStatus`] and the measured [`Signals`]. Then [`Stabiliser`] (scale up at once,
+//! scale down after `scaleDownDelay`, in bounded steps), then [`Autoscaler`], the
+//! synchronous state machine that measures allocation rates, server start times and
+//! waiting requests from registry events and keeps the last decisions and why. [`run`]
+//! is the async shell around it; the simulator (`gaia-sim`) drives the same
+//! [`Autoscaler`] on a virtual clock.
 
+mod core;
 mod error;
 mod metrics;
 mod policy;
 mod shell;
+mod signals;
 mod stabiliser;
+mod webhook;
 
+pub use core::{Autoscaler, Change, REGION_LABEL, WebhookAnswers, WebhookCall};
 pub use error::AutoscalerError;
 pub use metrics::{DecisionLabels, ErrorLabels, Metrics, RegionLabels};
-pub use policy::{RegionStatus, buffer_policy, desired, initial_desired};
-pub use shell::{Settings, run};
+pub use policy::{Decision, Leaf, Reason, RegionStatus, Resolved, Signals, clamp, decide, initial_desired, resolve};
+pub use shell::{Settings, Statuses, run};
+pub use signals::{RateMeter, StartTimes, WAIT_LIMIT, Waiting};
 pub use stabiliser::Stabiliser;
+pub use webhook::{WebhookError, Webhooks};

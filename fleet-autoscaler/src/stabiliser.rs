@@ -3,32 +3,46 @@
 //! A [`Stabiliser`] answers the highest raw desired count seen during the last `window`
 //! (the autoscaler's `scaleDownDelay`), as Kubernetes' HPA stabilisation window does. A
 //! rise shows at once, because the newest value is in the window; a fall shows only once
-//! every higher value has aged out of it. Time is passed in, so it is tested on explicit
-//! instants.
+//! every higher value has aged out of it. A fall is then taken in steps: at most `step`
+//! servers (or percent of the current count, rounded up, at least 1) per `period`. Time
+//! is passed in, so it is tested on explicit instants.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use gaia_api::autoscaler::IntOrPercent;
 use tokio::time::Instant;
 
-/// The sliding-window maximum of raw desired counts for one (fleet, region).
+/// The sliding-window maximum of raw desired counts for one (fleet, region), released
+/// downwards at a bounded rate.
 #[derive(Debug, Clone)]
 pub struct Stabiliser {
     window: Duration,
+    step: IntOrPercent,
+    period: Duration,
     /// Candidates for the window's maximum: times increase and values strictly decrease
     /// from front to back. A value followed by a newer one at least as high can never be
     /// the maximum again, so it is dropped; the deque stays short.
     seen: VecDeque<(Instant, u32)>,
+    /// The last answer, and when it last fell.
+    answer: Option<u32>,
+    last_fall: Option<Instant>,
 }
 
 impl Stabiliser {
+    /// A window with falls taken in one go.
     pub fn new(window: Duration) -> Self {
-        Self { window, seen: VecDeque::new() }
+        Self::with_limit(window, IntOrPercent::Percent(100), Duration::ZERO)
+    }
+
+    pub fn with_limit(window: Duration, step: IntOrPercent, period: Duration) -> Self {
+        Self { window, step, period, seen: VecDeque::new(), answer: None, last_fall: None }
     }
 
     /// Records `raw` at `now` and answers the stabilised count: the highest raw count
-    /// recorded in `(now - window, now]`. Instants are expected not to go backwards; one
-    /// that does is treated as `now` of the newest record.
+    /// recorded in `(now - window, now]`, or, when that is lower than the last answer,
+    /// the last answer less at most one step (once per `period`). Instants are expected
+    /// not to go backwards; one that does is treated as `now` of the newest record.
     pub fn update(&mut self, now: Instant, raw: u32) -> u32 {
         let now = self.seen.back().map_or(now, |&(last, _)| now.max(last));
         while self.seen.back().is_some_and(|&(_, v)| v <= raw) {
@@ -39,17 +53,45 @@ impl Stabiliser {
             self.seen.pop_front();
         }
         // The newest record is never expired (its age is 0), except with a zero window,
-        // where the answer is simply `raw`.
-        self.seen.front().map_or(raw, |&(_, v)| v)
+        // where the wanted count is simply `raw`.
+        let wanted = self.seen.front().map_or(raw, |&(_, v)| v);
+        let answer = match self.answer {
+            Some(last) if wanted < last => {
+                if self.last_fall.is_some_and(|t| now.saturating_duration_since(t) < self.period) {
+                    last
+                } else {
+                    self.last_fall = Some(now);
+                    wanted.max(last.saturating_sub(self.step_at(last)))
+                }
+            }
+            _ => wanted,
+        };
+        self.answer = Some(answer);
+        answer
     }
 
-    /// When the current answer may fall if nothing higher is recorded: the time the
-    /// oldest candidate leaves the window. `None` when only the newest value is held.
+    /// Servers one step may take from `count`.
+    fn step_at(&self, count: u32) -> u32 {
+        let step = match self.step {
+            IntOrPercent::Int(n) => n,
+            IntOrPercent::Percent(p) => {
+                u32::try_from((u64::from(count) * u64::from(p)).div_ceil(100)).unwrap_or(u32::MAX)
+            }
+        };
+        step.max(1)
+    }
+
+    /// When the answer may next fall if nothing higher is recorded: when the oldest
+    /// candidate leaves the window, or, while a fall is under way, when the next step is
+    /// allowed. `None` when nothing would change.
     pub fn next_fall(&self) -> Option<Instant> {
-        if self.seen.len() < 2 {
-            return None;
-        }
-        self.seen.front().map(|&(t, _)| t + self.window)
+        let window = (self.seen.len() >= 2).then(|| self.seen.front().map(|&(t, _)| t + self.window)).flatten();
+        let wanted = self.seen.front().map(|&(_, v)| v);
+        let stepping = match (self.answer, wanted) {
+            (Some(answer), Some(wanted)) if wanted < answer => self.last_fall.map(|t| t + self.period),
+            _ => None,
+        };
+        window.into_iter().chain(stepping).min()
     }
 }
 
@@ -111,6 +153,37 @@ mod tests {
         assert_eq!(s.update(t0, 4), 4);
         assert_eq!(s.update(t0 - secs(50), 1), 4);
         assert_eq!(s.update(t0 + secs(10), 1), 1);
+    }
+
+    #[test]
+    fn falls_are_taken_in_bounded_steps() {
+        let t0 = Instant::now();
+        let mut s = Stabiliser::with_limit(secs(10), IntOrPercent::Int(2), secs(5));
+        assert_eq!(s.update(t0, 10), 10);
+        assert_eq!(s.update(t0 + secs(1), 1), 10, "inside the window");
+        assert_eq!(s.next_fall(), Some(t0 + secs(10)));
+        assert_eq!(s.update(t0 + secs(10), 1), 8, "the window let go: one step of 2");
+        assert_eq!(s.next_fall(), Some(t0 + secs(15)));
+        assert_eq!(s.update(t0 + secs(12), 1), 8, "the next step waits a period");
+        assert_eq!(s.update(t0 + secs(15), 1), 6);
+        assert_eq!(s.update(t0 + secs(16), 7), 7, "a rise shows at once");
+        assert_eq!(s.update(t0 + secs(20), 1), 7, "held by the 7 for the window");
+        assert_eq!(s.update(t0 + secs(26), 6), 6, "one step to what is wanted");
+        assert_eq!(s.next_fall(), None, "nothing more to take");
+    }
+
+    #[test]
+    fn percent_steps_round_up_and_take_at_least_one() {
+        let t0 = Instant::now();
+        let mut s = Stabiliser::with_limit(Duration::ZERO, IntOrPercent::Percent(25), secs(1));
+        assert_eq!(s.update(t0, 10), 10);
+        assert_eq!(s.update(t0 + secs(1), 0), 7, "25% of 10 is 2.5: 3");
+        assert_eq!(s.update(t0 + secs(2), 0), 5, "25% of 7 is 1.75: 2");
+        assert_eq!(s.update(t0 + secs(3), 0), 3);
+        assert_eq!(s.update(t0 + secs(4), 0), 2);
+        assert_eq!(s.update(t0 + secs(5), 0), 1, "at least one");
+        assert_eq!(s.update(t0 + secs(6), 0), 0, "down to zero");
+        assert_eq!(s.update(t0 + secs(6), 3), 3, "and back up at once");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The autoscaler's shell against the in-memory registry, on tokio's paused clock:
 //! allocations raise desired replicas at once, freed worlds lower them only after the
-//! scale-down delay, lagged events and registry errors are survived.
+//! scale-down delay and then in bounded steps, unmet requests bring a region back from
+//! zero, every decision is explained, lagged events and registry errors are survived.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,13 +13,14 @@ use async_trait::async_trait;
 use gaia_api::allocation::AllocationRequest;
 use gaia_api::fleet::{DesiredReplicas, FleetConfig};
 use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
-use gaia_fleet_autoscaler::{DecisionLabels, Metrics, RegionLabels, Settings, initial_desired, run};
+use gaia_fleet_autoscaler::{DecisionLabels, Metrics, RegionLabels, Settings, Statuses, initial_desired, run};
 use gaia_registry::{MemoryRegistry, Placement, Registry, RegistryConfig, RegistryError, RegistryEvent, SweepReport};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// town: 4 worlds per server, keep 4 slots free, 1 to 5 servers, 30 s scale-down delay.
+/// town: 4 worlds per server; eu keeps 4 slots free with 1 to 5 servers, us keeps none
+/// (0 to 5 servers); 30 s scale-down delay, then 25% per 15 s (the defaults).
 /// plain: no autoscaler.
 fn config(eu_replicas: u32) -> FleetConfig {
     FleetConfig::from_yaml(&format!(
@@ -27,7 +29,7 @@ fleets:
   - name: town
     worldCapacity: 4
     template: {{ command: [gaia-gameserver] }}
-    regions: [{{ name: eu, replicas: {eu_replicas} }}, {{ name: us, replicas: 1 }}]
+    regions: [{{ name: eu, replicas: {eu_replicas} }}, {{ name: us, replicas: 0 }}]
   - name: plain
     template: {{ command: [gaia-gameserver] }}
     regions: [{{ name: eu, replicas: 2 }}]
@@ -35,6 +37,8 @@ autoscalers:
   - fleet: town
     scaleDownDelay: 30s
     policy: {{ buffer: {{ freeWorldSlots: 4, minReplicas: 1, maxReplicas: 5 }} }}
+    regions:
+      us: {{ buffer: {{ bufferSize: 0, maxReplicas: 5 }} }}
 "
     ))
     .unwrap()
@@ -47,6 +51,7 @@ fn key(fleet: &str, region: &str) -> (String, String) {
 struct Fixture {
     registry: Arc<dyn Registry>,
     desired: watch::Receiver<DesiredReplicas>,
+    status: watch::Receiver<Statuses>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -54,32 +59,45 @@ struct Fixture {
 
 impl Fixture {
     fn start(config: FleetConfig, registry: Arc<dyn Registry>, sync_every: Duration) -> Self {
-        let (tx, desired) = watch::channel(initial_desired(&config));
+        let (tx, desired) = watch::channel(initial_desired(&config, chrono::Utc::now()));
+        let (status_tx, status) = watch::channel(Statuses::new());
         let metrics = Arc::new(Metrics::new(&mut prometheus_registry()));
-        let settings =
-            Settings { sync_every, debounce: Duration::from_millis(100), metrics: Some(Arc::clone(&metrics)) };
+        let settings = Settings {
+            sync_every,
+            debounce: Duration::from_millis(100),
+            metrics: Some(Arc::clone(&metrics)),
+            status: Some(status_tx),
+        };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(config, Arc::clone(&registry), tx, settings, shutdown.clone()));
-        Self { registry, desired, metrics, shutdown, task }
+        Self { registry, desired, status, metrics, shutdown, task }
     }
 
     fn eu(&self) -> u32 {
-        self.desired.borrow()[&key("town", "eu")]
+        self.region("eu")
+    }
+
+    fn region(&self, region: &str) -> u32 {
+        self.desired.borrow()[&key("town", region)]
     }
 
     /// Waits (on the paused clock) until town/eu changes; returns the new value.
     async fn next_eu_change(&mut self) -> u32 {
-        let before = self.eu();
+        self.next_change("eu").await
+    }
+
+    async fn next_change(&mut self, region: &str) -> u32 {
+        let before = self.region(region);
         loop {
             self.desired.changed().await.unwrap();
-            if self.eu() != before {
-                return self.eu();
+            if self.region(region) != before {
+                return self.region(region);
             }
         }
     }
 
-    fn decisions(&self, direction: &'static str) -> u64 {
-        let labels = DecisionLabels { fleet: "town".into(), region: "eu".into(), direction };
+    fn decisions(&self, direction: &'static str, reason: &'static str) -> u64 {
+        let labels = DecisionLabels { fleet: "town".into(), region: "eu".into(), direction, reason };
         self.metrics.scale_decisions.get_or_create(&labels).get()
     }
 
@@ -140,10 +158,10 @@ async fn allocations_raise_desired_at_once() {
     assert_eq!(fx.next_eu_change().await, 3);
 
     let desired = fx.desired.borrow().clone();
-    assert_eq!(desired[&key("town", "us")], 1, "the other region is on its own");
+    assert_eq!(desired[&key("town", "us")], 0, "the other region is on its own");
     assert_eq!(desired[&key("plain", "eu")], 2, "a fleet without an autoscaler keeps its replicas");
-    assert_eq!(fx.decisions("up"), 2);
-    assert_eq!(fx.decisions("down"), 0);
+    assert_eq!(fx.decisions("up", "buffer"), 2);
+    assert_eq!(fx.decisions("down", "min_replicas"), 0);
     let labels = RegionLabels { fleet: "town".into(), region: "eu".into() };
     assert_eq!(fx.metrics.desired_replicas.get_or_create(&labels).get(), 3);
     fx.stop().await;
@@ -172,19 +190,55 @@ async fn desired_falls_only_after_the_scale_down_delay() {
         waited >= Duration::from_secs(29) && waited <= Duration::from_secs(30),
         "desired fell {waited:?} after the worlds ended"
     );
-    assert_eq!(fx.decisions("down"), 1);
+    assert_eq!(fx.decisions("down", "buffer"), 1);
     fx.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_fleet_started_larger_than_needed_shrinks_after_the_delay() {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
-    // 9 replicas asked for, clamped to max 5; one server is enough.
+    // 9 replicas asked for, clamped to max 5; one server is enough. After the 30 s delay
+    // it goes down by 25% (rounded up) every 15 s: 5 -> 3 -> 2 -> 1.
     let mut fx = Fixture::start(config(9), Arc::clone(&registry), Duration::from_secs(1));
     assert_eq!(fx.eu(), 5);
     let start = Instant::now();
-    assert_eq!(fx.next_eu_change().await, 1);
-    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    for (want, at) in [(3, 30), (2, 45), (1, 60)] {
+        assert_eq!(fx.next_eu_change().await, want);
+        assert_eq!(start.elapsed(), Duration::from_secs(at), "{want} at {at} s");
+    }
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unmet_request_brings_a_region_back_from_zero_and_it_goes_back_to_zero() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fx.region("us"), 0, "no buffer, nothing in use: zero servers");
+
+    let start = Instant::now();
+    registry.report_unmet("town", Some("us")).await.unwrap();
+    assert_eq!(fx.next_change("us").await, 1);
+    assert!(start.elapsed() <= Duration::from_millis(100), "at once: {:?}", start.elapsed());
+    let status = fx.status.borrow()["town"].clone();
+    let us = status.regions.iter().find(|r| r.region == "us").unwrap();
+    assert_eq!(us.inputs.waiting_requests, 1);
+    let last = us.decisions.last().unwrap();
+    assert_eq!((last.from, last.to, last.reason.as_str()), (0, 1, "unmet_demand"));
+    assert!(last.message.contains("0 world(s) in use + 1 waiting"), "{}", last.message);
+
+    // The server comes, takes the request's world, the world ends: back to zero once the
+    // scale-down delay has passed.
+    ready_server(registry.as_ref(), "town-us-a", "us").await;
+    let placed = allocate(registry.as_ref(), "us").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    registry.world_ended(&placed.server.name, &placed.world_id).await.unwrap();
+    let ended = Instant::now();
+    assert_eq!(fx.next_change("us").await, 0);
+    assert!(ended.elapsed() <= Duration::from_secs(30), "{:?}", ended.elapsed());
+    let status = fx.status.borrow()["town"].clone();
+    let us = status.regions.iter().find(|r| r.region == "us").unwrap();
+    assert_eq!((us.inputs.waiting_requests, us.desired_replicas), (0, 0));
     fx.stop().await;
 }
 
@@ -265,6 +319,9 @@ impl Registry for Flaky {
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent> {
         self.inner.subscribe()
+    }
+    async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> gaia_registry::Result<()> {
+        self.inner.report_unmet(fleet, region).await
     }
 }
 

@@ -49,6 +49,10 @@ pub enum RegistryEvent {
     Released { fleet: String, region: String },
     /// A server changed state.
     StateChanged { name: String, fleet: String, region: String, state: GameServerState },
+    /// An allocation request found no free slot (reported once per request, by the
+    /// allocator that holds it): demand the fleet cannot meet yet. `region` is the first
+    /// region the request asked for, `None` when it named none.
+    Unmet { fleet: String, region: Option<String> },
 }
 
 /// What one [`Registry::sweep`] did.
@@ -125,4 +129,9 @@ pub trait Registry: Send + Sync + 'static {
     /// Changes from now on. A slow receiver loses the oldest events (broadcast semantics)
     /// and should re-read state with [`Registry::list`].
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent>;
+
+    /// Tells every subscriber (in every process sharing this registry) that an
+    /// allocation request found no free slot in `fleet`: [`RegistryEvent::Unmet`]. The
+    /// autoscaler scales for it, also from zero.
+    async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> Result<()>;
 }

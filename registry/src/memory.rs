@@ -601,6 +601,11 @@ impl Registry for MemoryRegistry {
         Ok(report)
     }
 
+    async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> Result<()> {
+        self.publish(vec![RegistryEvent::Unmet { fleet: fleet.to_string(), region: region.map(str::to_string) }]);
+        Ok(())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
         self.events.subscribe()
     }

@@ -372,6 +372,15 @@ impl Registry for RedisRegistry {
         Ok(report)
     }
 
+    async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> Result<()> {
+        let event = serde_json::json!({ "kind": "Unmet", "fleet": fleet, "region": region });
+        let message = serde_json::json!({ "origin": self.origin, "events": [event] }).to_string();
+        let _ = self.events.send(RegistryEvent::Unmet { fleet: fleet.to_string(), region: region.map(str::to_string) });
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.publish(self.global_key("events"), message).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<RegistryEvent> {
         self.events.subscribe()
     }
@@ -456,6 +465,7 @@ enum WireEvent {
     Allocated { fleet: String, region: String },
     Released { fleet: String, region: String },
     StateChanged { name: String, fleet: String, region: String, state: GameServerState },
+    Unmet { fleet: String, region: Option<String> },
 }
 
 impl From<WireEvent> for RegistryEvent {
@@ -464,6 +474,7 @@ impl From<WireEvent> for RegistryEvent {
             WireEvent::Allocated { fleet, region } => Self::Allocated { fleet, region },
             WireEvent::Released { fleet, region } => Self::Released { fleet, region },
             WireEvent::StateChanged { name, fleet, region, state } => Self::StateChanged { name, fleet, region, state },
+            WireEvent::Unmet { fleet, region } => Self::Unmet { fleet, region },
         }
     }
 }
@@ -632,6 +643,11 @@ mod tests {
             heard.push(tokio::time::timeout(Duration::from_secs(2), from_b.recv()).await.unwrap().unwrap());
         }
         assert_eq!(heard, seen);
+        // Unmet demand, reported outside any script, travels the same way.
+        a.report_unmet("town", Some("eu")).await.unwrap();
+        let unmet = RegistryEvent::Unmet { fleet: "town".into(), region: Some("eu".into()) };
+        assert_eq!(from_a.try_recv().unwrap(), unmet);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), from_b.recv()).await.unwrap().unwrap(), unmet);
         // By now Redis has sent a's own messages back to it too: they are not repeated.
         b.health("s1").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -418,6 +418,16 @@ async fn events_report_allocations_releases_and_state_changes(reg: Arc<dyn Regis
     reg.world_ended("s1", &p.world_id).await.unwrap();
     expect_events(&mut events, &[RegistryEvent::Released { fleet: FLEET.into(), region: "eu".into() }, changed(Ready)])
         .await;
+    reg.report_unmet(FLEET, Some("us")).await.unwrap();
+    reg.report_unmet(FLEET, None).await.unwrap();
+    expect_events(
+        &mut events,
+        &[
+            RegistryEvent::Unmet { fleet: FLEET.into(), region: Some("us".into()) },
+            RegistryEvent::Unmet { fleet: FLEET.into(), region: None },
+        ],
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
