@@ -233,11 +233,13 @@ fn check_min_max(field: &str, min: u32, max: u32) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The buffer follows demand: `buffer = allocation rate x server start time x safetyFactor`
+/// The buffer follows demand: it holds what allocations take while a new server starts,
+/// `buffer = safetyFactor x (net rate x start time + sqrt(allocation rate x start time))`
 /// world slots, within `[minBuffer, maxBuffer]`, and replicas within `[minReplicas,
-/// maxReplicas]`. The rate is measured per region over `rateWindow`; the start time is
-/// the slowest of the region's last few measured starts (Scheduled to Ready), or
-/// `startTime` until one was measured.
+/// maxReplicas]`. The net rate is allocations less released slots per second (at least
+/// 0); the square root is the spread of Poisson arrivals over one start. Rates are
+/// measured per region over `rateWindow`; the start time is the slowest of the region's
+/// last few measured starts (Scheduled to Ready), or `startTime` until one was measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdaptivePolicy {

@@ -9,6 +9,7 @@
 //! - `gaia allocator`: the allocator and SDK API alone (services mode), over an in-memory
 //!   registry or a Redis one shared by several allocator processes.
 //! - `gaia bench-allocations`: the allocator benchmark (docs/benchmarks.md).
+//! - `gaia simulate`: the autoscaler simulator's scenarios (docs/autoscaling.md).
 //!
 //! Each subcommand parses its config, then hands over to its library's `run`.
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod allocator;
 mod auth;
+mod simulate;
 use auth::{ApiAuthArgs, SdkTokenArgs, TlsArgs};
 
 /// mimalloc returns freed memory to the OS more readily than glibc's allocator with its
@@ -54,6 +56,9 @@ enum Command {
     Allocator(allocator::AllocatorArgs),
     /// Register stand-in servers and measure allocations/s and latency against allocators.
     BenchAllocations(BenchArgs),
+    /// Simulate the autoscaler, controller and allocator over demand traces on a virtual
+    /// clock, and compare policies.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(clap::Args)]
@@ -164,6 +169,11 @@ struct LoadgenArgs {
     /// With --allocator: a PEM certificate to trust for an `https://` allocator.
     #[arg(long, env = "GAIA_ALLOCATOR_CA", value_name = "FILE")]
     allocator_ca: Option<PathBuf>,
+    /// Instead of bots: this many bursts that each take every free world slot of a region
+    /// (regions in turn), timing how fast the autoscaler refills the buffer against the
+    /// new servers' start (docs/autoscaling.md).
+    #[arg(long, value_name = "BURSTS")]
+    refill: Option<usize>,
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -284,6 +294,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             println!("{}", gaia_loadgen::allocations::run(config, shutdown).await?);
         }
+        // CPU-bound and synchronous: off the runtime's workers.
+        Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await??,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -369,16 +381,34 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
             _ = shutdown.cancelled() => anyhow::bail!("interrupted while waiting for the fleet"),
             regions = gaia_loadgen::wait_ready(&config) => regions?,
         };
+        if let Some(bursts) = args.refill {
+            let report = gaia_loadgen::refill::run(&config, bursts, shutdown.clone()).await?;
+            return Ok(Outcome::Refill(report));
+        }
         tracing::info!(?regions, "fleet ready; starting bots");
         config.regions = regions;
-        gaia_loadgen::run(config, shutdown.clone()).await
+        gaia_loadgen::run(config, shutdown.clone()).await.map(|r| Outcome::Bots(Box::new(r)))
     }
     .await;
     fleet_stop.cancel();
     if let Some(fleet) = fleet {
         fleet.await.context("embedded fleet")?.context("embedded fleet")?;
     }
-    let report = report?;
-    println!("{report}");
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let passed = match report? {
+        Outcome::Bots(report) => {
+            println!("{report}");
+            report.is_clean()
+        }
+        Outcome::Refill(report) => {
+            println!("{report}");
+            report.passed()
+        }
+    };
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What `gaia loadgen` measured: bots, or the autoscaler's refills.
+enum Outcome {
+    Bots(Box<gaia_loadgen::Report>),
+    Refill(gaia_loadgen::refill::RefillReport),
 }

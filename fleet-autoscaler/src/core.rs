@@ -69,6 +69,7 @@ struct Region {
     name: String,
     stabiliser: Stabiliser,
     rate: RateMeter,
+    releases: RateMeter,
     starts: StartTimes,
     waiting: Waiting,
     desired: u32,
@@ -99,6 +100,7 @@ impl Autoscaler {
                         name: r.name.clone(),
                         stabiliser,
                         rate: RateMeter::new(now),
+                        releases: RateMeter::new(now),
                         starts: StartTimes::default(),
                         waiting: Waiting::default(),
                         desired,
@@ -132,10 +134,11 @@ impl Autoscaler {
         self.fleets.iter_mut().find(|f| f.spec.name == name)
     }
 
-    /// Takes in one registry event; true when it may change a decision (the caller then
-    /// recomputes that fleet, after a short debounce).
+    /// Takes in one registry event; true when it concerns an autoscaled fleet (the caller
+    /// then recomputes that fleet, after a short debounce).
     ///
-    /// Allocations and unmet requests feed the rate; an allocation serves the oldest
+    /// Allocations and unmet requests feed the allocation rate, released slots the release
+    /// rate; an allocation serves the oldest
     /// waiting request of its region. An unmet request that named no region counts
     /// against the fleet's first region. Scheduled-to-Ready times are measured per region.
     pub fn observe(&mut self, now: Instant, event: &RegistryEvent) -> bool {
@@ -156,7 +159,7 @@ impl Autoscaler {
                 region.rate.record(now);
                 region.waiting.served();
             }
-            RegistryEvent::Released { .. } => {}
+            RegistryEvent::Released { .. } => region.releases.record(now),
             RegistryEvent::Unmet { .. } => {
                 region.rate.record(now);
                 region.waiting.unmet(now);
@@ -168,14 +171,9 @@ impl Autoscaler {
                 _ => {}
             },
         }
-        // Only slots taken or freed, demand, and servers that stop taking worlds (or stop)
-        // change what a region needs.
-        match event {
-            RegistryEvent::StateChanged { state, .. } => {
-                matches!(state, GameServerState::Reserved | GameServerState::Draining) || state.is_terminal()
-            }
-            _ => true,
-        }
+        // Every event may change a decision or what the status shows (a server turning
+        // Ready makes its slots free): recompute, debounced.
+        true
     }
 
     /// The webhook reviews `fleet` needs before [`Self::decide`]: one per region whose
@@ -226,6 +224,7 @@ impl Autoscaler {
             let signals = Signals {
                 waiting: region.waiting.count(now),
                 rate: region.rate.rate(now, window),
+                release_rate: region.releases.rate(now, window),
                 measured_start: region.starts.slowest(),
                 current: region.desired,
                 webhook: webhooks.get(&region.name).cloned(),

@@ -84,6 +84,8 @@ pub struct Signals {
     pub waiting: u32,
     /// Allocations per second (with unmet requests) over the policy's rate window.
     pub rate: f64,
+    /// World slots given back per second over the same window.
+    pub release_rate: f64,
     /// The slowest recent server start (Scheduled to Ready), once one was measured.
     pub measured_start: Option<Duration>,
     /// The desired replicas now: what a Webhook that declines, fails, or an inactive
@@ -203,9 +205,12 @@ pub struct Decision {
 ///   makes the slots `ceil((used + waiting) * 100 / (100 - p))`.
 /// - Buffer, servers: `busy + ceil(waiting / worldCapacity) + buffer`; a percentage `p`
 ///   makes it `ceil((busy + ceil(waiting / worldCapacity)) * 100 / (100 - p))`.
-/// - Adaptive: a buffer of `ceil(rate * start * safetyFactor)` world slots, within
-///   `[minBuffer, maxBuffer]`, where `start` is the measured start or the policy's
-///   `startTime`.
+/// - Adaptive: a buffer of `ceil(safetyFactor * (net * start + sqrt(rate * start)))`
+///   world slots, within `[minBuffer, maxBuffer]`: what new allocations take while a new
+///   server starts. `net` is the allocation rate less the rate slots are given back (at
+///   least 0), `start` the measured start or the policy's `startTime`; the square root is
+///   the spread of Poisson arrivals over one start, so a steady region keeps a small
+///   buffer and a growing one a large one.
 /// - each clamped into `[minReplicas, maxReplicas]` (max wins should min exceed it).
 /// - Webhook: its `replicas` when it says `scale`; the current count when it declines or
 ///   fails. No policy: the current count.
@@ -218,15 +223,17 @@ pub fn decide(leaf: Option<Leaf<'_>>, status: &RegionStatus, signals: &Signals) 
     match leaf {
         Some(Leaf::Buffer(b)) => buffer(b.buffer_size, b.unit, b.min_replicas, b.max_replicas, status, signals, ""),
         Some(Leaf::Adaptive(a)) => {
-            let start = signals.measured_start.unwrap_or(a.start_time);
+            let start = signals.measured_start.unwrap_or(a.start_time).as_secs_f64();
             let measured = if signals.measured_start.is_some() { "measured" } else { "assumed" };
-            let wanted = (signals.rate.max(0.0) * start.as_secs_f64() * a.safety_factor).ceil();
+            let rate = if signals.rate.is_finite() { signals.rate.max(0.0) } else { 0.0 };
+            let released = if signals.release_rate.is_finite() { signals.release_rate.max(0.0) } else { 0.0 };
+            let net = (rate - released).max(0.0);
+            let wanted = (a.safety_factor * (net * start + (rate * start).sqrt())).ceil();
             // Saturating float-to-int conversion: NaN gives 0, huge values u32::MAX.
             let size = (wanted as u32).max(a.min_buffer).min(a.max_buffer.unwrap_or(u32::MAX));
             let why = format!(
-                "a buffer of {size} = {:.2} allocations/s x {:.1} s start ({measured}) x {} safety, within [{}, {}]; ",
-                signals.rate,
-                start.as_secs_f64(),
+                "a buffer of {size} = {} safety x ({net:.2} net allocations/s x {start:.1} s start ({measured}) + \
+                 sqrt({rate:.2} allocations/s x {start:.1} s)), within [{}, {}]; ",
                 a.safety_factor,
                 a.min_buffer,
                 a.max_buffer.map_or("none".to_string(), |m| m.to_string()),
@@ -467,18 +474,21 @@ mod tests {
             min_replicas: 0,
             max_replicas: 50,
         };
-        let d = |rate: f64, start: Option<u64>, used: u32| {
-            let signals = Signals { rate, measured_start: start.map(Duration::from_secs), ..Default::default() };
+        // (allocation rate, release rate, measured start, worlds in use) -> (servers, buffer)
+        let d = |rate: f64, released: f64, start: Option<u64>, used: u32| {
+            let measured_start = start.map(Duration::from_secs);
+            let signals = Signals { rate, release_rate: released, measured_start, ..Default::default() };
             let d = decide(Some(Leaf::Adaptive(&policy)), &status(used, 10), &signals);
             (d.replicas, d.buffer)
         };
-        assert_eq!(d(0.0, None, 0), (1, 2), "no traffic: minBuffer 2 needs one server");
-        assert_eq!(d(0.5, None, 0), (1, 10), "0.5/s x 10 s assumed x 2 = 10");
-        assert_eq!(d(0.5, Some(30), 0), (3, 30), "a measured 30 s start replaces the assumption");
-        assert_eq!(d(0.51, Some(30), 5), (4, 31), "30.6 rounds up to 31; 36 slots -> 4 servers");
-        assert_eq!(d(100.0, Some(30), 0), (10, 100), "maxBuffer caps the buffer");
-        assert_eq!(d(100.0, Some(30), 900), (50, 100), "maxReplicas caps the servers");
-        assert_eq!(d(f64::NAN, None, 0), (1, 2), "a NaN rate is no rate");
+        assert_eq!(d(0.0, 0.0, None, 0), (1, 2), "no traffic: minBuffer 2 needs one server");
+        assert_eq!(d(0.4, 0.0, None, 0), (2, 12), "2 x (0.4 x 10 + sqrt(4)) = 12");
+        assert_eq!(d(0.4, 0.0, Some(40), 0), (4, 40), "a measured 40 s start: 2 x (16 + 4)");
+        assert_eq!(d(0.4, 0.4, Some(40), 30), (4, 8), "steady (releases match): only the spread, 2 x 4");
+        assert_eq!(d(0.4, 1.0, Some(40), 30), (4, 8), "shrinking: never below the spread");
+        assert_eq!(d(100.0, 0.0, Some(30), 0), (10, 100), "maxBuffer caps the buffer");
+        assert_eq!(d(100.0, 0.0, Some(30), 900), (50, 100), "maxReplicas caps the servers");
+        assert_eq!(d(f64::NAN, f64::INFINITY, None, 0), (1, 2), "no number is no rate");
         let no_min = AdaptivePolicy { min_buffer: 0, ..policy };
         let quiet = decide(Some(Leaf::Adaptive(&no_min)), &status(0, 10), &Signals::default());
         assert_eq!(quiet.replicas, 0, "no traffic and no minimum: zero");

@@ -226,6 +226,19 @@ async fn an_unmet_request_brings_a_region_back_from_zero_and_it_goes_back_to_zer
     let last = us.decisions.last().unwrap();
     assert_eq!((last.from, last.to, last.reason.as_str()), (0, 1, "unmet_demand"));
     assert!(last.message.contains("0 world(s) in use + 1 waiting"), "{}", last.message);
+    let labels = RegionLabels { fleet: "town".into(), region: "us".into() };
+    let gauges = |m: &Metrics| {
+        (
+            m.desired_replicas.get_or_create(&labels).get(),
+            m.current_replicas.get_or_create(&labels).get(),
+            m.buffer.get_or_create(&labels).get(),
+            m.free_world_slots.get_or_create(&labels).get(),
+            m.waiting_requests.get_or_create(&labels).get(),
+        )
+    };
+    assert_eq!(gauges(&fx.metrics), (1, 0, 0, 0, 1), "desired, current, buffer, free, waiting");
+    let up = DecisionLabels { fleet: "town".into(), region: "us".into(), direction: "up", reason: "unmet_demand" };
+    assert_eq!(fx.metrics.scale_decisions.get_or_create(&up).get(), 1);
 
     // The server comes, takes the request's world, the world ends: back to zero once the
     // scale-down delay has passed.

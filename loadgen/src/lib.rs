@@ -18,6 +18,7 @@
 pub mod allocations;
 mod bot;
 mod matchmaker;
+pub mod refill;
 mod report;
 mod resources;
 
