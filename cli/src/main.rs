@@ -262,7 +262,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config.tls = args.tls.files();
             args.stores.apply(&mut config);
             if let Some(path) = args.config.clone() {
-                config.fleet_updates = Some(reload_on_sighup(path, config.fleets.fleets.clone()));
+                config.fleet_updates = Some(reload_on_sighup(path, config.fleets.clone()));
             }
             let listener =
                 tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -300,13 +300,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Re-reads the fleet YAML at `path` on every SIGHUP and sends its fleets; a file that
-/// does not read or parse is reported and ignored.
+/// Re-reads the fleet YAML at `path` on every SIGHUP and sends it; a file that does not
+/// read or parse is reported and ignored.
 fn reload_on_sighup(
     path: PathBuf,
-    fleets: Vec<gaia_api::fleet::FleetSpec>,
-) -> tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>> {
-    let (tx, rx) = tokio::sync::watch::channel(fleets);
+    config: gaia_api::fleet::FleetConfig,
+) -> tokio::sync::watch::Receiver<gaia_api::fleet::FleetConfig> {
+    let (tx, rx) = tokio::sync::watch::channel(config);
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hup) => hup,
@@ -319,7 +319,7 @@ fn reload_on_sighup(
             match fleet_config(Some(&path)) {
                 Ok(config) => {
                     tracing::info!(path = %path.display(), "SIGHUP: fleet config reloaded");
-                    if tx.send(config.fleets).is_err() {
+                    if tx.send(config).is_err() {
                         return;
                     }
                 }

@@ -55,10 +55,10 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Where the default SQLite checkpoint file lives (created if missing).
     pub data_dir: std::path::PathBuf,
-    /// Reloaded fleet specs (`gaia run` sends them on SIGHUP): a fleet whose template
-    /// changed is rolled, one server at a time. Regions and autoscaling policies are read
-    /// at start only.
-    pub fleet_updates: Option<tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>>>,
+    /// Reloaded fleet configs (`gaia run` sends them on SIGHUP): a fleet whose template
+    /// changed is rolled, one server at a time; autoscalers take their new policies at
+    /// once. Regions are read at start only.
+    pub fleet_updates: Option<tokio::sync::watch::Receiver<FleetConfig>>,
 }
 
 impl Config {
@@ -183,6 +183,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         gaia_fleet_autoscaler::Settings {
             metrics: Some(autoscaler_metrics),
             status: Some(status_tx),
+            updates: config.fleet_updates.clone(),
             ..Default::default()
         },
         parts.clone(),
@@ -193,7 +194,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         sdk_secret: Some(sdk_secret),
         reconcile_every: config.controller_reconcile,
         env: server_env,
-        updates: config.fleet_updates.clone(),
+        updates: config.fleet_updates.clone().map(fleets_of),
         metrics: Some(controller_metrics),
         ..Default::default()
     };
@@ -221,6 +222,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
     }
     controller.and(api)
+}
+
+/// The fleet specs of each config `updates` sends (what the controller follows).
+fn fleets_of(
+    mut updates: tokio::sync::watch::Receiver<FleetConfig>,
+) -> tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>> {
+    let (tx, rx) = tokio::sync::watch::channel(updates.borrow().fleets.clone());
+    tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let fleets = updates.borrow_and_update().fleets.clone();
+            if tx.send(fleets).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Runs `part`, then cancels `parts`: whichever part ends first ends the rest.

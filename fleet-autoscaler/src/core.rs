@@ -77,41 +77,73 @@ struct Region {
     decisions: VecDeque<ScaleDecision>,
 }
 
+impl Region {
+    fn new(name: &str, scaler: &FleetAutoscalerSpec, desired: u32, now: Instant) -> Self {
+        let mut stabiliser =
+            Stabiliser::with_limit(scaler.scale_down_delay, scaler.scale_down_step, scaler.scale_down_period);
+        stabiliser.update(now, desired);
+        Region {
+            name: name.to_string(),
+            stabiliser,
+            rate: RateMeter::new(now),
+            releases: RateMeter::new(now),
+            starts: StartTimes::default(),
+            waiting: Waiting::default(),
+            desired,
+            explained: None,
+            decisions: VecDeque::new(),
+        }
+    }
+}
+
 impl Autoscaler {
     /// Every fleet of `config` that has an autoscaler, each region starting from its
     /// value in `current` (normally [`crate::initial_desired`]): a region started larger
     /// than it needs shrinks only after its `scaleDownDelay`.
     pub fn new(config: &FleetConfig, current: &DesiredReplicas, now: Instant) -> Self {
-        let mut fleets = Vec::new();
+        let mut scaler = Self { fleets: Vec::new(), reviews: 0 };
+        scaler.reconfigure(config, current, now);
+        scaler
+    }
+
+    /// Takes a new configuration (fleets and autoscalers edited at run time). A region
+    /// that was autoscaled before keeps what was measured and decided (rates, start
+    /// times, waiting requests, the stabiliser's window, the last decisions) under its
+    /// new policy; a new one starts from its value in `current`, or its `replicas`. A
+    /// fleet that lost its autoscaler is no longer decided: its regions keep their
+    /// desired replicas.
+    pub fn reconfigure(&mut self, config: &FleetConfig, current: &DesiredReplicas, now: Instant) {
+        let mut old = std::mem::take(&mut self.fleets);
         for spec in &config.fleets {
             let Some(scaler) = config.autoscaler(&spec.name) else { continue };
+            let mut before = old.iter().position(|f| f.spec.name == spec.name).map(|i| old.swap_remove(i));
             let regions = spec
                 .regions
                 .iter()
                 .map(|r| {
-                    let mut stabiliser = Stabiliser::with_limit(
-                        scaler.scale_down_delay,
-                        scaler.scale_down_step,
-                        scaler.scale_down_period,
-                    );
-                    let desired = current.get(&(spec.name.clone(), r.name.clone())).copied().unwrap_or(r.replicas);
-                    stabiliser.update(now, desired);
-                    Region {
-                        name: r.name.clone(),
-                        stabiliser,
-                        rate: RateMeter::new(now),
-                        releases: RateMeter::new(now),
-                        starts: StartTimes::default(),
-                        waiting: Waiting::default(),
-                        desired,
-                        explained: None,
-                        decisions: VecDeque::new(),
+                    let kept = before.as_mut().and_then(|f| {
+                        let i = f.regions.iter().position(|k| k.name == r.name)?;
+                        Some(f.regions.swap_remove(i))
+                    });
+                    match kept {
+                        Some(mut region) => {
+                            region.stabiliser.set_limit(
+                                scaler.scale_down_delay,
+                                scaler.scale_down_step,
+                                scaler.scale_down_period,
+                            );
+                            region
+                        }
+                        None => {
+                            let key = (spec.name.clone(), r.name.clone());
+                            Region::new(&r.name, scaler, current.get(&key).copied().unwrap_or(r.replicas), now)
+                        }
                     }
                 })
                 .collect();
-            fleets.push(Fleet { spec: spec.clone(), scaler: scaler.clone(), regions, updated_at_ms: 0 });
+            let updated_at_ms = before.map_or(0, |f| f.updated_at_ms);
+            self.fleets.push(Fleet { spec: spec.clone(), scaler: scaler.clone(), regions, updated_at_ms });
         }
-        Self { fleets, reviews: 0 }
     }
 
     /// The autoscaled fleets' names.
@@ -509,5 +541,32 @@ autoscalers:
         let changes = a.decide("town", &servers("eu", &[3, 0]), t0, wall(), &answers);
         let eu = changes.iter().find(|c| c.region == "eu").expect("eu changed");
         assert_eq!((eu.from, eu.to, eu.reason), (1, 6, Reason::Webhook));
+    }
+
+    #[test]
+    fn reconfiguring_keeps_regions_adds_new_ones_and_drops_unscaled_fleets() {
+        let config = FleetConfig::from_yaml(CONFIG).expect("config parses");
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(&config, &policy::initial_desired(&config, wall()), t0);
+        a.observe(t0, &allocated("eu"));
+        a.decide("town", &servers("eu", &[1]), t0, wall(), &WebhookAnswers::new());
+
+        let grown = CONFIG.replace(
+            "regions: [{ name: eu, replicas: 1 }, { name: us, replicas: 0 }]",
+            "regions: [{ name: eu, replicas: 1 }, { name: us, replicas: 0 }, { name: ap, replicas: 2 }]",
+        );
+        let grown = FleetConfig::from_yaml(&grown).expect("config parses");
+        a.reconfigure(&grown, &a.desired(), t0 + Duration::from_secs(1));
+        let desired = a.desired();
+        assert_eq!(desired[&("town".to_string(), "ap".to_string())], 2, "a new region starts at its replicas");
+        a.decide("town", &servers("eu", &[1]), t0 + Duration::from_secs(1), wall(), &WebhookAnswers::new());
+        let status = a.status("town").expect("town");
+        let eu = status.regions.iter().find(|r| r.region == "eu").expect("eu");
+        assert!(eu.inputs.allocation_rate > 0.0, "eu kept its measured rate");
+
+        let unscaled = FleetConfig { autoscalers: Vec::new(), ..grown };
+        a.reconfigure(&unscaled, &a.desired(), t0 + Duration::from_secs(2));
+        assert_eq!(a.fleets().count(), 0);
+        assert!(a.desired().is_empty());
     }
 }

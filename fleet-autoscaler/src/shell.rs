@@ -38,11 +38,20 @@ pub struct Settings {
     pub metrics: Option<Arc<Metrics>>,
     /// Receives every fleet's explained status after each recomputation.
     pub status: Option<watch::Sender<Statuses>>,
+    /// New configurations (a reloaded fleet YAML): autoscalers take their new policies
+    /// at once, keeping what they measured ([`Autoscaler::reconfigure`]).
+    pub updates: Option<watch::Receiver<FleetConfig>>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { sync_every: Duration::from_secs(1), debounce: Duration::from_millis(50), metrics: None, status: None }
+        Self {
+            sync_every: Duration::from_secs(1),
+            debounce: Duration::from_millis(50),
+            metrics: None,
+            status: None,
+            updates: None,
+        }
     }
 }
 
@@ -77,6 +86,7 @@ pub async fn run(
     let mut pending: Option<Instant> = None;
     let mut wake: Option<Instant> = None;
     let mut events_open = true;
+    let mut updates = settings.updates.clone();
     loop {
         let every: Vec<String>;
         tokio::select! {
@@ -85,6 +95,16 @@ pub async fn run(
             _ = sync.tick() => every = scaler.fleets().map(str::to_string).collect(),
             _ = sleep_until(pending), if pending.is_some() => every = std::mem::take(&mut dirty).into_iter().collect(),
             _ = sleep_until(wake), if wake.is_some() => every = scaler.fleets().map(str::to_string).collect(),
+            changed = async { updates.as_mut()?.changed().await.ok() }, if updates.is_some() => {
+                match changed.and_then(|()| updates.as_mut().map(|u| u.borrow_and_update().clone())) {
+                    Some(config) => {
+                        tracing::info!(autoscalers = config.autoscalers.len(), "autoscaler policies reloaded");
+                        scaler.reconfigure(&config, &desired.borrow(), Instant::now());
+                    }
+                    None => updates = None,
+                }
+                every = scaler.fleets().map(str::to_string).collect();
+            }
             event = events.recv(), if events_open => {
                 match event {
                     Ok(event) => {

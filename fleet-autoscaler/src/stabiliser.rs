@@ -39,6 +39,11 @@ impl Stabiliser {
         Self { window, step, period, seen: VecDeque::new(), answer: None, last_fall: None }
     }
 
+    /// New window and step for the values to come; what was recorded stays.
+    pub fn set_limit(&mut self, window: Duration, step: IntOrPercent, period: Duration) {
+        (self.window, self.step, self.period) = (window, step, period);
+    }
+
     /// Records `raw` at `now` and answers the stabilised count: the highest raw count
     /// recorded in `(now - window, now]`, or, when that is lower than the last answer,
     /// the last answer less at most one step (once per `period`). Instants are expected

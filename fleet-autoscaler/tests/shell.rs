@@ -52,6 +52,7 @@ struct Fixture {
     registry: Arc<dyn Registry>,
     desired: watch::Receiver<DesiredReplicas>,
     status: watch::Receiver<Statuses>,
+    updates: watch::Sender<FleetConfig>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -61,16 +62,18 @@ impl Fixture {
     fn start(config: FleetConfig, registry: Arc<dyn Registry>, sync_every: Duration) -> Self {
         let (tx, desired) = watch::channel(initial_desired(&config, chrono::Utc::now()));
         let (status_tx, status) = watch::channel(Statuses::new());
+        let (updates, updates_rx) = watch::channel(config.clone());
         let metrics = Arc::new(Metrics::new(&mut prometheus_registry()));
         let settings = Settings {
             sync_every,
             debounce: Duration::from_millis(100),
             metrics: Some(Arc::clone(&metrics)),
             status: Some(status_tx),
+            updates: Some(updates_rx),
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(config, Arc::clone(&registry), tx, settings, shutdown.clone()));
-        Self { registry, desired, status, metrics, shutdown, task }
+        Self { registry, desired, status, updates, metrics, shutdown, task }
     }
 
     fn eu(&self) -> u32 {
@@ -252,6 +255,33 @@ async fn an_unmet_request_brings_a_region_back_from_zero_and_it_goes_back_to_zer
     let status = fx.status.borrow()["town"].clone();
     let us = status.regions.iter().find(|r| r.region == "us").unwrap();
     assert_eq!((us.inputs.waiting_requests, us.desired_replicas), (0, 0));
+    fx.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_policy_applies_at_once_and_keeps_what_was_measured() {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+    two_ready_servers_in_eu(registry.as_ref()).await;
+    let mut fx = Fixture::start(config(1), Arc::clone(&registry), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..3 {
+        allocate(registry.as_ref(), "eu").await;
+    }
+    assert_eq!(fx.next_eu_change().await, 2, "3 worlds + 4 free need 2 servers of 4");
+
+    // The buffer goes from 4 to 12 free slots: (3 + 12) / 4 -> 4 servers, without waiting
+    // for the next sync (an hour away) or an allocation.
+    let mut bigger = config(1);
+    bigger.autoscalers[0].policy = serde_norway::from_str("{ buffer: { bufferSize: 12, maxReplicas: 5 } }").unwrap();
+    let start = Instant::now();
+    fx.updates.send_replace(bigger);
+    assert_eq!(fx.next_eu_change().await, 4);
+    assert!(start.elapsed() <= Duration::from_millis(100), "{:?}", start.elapsed());
+    let status = fx.status.borrow()["town"].clone();
+    let eu = status.regions.iter().find(|r| r.region == "eu").unwrap();
+    assert_eq!(eu.buffer.target, 12);
+    assert!(eu.inputs.allocation_rate > 0.0, "the rate measured before the reload is kept");
+    assert_eq!(eu.decisions.iter().map(|d| (d.from, d.to)).collect::<Vec<_>>(), [(1, 2), (2, 4)]);
     fx.stop().await;
 }
 
