@@ -906,4 +906,30 @@ chain:
         let review: FleetAutoscaleReview = serde_json::from_str(answer).unwrap();
         assert_eq!(review.response, Some(FleetAutoscaleResponse { uid: "1f3".into(), scale: true, replicas: 5 }));
     }
+
+    #[test]
+    fn the_policies_in_the_docs_parse_and_validate() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Block {
+            autoscalers: Option<Vec<FleetAutoscalerSpec>>,
+            policy: Option<AutoscalerPolicy>,
+        }
+        let doc = include_str!("../../docs/autoscaling.md");
+        let blocks: Vec<&str> = doc.split("```yaml\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+        assert_eq!(blocks.len(), 2, "docs/autoscaling.md's YAML examples");
+        for block in blocks {
+            let parsed: Block = serde_norway::from_str(block).unwrap_or_else(|e| panic!("{e}: {block}"));
+            for scaler in parsed.autoscalers.unwrap_or_default() {
+                scaler.policy.validate("policy").unwrap();
+                for policy in scaler.regions.values() {
+                    policy.validate("region").unwrap();
+                }
+            }
+            if let Some(policy) = parsed.policy {
+                policy.validate("policy").unwrap();
+                assert_eq!(policy.kind(), "Chain");
+            }
+        }
+    }
 }

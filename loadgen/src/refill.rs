@@ -99,9 +99,21 @@ impl fmt::Display for RefillReport {
 /// empty).
 pub async fn run(config: &Config, bursts: usize, shutdown: CancellationToken) -> anyhow::Result<RefillReport> {
     let http = http_client(config)?;
+    // The autoscaler explains a fleet from its first decision on: wait for that.
+    let deadline = Instant::now() + PATIENCE;
+    let first = loop {
+        match status(&http, config).await {
+            Ok(status) if !status.regions.is_empty() => break status,
+            Ok(_) if Instant::now() < deadline => {}
+            Err(_) if Instant::now() < deadline => {}
+            Ok(status) => bail!("the autoscaler of {} explains no region: {status:?}", config.fleet),
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(POLL * 10).await;
+    };
     let regions = match config.regions.is_empty() {
         false => config.regions.clone(),
-        true => status(&http, config).await?.regions.into_iter().map(|r| r.region).collect(),
+        true => first.regions.into_iter().map(|r| r.region).collect(),
     };
     anyhow::ensure!(!regions.is_empty(), "fleet {} has no autoscaled region", config.fleet);
     let mut report = RefillReport::default();
