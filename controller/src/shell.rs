@@ -13,7 +13,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gaia_api::fleet::{DesiredReplicas, FleetSpec};
+use gaia_api::fleet::{DesiredReplicas, FleetConfig, FleetSpec};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_api::token::TokenKey;
 use gaia_registry::{Registry, RegistryError};
@@ -44,10 +44,10 @@ pub struct Config {
     /// Environment for every game server (e.g. its checkpoint stores); a fleet's
     /// template may override it.
     pub env: BTreeMap<String, String>,
-    /// New fleet specs (a reloaded config). A fleet whose template changed is rolled:
-    /// its servers are replaced one at a time ([`plan`]). Invalid specs are refused
-    /// with an error logged, and the current ones kept.
-    pub updates: Option<watch::Receiver<Vec<FleetSpec>>>,
+    /// A reloaded config, whose fleets it takes. A fleet whose template changed is
+    /// rolled: its servers are replaced one at a time ([`plan`]). Invalid specs are
+    /// refused with an error logged, and the current ones kept.
+    pub updates: Option<watch::Receiver<FleetConfig>>,
     pub metrics: Option<Arc<Metrics>>,
 }
 
@@ -131,7 +131,7 @@ pub async fn run(
                 }
             }
             changed = async { updates.as_mut()?.changed().await.ok() }, if updates.is_some() => {
-                match changed.and_then(|()| updates.as_mut().map(|u| u.borrow_and_update().clone())) {
+                match changed.and_then(|()| updates.as_mut().map(|u| u.borrow_and_update().fleets.clone())) {
                     Some(fleets) => controller.update(fleets),
                     None => updates = None,
                 }

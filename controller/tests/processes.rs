@@ -77,7 +77,7 @@ struct Fixture {
     registry: Arc<MemoryRegistry>,
     desired: watch::Sender<DesiredReplicas>,
     /// The fleet's spec as the controller knows it; send a new one to roll the fleet.
-    fleets: watch::Sender<Vec<FleetSpec>>,
+    fleets: watch::Sender<FleetConfig>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ControllerError>>,
@@ -89,7 +89,8 @@ impl Fixture {
         let dir = TestDir::new();
         let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
         let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
-        let (fleets, updates) = watch::channel(vec![fleet(script, &dir)]);
+        let (fleets, updates) =
+            watch::channel(FleetConfig { fleets: vec![fleet(script, &dir)], autoscalers: Vec::new() });
         let config = Config {
             sdk_url: "http://127.0.0.1:9".into(),
             join_secret: "test-secret".into(),
@@ -404,10 +405,10 @@ async fn a_changed_template_rolls_the_servers_one_at_a_time() {
     let old = fx.exactly_live(2).await;
     fx.ready_all().await;
 
-    let mut spec = fx.fleets.borrow().first().cloned().unwrap();
+    let mut spec = fx.fleets.borrow().fleets.first().cloned().unwrap();
     spec.template.env.insert("GAIA_TEST_VERSION".into(), "2".into());
     let version = spec.template_version();
-    fx.fleets.send_replace(vec![spec]);
+    fx.fleets.send_replace(FleetConfig { fleets: vec![spec], autoscalers: Vec::new() });
 
     let mut most_live = 0;
     let new = eventually("every server replaced by one of the new template", async || {

@@ -194,7 +194,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         sdk_secret: Some(sdk_secret),
         reconcile_every: config.controller_reconcile,
         env: server_env,
-        updates: config.fleet_updates.clone().map(fleets_of),
+        updates: config.fleet_updates.clone(),
         metrics: Some(controller_metrics),
         ..Default::default()
     };
@@ -222,22 +222,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
     }
     controller.and(api)
-}
-
-/// The fleet specs of each config `updates` sends (what the controller follows).
-fn fleets_of(
-    mut updates: tokio::sync::watch::Receiver<FleetConfig>,
-) -> tokio::sync::watch::Receiver<Vec<gaia_api::fleet::FleetSpec>> {
-    let (tx, rx) = tokio::sync::watch::channel(updates.borrow().fleets.clone());
-    tokio::spawn(async move {
-        while updates.changed().await.is_ok() {
-            let fleets = updates.borrow_and_update().fleets.clone();
-            if tx.send(fleets).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// Runs `part`, then cancels `parts`: whichever part ends first ends the rest.

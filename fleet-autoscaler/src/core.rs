@@ -174,13 +174,13 @@ impl Autoscaler {
     /// waiting request of its region. An unmet request that named no region counts
     /// against the fleet's first region. Scheduled-to-Ready times are measured per region.
     pub fn observe(&mut self, now: Instant, event: &RegistryEvent) -> bool {
-        let (fleet, region) = match event {
-            RegistryEvent::Allocated { fleet, region }
-            | RegistryEvent::Released { fleet, region }
-            | RegistryEvent::StateChanged { fleet, region, .. } => (fleet, Some(region)),
-            RegistryEvent::Unmet { fleet, region } => (fleet, region.as_ref()),
+        let region = match event {
+            RegistryEvent::Allocated { region, .. }
+            | RegistryEvent::Released { region, .. }
+            | RegistryEvent::StateChanged { region, .. } => Some(region),
+            RegistryEvent::Unmet { region, .. } => region.as_ref(),
         };
-        let Some(fleet) = self.fleet_mut(fleet) else { return false };
+        let Some(fleet) = self.fleet_mut(event.fleet()) else { return false };
         let region = match region {
             Some(name) => fleet.regions.iter_mut().find(|r| r.name == *name),
             None => fleet.regions.first_mut(),
@@ -211,24 +211,18 @@ impl Autoscaler {
     /// The webhook reviews `fleet` needs before [`Self::decide`]: one per region whose
     /// policy in force at `wall` is a Webhook, in Agones' `FleetAutoscaleRequest` shape.
     pub fn webhook_calls(&mut self, fleet: &str, servers: &[GameServer], wall: DateTime<Utc>) -> Vec<WebhookCall> {
-        let Some(index) = self.fleets.iter().position(|f| f.spec.name == fleet) else { return Vec::new() };
+        let Some(f) = self.fleets.iter().find(|f| f.spec.name == fleet) else { return Vec::new() };
         let mut calls = Vec::new();
-        for region in &self.fleets[index].regions {
-            let f = &self.fleets[index];
+        for region in &f.regions {
             let Some(Leaf::Webhook(policy)) = policy::resolve(f.scaler.policy_for(&region.name), wall).leaf else {
                 continue;
             };
+            self.reviews += 1;
             let status = RegionStatus::observe(servers, &f.spec, &region.name);
-            calls.push((region.name.clone(), policy.clone(), status));
+            let request = review_request(&f.spec, &region.name, &status, self.reviews);
+            calls.push(WebhookCall { region: region.name.clone(), policy: policy.clone(), request });
         }
         calls
-            .into_iter()
-            .map(|(region, policy, status)| {
-                self.reviews += 1;
-                let request = review_request(&self.fleets[index].spec, &region, &status, self.reviews);
-                WebhookCall { region, policy, request }
-            })
-            .collect()
     }
 
     /// Decides every region of `fleet` from its server records (every record of the

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gaia_api::autoscaler::FleetAutoscalerStatus;
 use gaia_api::fleet::{DesiredReplicas, FleetConfig};
-use gaia_registry::{Registry, RegistryEvent};
+use gaia_registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -109,7 +109,7 @@ pub async fn run(
                 match event {
                     Ok(event) => {
                         if scaler.observe(Instant::now(), &event) {
-                            dirty.insert(fleet_of(&event).to_string());
+                            dirty.insert(event.fleet().to_string());
                             pending.get_or_insert_with(|| Instant::now() + settings.debounce);
                         }
                     }
@@ -138,15 +138,6 @@ pub async fn run(
         // A wake that is already due belongs to a fleet whose read failed: leave it to
         // the sync timer rather than spin.
         wake = scaler.next_wake().filter(|t| *t > now);
-    }
-}
-
-fn fleet_of(event: &RegistryEvent) -> &str {
-    match event {
-        RegistryEvent::Allocated { fleet, .. }
-        | RegistryEvent::Released { fleet, .. }
-        | RegistryEvent::StateChanged { fleet, .. }
-        | RegistryEvent::Unmet { fleet, .. } => fleet,
     }
 }
 

@@ -130,8 +130,7 @@ pub async fn run(config: &Config, bursts: usize, shutdown: CancellationToken) ->
 }
 
 async fn one_burst(http: &reqwest::Client, config: &Config, region: &str) -> anyhow::Result<Burst> {
-    let steady = settle(http, config, region).await?;
-    let known = servers(http, config, region).await?;
+    let (steady, known) = settle(http, config, region).await?;
     let taken = steady.buffer.free;
     let url = format!("{}/v1/allocations", config.allocator_url.trim_end_matches('/'));
     let started = Instant::now();
@@ -194,8 +193,13 @@ async fn one_burst(http: &reqwest::Client, config: &Config, region: &str) -> any
     }
 }
 
-/// Waits until `region` has its buffer free and no server starting.
-async fn settle(http: &reqwest::Client, config: &Config, region: &str) -> anyhow::Result<RegionAutoscalerStatus> {
+/// Waits until `region` has its buffer free and no server starting; answers its status
+/// and servers then.
+async fn settle(
+    http: &reqwest::Client,
+    config: &Config,
+    region: &str,
+) -> anyhow::Result<(RegionAutoscalerStatus, BTreeMap<String, GameServer>)> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let status = region_status(http, config, region).await?;
@@ -206,7 +210,7 @@ async fn settle(http: &reqwest::Client, config: &Config, region: &str) -> anyhow
             && !starting
             && status.current_replicas == status.desired_replicas
         {
-            return Ok(status);
+            return Ok((status, servers));
         }
         if Instant::now() > deadline {
             bail!("{region} did not settle within {PATIENCE:?}: {status:?}");

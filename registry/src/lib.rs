@@ -55,6 +55,18 @@ pub enum RegistryEvent {
     Unmet { fleet: String, region: Option<String> },
 }
 
+impl RegistryEvent {
+    /// The fleet the event is about.
+    pub fn fleet(&self) -> &str {
+        match self {
+            Self::Allocated { fleet, .. }
+            | Self::Released { fleet, .. }
+            | Self::StateChanged { fleet, .. }
+            | Self::Unmet { fleet, .. } => fleet,
+        }
+    }
+}
+
 /// What one [`Registry::sweep`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
