@@ -12,14 +12,36 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{FleetSpec, SpecError, invalid};
 
-/// Scales one fleet, each of its regions on its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// kube's derive takes one `printcolumn(...)` per column.
+#[allow(clippy::duplicated_attributes)]
+/// Scales one fleet, each of its regions on its own (in embedded YAML, an entry of
+/// `autoscalers`; on Kubernetes, the spec of a FleetAutoscaler).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gaia.dev",
+    version = "v1alpha1",
+    kind = "FleetAutoscaler",
+    namespaced,
+    status = "FleetAutoscalerResourceStatus",
+    shortname = "gfas",
+    category = "gaia",
+    doc = "Scales a Fleet, each of its regions on its own.",
+    printcolumn(name = "Fleet", type_ = "string", json_path = ".spec.fleetName"),
+    printcolumn(name = "Current", type_ = "integer", json_path = ".status.currentReplicas"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(name = "Able", type_ = "boolean", json_path = ".status.ableToScale"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FleetAutoscalerSpec {
+    /// The fleet scaled (`fleetName` as Agones writes it; `fleet` is accepted too).
+    #[serde(rename = "fleetName", alias = "fleet")]
     pub fleet: String,
     /// The policy of every region not named in `regions`.
     pub policy: AutoscalerPolicy,
@@ -28,13 +50,50 @@ pub struct FleetAutoscalerSpec {
     pub regions: BTreeMap<String, AutoscalerPolicy>,
     /// Scale-down waits until no higher need was seen for this long (stabilisation window).
     #[serde(default = "defaults::scale_down_delay", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub scale_down_delay: Duration,
     /// At most this many servers, or this percentage of the region's desired replicas
     /// (rounded up, at least 1), are taken away per `scaleDownPeriod`.
     #[serde(default = "defaults::scale_down_step")]
     pub scale_down_step: IntOrPercent,
     #[serde(default = "defaults::scale_down_period", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub scale_down_period: Duration,
+}
+
+/// What the autoscaler last decided, written to a `FleetAutoscaler`'s status (the full
+/// explanation, with the recent decisions, is at `GET /v1/fleets/{fleet}/autoscaler`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetAutoscalerResourceStatus {
+    /// Live servers of the fleet, all regions together.
+    pub current_replicas: u32,
+    pub desired_replicas: u32,
+    /// Whether the autoscaler could act on the fleet (false: the spec is invalid or the
+    /// fleet is missing; see `message`).
+    pub able_to_scale: bool,
+    /// Whether a region wanted more (or fewer) than its min/max allows.
+    pub scaling_limited: bool,
+    /// When desired replicas last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<RegionScaleStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionScaleStatus {
+    pub region: String,
+    /// The policy in force, e.g. `Buffer` or `Chain/december/Schedule/Buffer`.
+    pub policy: String,
+    pub current_replicas: u32,
+    pub desired_replicas: u32,
+    /// The buffer the policy wants and what is free, in its unit.
+    pub buffer_target: u32,
+    pub buffer_free: u32,
 }
 
 impl FleetAutoscalerSpec {
@@ -86,6 +145,16 @@ pub struct ChainEntry {
     pub policy: AutoscalerPolicy,
 }
 
+impl JsonSchema for AutoscalerPolicy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AutoscalerPolicy".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        PolicyDoc::json_schema(generator)
+    }
+}
+
 impl AutoscalerPolicy {
     /// Agones' name of the policy type.
     pub fn kind(&self) -> &'static str {
@@ -131,6 +200,17 @@ impl AutoscalerPolicy {
 pub enum IntOrPercent {
     Int(u32),
     Percent(u32),
+}
+
+impl JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Kubernetes' own IntOrString schema; the number or percentage is checked on read.
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,7 +264,7 @@ impl std::fmt::Display for IntOrPercent {
 }
 
 /// What a buffer counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BufferUnit {
     /// Free world slots (on Scheduled, Ready and Allocated servers).
@@ -197,7 +277,7 @@ pub enum BufferUnit {
 /// Keep `bufferSize` free in every region, within min/max replicas. A percentage is the
 /// share of the region's capacity that is free: `20%` of worlds keeps one slot in five
 /// free (rounded up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BufferPolicy {
     /// `freeWorldSlots` is accepted as another name (with the default unit, worlds).
@@ -240,7 +320,7 @@ fn check_min_max(field: &str, min: u32, max: u32) -> Result<(), SpecError> {
 /// 0); the square root is the spread of Poisson arrivals over one start. Rates are
 /// measured per region over `rateWindow`; the start time is the slowest of the region's
 /// last few measured starts (Scheduled to Ready), or `startTime` until one was measured.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdaptivePolicy {
     #[serde(default = "defaults::safety_factor")]
@@ -250,8 +330,10 @@ pub struct AdaptivePolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffer: Option<u32>,
     #[serde(default = "defaults::rate_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub rate_window: Duration,
     #[serde(default = "defaults::start_time", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub start_time: Duration,
     #[serde(default)]
     pub min_replicas: u32,
@@ -279,7 +361,7 @@ impl AdaptivePolicy {
 /// Ask an HTTP endpoint, as Agones' Webhook policy does: a `FleetAutoscaleReview` is POSTed
 /// (once per region) and its `response.replicas` is used when `response.scale` is true.
 /// Give `url`, or `service` (called at `http(s)://{name}.{namespace}.svc:{port}{path}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,10 +373,11 @@ pub struct WebhookPolicy {
     pub ca_bundle: Option<String>,
     /// How long one call may take; past it the region keeps its replicas.
     #[serde(default = "defaults::webhook_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceReference {
     pub name: String,
@@ -360,27 +443,31 @@ impl WebhookPolicy {
 /// `activePeriod.duration` (forever when unset) after each time the cron pattern fires
 /// in `activePeriod.timezone` (UTC when unset). Outside it, a lone Schedule keeps the
 /// replicas as they are; in a chain, the next entry decides.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulePolicy {
     #[serde(default)]
     pub between: Between,
     #[serde(default)]
     pub active_period: ActivePeriod,
+    /// A policy (checked by the autoscaler: the schema cannot hold a recursive type).
+    #[schemars(schema_with = "crate::k8s::open_object")]
     pub policy: AutoscalerPolicy,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Between {
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub start: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub end: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActivePeriod {
     /// An IANA time zone such as `Europe/Paris`.
@@ -390,6 +477,7 @@ pub struct ActivePeriod {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_cron: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub duration: Option<Duration>,
 }
 
@@ -457,7 +545,7 @@ fn parse_cron(pattern: &str) -> Result<croner::Cron, String> {
 }
 
 /// The wire form of a policy: Agones' `{type, buffer, webhook, ...}` with one block set.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PolicyDoc {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -473,7 +561,10 @@ struct PolicyDoc {
     adaptive: Option<AdaptivePolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     schedule: Option<Box<SchedulePolicy>>,
+    /// Entries `{id, type?, buffer|webhook|adaptive|schedule}` (checked by the
+    /// autoscaler: the schema cannot hold a recursive type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::k8s::list_of_open_objects")]
     chain: Option<Vec<PolicyDoc>>,
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::autoscaler::FleetAutoscalerSpec;
+pub use crate::autoscaler::{FleetAutoscalerSpec, IntOrPercent};
 
 /// One file: the fleets to run and their autoscalers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,57 @@ pub struct FleetSpec {
     pub template: GameServerTemplate,
     #[serde(default)]
     pub health: HealthSpec,
+    /// How a changed template is rolled out.
+    #[serde(default)]
+    pub strategy: FleetStrategy,
     pub regions: Vec<RegionSpec>,
+}
+
+/// How servers on an old template are replaced, as a Kubernetes Deployment's
+/// `strategy` (only `rollingUpdate` is offered: worlds move off old servers, so nothing is
+/// ever taken down before its replacement is up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetStrategy {
+    #[serde(default)]
+    pub rolling_update: RollingUpdate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingUpdate {
+    /// New servers started ahead of the old ones they replace: a count, or a percentage
+    /// of the region's desired replicas (rounded up). Always at least 1.
+    #[serde(default = "defaults::max_surge")]
+    pub max_surge: IntOrPercent,
+}
+
+impl Default for RollingUpdate {
+    fn default() -> Self {
+        Self { max_surge: defaults::max_surge() }
+    }
+}
+
+impl RollingUpdate {
+    /// How many servers may be started beyond `desired` while old ones remain.
+    pub fn surge(&self, desired: u32) -> u32 {
+        match self.max_surge {
+            IntOrPercent::Int(n) => n,
+            IntOrPercent::Percent(p) => {
+                u32::try_from((u64::from(desired) * u64::from(p)).div_ceil(100)).unwrap_or(u32::MAX)
+            }
+        }
+        .max(1)
+    }
+}
+
+/// A short hex digest of a serialisable value (template versions).
+pub fn digest(value: &impl Serialize) -> String {
+    use sha2::Digest;
+    // Serialising maps of strings and integers cannot fail.
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The label that records which version of its fleet's template a server was started
@@ -52,7 +102,6 @@ impl FleetSpec {
     /// capacities, health, labels): when it changes, the fleet's servers are replaced
     /// one at a time (a rolling update). Regions and replica counts are not part of it.
     pub fn template_version(&self) -> String {
-        use sha2::Digest;
         let started_with = (
             &self.template,
             self.world_capacity,
@@ -61,10 +110,7 @@ impl FleetSpec {
             &self.health,
             &self.labels,
         );
-        // Serialising maps of strings and integers cannot fail.
-        let json = serde_json::to_vec(&started_with).unwrap_or_default();
-        let digest = sha2::Sha256::digest(&json);
-        digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+        digest(&started_with)
     }
 }
 
@@ -81,7 +127,7 @@ pub struct GameServerTemplate {
 }
 
 /// Health checking, as Agones' `health` block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthSpec {
     /// How often the SDK pings.
@@ -139,6 +185,9 @@ mod defaults {
     }
     pub fn initial_delay_seconds() -> u32 {
         10
+    }
+    pub fn max_surge() -> super::IntOrPercent {
+        super::IntOrPercent::Percent(25)
     }
 }
 

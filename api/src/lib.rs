@@ -5,6 +5,7 @@
 //! - [`fleet`]: fleet specs (YAML).
 //! - [`autoscaler`]: autoscaler policies, the autoscaler's explained status, Agones'
 //!   webhook review.
+//! - [`k8s`]: the Kubernetes custom resources (Fleet, FleetAutoscaler, GameServer).
 //! - [`allocation`]: the matchmaker's allocation request and response.
 //! - [`process`]: this process's CPU time and memory, for metrics and reports.
 //! - [`protocol`]: client WebSocket messages (bincode 2, versioned envelope).
@@ -15,6 +16,7 @@ pub mod allocation;
 pub mod autoscaler;
 pub mod fleet;
 pub mod gameserver;
+pub mod k8s;
 pub mod process;
 pub mod protocol;
 pub mod token;

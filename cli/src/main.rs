@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod allocator;
 mod auth;
+mod kubernetes;
 mod simulate;
 use auth::{ApiAuthArgs, SdkTokenArgs, TlsArgs};
 
@@ -59,6 +60,10 @@ enum Command {
     /// Simulate the autoscaler, controller and allocator over demand traces on a virtual
     /// clock, and compare policies.
     Simulate(simulate::SimulateArgs),
+    /// Kubernetes: turn the Fleets of one namespace into game-server Pods.
+    Controller(kubernetes::ControllerArgs),
+    /// Kubernetes: scale the Fleets of one namespace by their FleetAutoscalers.
+    FleetAutoscaler(kubernetes::AutoscalerArgs),
 }
 
 #[derive(clap::Args)]
@@ -296,6 +301,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         // CPU-bound and synchronous: off the runtime's workers.
         Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await??,
+        Command::Controller(args) => kubernetes::controller(args, shutdown).await?,
+        Command::FleetAutoscaler(args) => kubernetes::fleet_autoscaler(args, shutdown).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

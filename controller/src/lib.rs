@@ -19,5 +19,5 @@ mod shell;
 
 pub use error::ControllerError;
 pub use metrics::{ErrorLabels, Metrics, RegionLabels};
-pub use plan::{Action, is_idle, plan};
+pub use plan::{Action, Rollout, Rollouts, is_idle, plan, rollouts};
 pub use shell::{Config, run};

@@ -4,9 +4,9 @@
 //! processes this controller runs, and answers a list of [`Action`]s. The shell
 //! ([`crate::run`]) executes them; nothing here does I/O.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gaia_api::fleet::{DesiredReplicas, FleetSpec, TEMPLATE_LABEL};
+use gaia_api::fleet::{DesiredReplicas, FleetSpec, RollingUpdate, TEMPLATE_LABEL};
 use gaia_api::gameserver::{GameServer, GameServerState};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,6 +22,25 @@ pub enum Action {
     Kill { name: String },
 }
 
+/// What one fleet's servers should run, and how fast old ones are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// The template version servers must carry in [`TEMPLATE_LABEL`].
+    pub version: String,
+    pub strategy: RollingUpdate,
+}
+
+/// Rollouts by fleet name: the fleets [`plan`] may act on.
+pub type Rollouts = BTreeMap<String, Rollout>;
+
+/// The rollouts of embedded fleets.
+pub fn rollouts(fleets: &[FleetSpec]) -> Rollouts {
+    fleets
+        .iter()
+        .map(|f| (f.name.clone(), Rollout { version: f.template_version(), strategy: f.strategy.rolling_update }))
+        .collect()
+}
+
 /// Whether scale-down may take this server: it hosts no world and is not held by its
 /// SDK (Reserved), being drained, or allocated.
 pub fn is_idle(server: &GameServer) -> bool {
@@ -35,7 +54,7 @@ pub fn is_idle(server: &GameServer) -> bool {
 /// - `running` names the child processes this controller runs that are alive and not
 ///   already being stopped or killed.
 ///
-/// Rules, for each (fleet, region) pair present in `desired` whose fleet is in `fleets`
+/// Rules, for each (fleet, region) pair present in `desired` whose fleet is in `rollouts`
 /// (pairs missing from `desired` are left alone, not scaled to zero; pairs of unknown
 /// fleets are ignored, there is no template to start):
 /// - *live* servers are the records of that fleet and region whose state is not terminal
@@ -47,36 +66,41 @@ pub fn is_idle(server: &GameServer) -> bool {
 ///   host worlds, fewest worlds first, then by name: their worlds move to the servers
 ///   that stay. Reserved servers are never taken (their SDK holds them).
 /// - a rolling update: servers whose [`TEMPLATE_LABEL`] is not the fleet's
-///   [`FleetSpec::template_version`] are outdated. While any stays, the pair may have one
-///   server more than desired (surge 1): a new one is started, and once it is no longer
-///   Scheduled the excess takes an outdated server first (stopped if idle, drained if it
-///   hosts worlds), then the next is started, until none is outdated.
+///   [`Rollout::version`] are outdated. While any stays, the pair may have up to `surge`
+///   servers more than desired ([`RollingUpdate::surge`], at most the outdated count):
+///   new ones are started, and once none is still Scheduled the excess takes outdated
+///   servers first (stopped if idle, drained if they host worlds), then the next are
+///   started, until none is outdated.
 ///
 /// And for every name in `running`: a terminal record, or none at all, gives `Kill`.
 ///
 /// Actions come per pair in `desired`'s order (starts, then stops), kills last by name.
 pub fn plan(
-    fleets: &[FleetSpec],
+    rollouts: &Rollouts,
     desired: &DesiredReplicas,
     observed: &[GameServer],
     running: &BTreeSet<String>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     for ((fleet, region), &want) in desired {
-        let Some(spec) = fleets.iter().find(|f| f.name == *fleet) else {
+        let Some(rollout) = rollouts.get(fleet) else {
             continue;
         };
-        let version = spec.template_version();
-        let outdated = |s: &GameServer| s.labels.get(TEMPLATE_LABEL) != Some(&version);
+        let outdated = |s: &GameServer| s.labels.get(TEMPLATE_LABEL) != Some(&rollout.version);
         let live: Vec<&GameServer> =
             observed.iter().filter(|s| s.fleet == *fleet && s.region == *region && !s.state.is_terminal()).collect();
         let staying: Vec<&GameServer> = live.iter().copied().filter(|s| s.state != GameServerState::Draining).collect();
+        let surge = usize::try_from(rollout.strategy.surge(want)).unwrap_or(usize::MAX);
         let want = usize::try_from(want).unwrap_or(usize::MAX);
-        // A rolling update: one server of the new version is added (surge 1), and once it
-        // is up one old server goes, until none is left.
-        let rolling = staying.iter().any(|s| outdated(s));
+        // A rolling update: servers of the new version are added (up to the surge), and
+        // once they are up as many old servers go, until none is left.
+        let outdated_count = staying.iter().filter(|s| outdated(s)).count();
         let starting = staying.iter().any(|s| !outdated(s) && s.state == GameServerState::Scheduled);
-        let target = if rolling && (starting || staying.len() <= want) { want + 1 } else { want };
+        let target = if outdated_count > 0 && (starting || staying.len() <= want) {
+            want.saturating_add(surge.min(outdated_count))
+        } else {
+            want
+        };
         if live.len() < target {
             let start = Action::Start { fleet: fleet.clone(), region: region.clone() };
             actions.extend(std::iter::repeat_n(start, target - live.len()));
@@ -121,6 +145,7 @@ mod tests {
             labels: BTreeMap::new(),
             template: gaia_api::fleet::GameServerTemplate { command: vec!["/bin/true".into()], env: BTreeMap::new() },
             health: Default::default(),
+            strategy: Default::default(),
             regions: vec![
                 gaia_api::fleet::RegionSpec { name: "eu".into(), replicas: 0 },
                 gaia_api::fleet::RegionSpec { name: "us".into(), replicas: 0 },
@@ -128,8 +153,8 @@ mod tests {
         }
     }
 
-    fn fleets() -> Vec<FleetSpec> {
-        vec![fleet("town")]
+    fn fleets() -> Rollouts {
+        rollouts(&[fleet("town")])
     }
 
     fn server(name: &str, region: &str, state: GameServerState, worlds: u32) -> GameServer {
@@ -168,6 +193,33 @@ mod tests {
         a.state = Draining;
         assert_eq!(plan(&[a.clone(), n1.clone(), n2.clone()]), vec![]);
         assert_eq!(plan(&[n1, n2]), vec![]);
+    }
+
+    #[test]
+    fn a_larger_surge_replaces_several_at_a_time() {
+        let mut spec = fleet("town");
+        spec.strategy.rolling_update.max_surge = gaia_api::fleet::IntOrPercent::Percent(50);
+        let rollouts = rollouts(&[spec]);
+        let desired = want(&[("town", "eu", 4)]);
+        let plan = |observed: &[GameServer]| plan(&rollouts, &desired, observed, &BTreeSet::new());
+        let olds: Vec<GameServer> = ["a", "b", "c"].iter().map(|n| old(server(n, "eu", Ready, 0))).collect();
+        let mut observed = olds.clone();
+        observed.push(old(server("d", "eu", Allocated, 1)));
+        // 50% of 4: two new servers at once.
+        assert_eq!(plan(&observed), vec![start("eu"), start("eu")]);
+        observed.push(server("n1", "eu", Ready, 0));
+        observed.push(server("n2", "eu", Scheduled, 0));
+        assert_eq!(plan(&observed), vec![], "wait until both are up");
+        observed.last_mut().unwrap().state = Ready;
+        assert_eq!(plan(&observed), vec![stop("a"), stop("b")], "then two old ones go");
+        // With one old server left, the surge is one.
+        let observed = vec![
+            old(server("d", "eu", Allocated, 1)),
+            server("n1", "eu", Ready, 0),
+            server("n2", "eu", Ready, 0),
+            server("n3", "eu", Ready, 0),
+        ];
+        assert_eq!(plan(&observed), vec![start("eu")]);
     }
 
     fn want(pairs: &[(&str, &str, u32)]) -> DesiredReplicas {

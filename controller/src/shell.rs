@@ -183,7 +183,7 @@ impl Controller {
                     .filter(|(_, c)| c.phase == Phase::Running)
                     .map(|(name, _)| name.clone())
                     .collect();
-                let actions = plan(&self.fleets, desired, &observed, &running);
+                let actions = plan(&crate::plan::rollouts(&self.fleets), desired, &observed, &running);
                 self.execute(actions).await;
             }
             Err(error) => {

@@ -270,6 +270,7 @@ impl Scenario {
             labels: Default::default(),
             template: GameServerTemplate { command: vec!["sim".to_string()], env: Default::default() },
             health: Default::default(),
+            strategy: Default::default(),
             regions: self.regions.iter().map(|r| RegionSpec { name: r.name.clone(), replicas: r.replicas }).collect(),
         };
         let scaler = FleetAutoscalerSpec { fleet: FLEET.to_string(), ..policy.autoscaler.clone() };

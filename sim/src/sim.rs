@@ -435,7 +435,12 @@ impl Sim {
         }
         if self.plan_every_step || self.planned != Some(self.generation) {
             self.planned = Some(self.generation);
-            let actions = plan(&self.config.fleets, &self.state.desired, &self.state.servers, &self.running);
+            let actions = plan(
+                &gaia_controller::rollouts(&self.config.fleets),
+                &self.state.desired,
+                &self.state.servers,
+                &self.running,
+            );
             for action in actions {
                 self.execute(action, now)?;
             }
