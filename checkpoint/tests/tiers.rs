@@ -202,6 +202,9 @@ async fn redis_and_postgres_each_on_its_own_interval() {
 struct Proxy {
     url: String,
     up: watch::Sender<bool>,
+    /// Connections still open: cutting waits until they are all closed, so no write
+    /// already on its way slips through after the cut.
+    open: Arc<watch::Sender<usize>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -216,26 +219,36 @@ impl Proxy {
         let url = redis_url.replacen(&upstream, &listener.local_addr().unwrap().to_string(), 1);
         assert_ne!(url, redis_url, "the Redis URL must name its port");
         let (up, mut state) = watch::channel(true);
+        let open = Arc::new(watch::Sender::new(0usize));
+        let counter = open.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !*state.borrow_and_update() {
                     continue;
                 }
-                let (upstream, mut state) = (upstream.clone(), state.clone());
+                let (upstream, mut state, counter) = (upstream.clone(), state.clone(), counter.clone());
+                counter.send_modify(|n| *n += 1);
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = state.wait_for(|up| !*up) => {}
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = state.wait_for(|up| !*up) => {}
+                        }
                     }
+                    drop((client, state));
+                    counter.send_modify(|n| *n -= 1);
                 });
             }
         });
-        Self { url, up, accept }
+        Self { url, up, open, accept }
     }
 
-    fn set_up(&self, up: bool) {
+    /// Cuts (returning once every connection is closed) or restores the proxy.
+    async fn set_up(&self, up: bool) {
         self.up.send_replace(up);
+        if !up {
+            let _ = self.open.subscribe().wait_for(|n| *n == 0).await;
+        }
     }
 }
 
@@ -265,7 +278,7 @@ async fn an_unreachable_tier_keeps_its_checkpoints_until_it_is_back() {
     }
     tiers.flush().await.unwrap();
 
-    proxy.set_up(false);
+    proxy.set_up(false).await;
     for w in &worlds {
         tiers.put(checkpoint(w, 1, 2));
     }
@@ -288,7 +301,7 @@ async fn an_unreachable_tier_keeps_its_checkpoints_until_it_is_back() {
     assert_eq!(metric(&registry, r#"gaia_checkpoint_loads_total{result="unavailable"}"#), Some(1.0));
     tiers.put(checkpoint(&worlds[0], 1, 3));
 
-    proxy.set_up(true);
+    proxy.set_up(true).await;
     let caught_up = eventually(Duration::from_secs(20), || async {
         let h = &tiers.health()[0];
         h.backlog == 0 && h.failing.is_none()
