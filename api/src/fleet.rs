@@ -167,7 +167,7 @@ pub struct RegionSpec {
     pub replicas: u32,
 }
 
-mod defaults {
+pub(crate) mod defaults {
     pub fn world_capacity() -> u32 {
         10
     }

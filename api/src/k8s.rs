@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::autoscaler::{FleetAutoscaler, FleetAutoscalerResourceStatus, RegionScaleStatus};
-use crate::fleet::{FleetStrategy, HealthSpec, SpecError, check_name, invalid};
+use crate::fleet::{FleetStrategy, HealthSpec, SpecError, check_name, defaults, invalid};
 use crate::gameserver::GameServerState;
 
 /// The API group of every kind here.
@@ -322,18 +322,6 @@ pub fn list_of_open_objects(_: &mut schemars::SchemaGenerator) -> schemars::Sche
         "type": "array",
         "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
     })
-}
-
-mod defaults {
-    pub fn world_capacity() -> u32 {
-        10
-    }
-    pub fn player_capacity() -> u32 {
-        300
-    }
-    pub fn world_player_capacity() -> u32 {
-        30
-    }
 }
 
 #[cfg(test)]
