@@ -1,7 +1,7 @@
 //! The Kubernetes custom resources: `Fleet`, `FleetAutoscaler` and `GameServer` (group
 //! `gaia.dev`, version `v1alpha1`), derived with kube's `CustomResource`.
 //!
-//! The `crdgen` binary (gaia-k8s) writes their CRDs to `manifests/crds/`; a test there
+//! `gaia crdgen` (gaia-k8s's `crds::write`) writes their CRDs to `manifests/crds/`; a test there
 //! fails when the committed files drift from these types. A [`Fleet`] is what operators
 //! write; the controller turns it into game-server Pods and mirrors each server's
 //! registry record into a [`GameServer`] (a view: the registry stays the source of truth,

@@ -33,6 +33,45 @@ pub struct SqlStore {
     in_flight: usize,
 }
 
+/// Puts a SQLite file in WAL mode, so the game-server processes that share it can read
+/// while one of them writes (writers wait for each other, up to the busy timeout).
+///
+/// Switching takes an exclusive lock that SQLite's busy timeout does not wait for: while
+/// another connection reads, the switch fails with "database is locked" or leaves the
+/// mode as it was. Servers opening a new file together would then fail to connect (and
+/// sqlx would log an ERROR for each), so the switch is retried here until it takes. Once
+/// the file is in WAL mode (a property of the file) nothing is switched.
+async fn wal(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    const ATTEMPTS: u32 = 40;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mode = match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL").fetch_one(&mut *conn).await {
+            Ok(mode) => mode,
+            Err(e) if attempt < ATTEMPTS && is_busy(&e) => String::new(),
+            Err(e) => return Err(e),
+        };
+        if mode.eq_ignore_ascii_case("wal") {
+            return Ok(());
+        }
+        if attempt >= ATTEMPTS {
+            return Err(sqlx::Error::Protocol(format!("SQLite stayed in journal mode {mode:?}, not WAL")));
+        }
+        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+    }
+}
+
+/// SQLITE_BUSY or one of its extended codes (the low byte is the primary code).
+fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i64 = 5;
+    match error {
+        sqlx::Error::Database(e) => {
+            e.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(|c| c & 0xff == SQLITE_BUSY)
+        }
+        _ => false,
+    }
+}
+
 impl SqlStore {
     /// Connects to `postgres://…` or `sqlite:path` (the file is created if missing) and
     /// runs the migrations. Acquiring a connection gives up after 2 s, so an outage is
@@ -52,10 +91,8 @@ impl SqlStore {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        // Several game-server processes share the file: WAL lets readers
-                        // and one writer go together; writers wait for each other.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        wal(conn).await?;
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
                     }
                     Ok(())

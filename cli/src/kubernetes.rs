@@ -1,7 +1,8 @@
 //! `gaia controller` and `gaia fleet-autoscaler`: the Kubernetes components (see
 //! docs/kubernetes.md). Each watches one namespace (one game), shares the Redis registry
 //! with the allocators, runs only while it holds its Lease (so two replicas can run, one
-//! acting), and serves `/livez`, `/readyz` and `/metrics` on its admin port.
+//! acting), and serves `/livez`, `/readyz` and `/metrics` on its admin port. `gaia crdgen`
+//! writes the CRDs they need.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,21 @@ pub struct ClusterArgs {
     /// after this when the leader dies).
     #[arg(long, env = "GAIA_LEADER_LEASE", default_value = "15s", value_parser = humantime::parse_duration)]
     leader_lease: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct CrdgenArgs {
+    /// Where to write them: one file per kind and a kustomization.yaml.
+    #[arg(long, default_value = "manifests/crds")]
+    out: std::path::PathBuf,
+}
+
+/// Writes the CRDs, naming each file written.
+pub fn crdgen(args: &CrdgenArgs) -> anyhow::Result<()> {
+    for path in gaia_k8s::crds::write(&args.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]

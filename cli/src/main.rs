@@ -10,6 +10,8 @@
 //!   registry or a Redis one shared by several allocator processes.
 //! - `gaia bench-allocations`: the allocator benchmark (docs/benchmarks.md).
 //! - `gaia simulate`: the autoscaler simulator's scenarios (docs/autoscaling.md).
+//! - `gaia controller`, `gaia fleet-autoscaler`: the Kubernetes components; `gaia crdgen`
+//!   writes their CRDs (docs/kubernetes.md).
 //!
 //! Each subcommand parses its config, then hands over to its library's `run`.
 
@@ -64,6 +66,9 @@ enum Command {
     Controller(kubernetes::ControllerArgs),
     /// Kubernetes: scale the Fleets of one namespace by their FleetAutoscalers.
     FleetAutoscaler(kubernetes::AutoscalerArgs),
+    /// Kubernetes: write the CRDs (Fleet, FleetAutoscaler, GameServer) and their
+    /// kustomization, generated from the Rust types.
+    Crdgen(kubernetes::CrdgenArgs),
 }
 
 #[derive(clap::Args)]
@@ -197,6 +202,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: piped to a file, escape codes get in the way.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -303,6 +310,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await??,
         Command::Controller(args) => kubernetes::controller(args, shutdown).await?,
         Command::FleetAutoscaler(args) => kubernetes::fleet_autoscaler(args, shutdown).await?,
+        Command::Crdgen(args) => kubernetes::crdgen(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -359,6 +367,7 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         connect_concurrency: args.concurrency,
         allocator_token: args.auth.allocator_tokens.first().cloned(),
         allocator_ca_file: args.allocator_ca.clone(),
+        progress_every: Some(Duration::from_secs(1)),
         ..Default::default()
     };
     // With no allocator given, run the embedded fleet here on an ephemeral port.

@@ -161,7 +161,7 @@ fn broken_built_in_objects_are_rejected() {
     ]);
 }
 
-/// Checked against the CRDs crdgen writes into manifests/crds; fails while they are missing.
+/// Checked against the CRDs `gaia crdgen` writes into manifests/crds; fails while they are missing.
 #[test]
 fn broken_gaia_objects_are_rejected() {
     if !tools_present() {

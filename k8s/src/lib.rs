@@ -2,7 +2,7 @@
 //!
 //! The kinds themselves (`Fleet`, `FleetAutoscaler`, `GameServer`) are plain types in
 //! [`gaia_api::k8s`]; this crate owns what talks to the API server:
-//! - [`crds`]: the CRDs as `manifests/crds/` holds them (the `crdgen` binary writes them).
+//! - [`crds`]: the CRDs as `manifests/crds/` holds them (`gaia crdgen` writes them).
 //! - [`controller`]: the kube-runtime controller that turns each Fleet into game-server
 //!   Pods (through [`gaia_controller::plan`], the same decision embedded mode makes),
 //!   and mirrors the registry into GameServer and Fleet statuses. Start with

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The committed CRDs are what `crdgen` writes, and their important parts are pinned.
+//! The committed CRDs are what `gaia crdgen` writes, and their important parts are pinned.
 
 use gaia_k8s::crds;
 use serde_json::Value;
@@ -14,12 +14,14 @@ fn committed_crds_are_what_crdgen_writes() {
     for (file, crd) in crds::all() {
         assert!(
             crds::render(&crd).unwrap() == committed(file),
-            "manifests/crds/{file} is out of date: run `cargo run -p gaia-k8s --bin crdgen` and commit the result"
+            "manifests/crds/{file} is out of date: run `{}` and commit the result",
+            crds::COMMAND
         );
     }
     assert!(
         crds::kustomization() == committed("kustomization.yaml"),
-        "manifests/crds/kustomization.yaml is out of date: run `cargo run -p gaia-k8s --bin crdgen`"
+        "manifests/crds/kustomization.yaml is out of date: run `{}`",
+        crds::COMMAND
     );
 }
 

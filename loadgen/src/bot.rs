@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::matchmaker::backoff;
+use crate::progress::Progress;
 use crate::report::{BotOutcome, ErrorKind, Migration, PlayStats, Recovery};
 use crate::{Ctx, Phases, Settled};
 
@@ -116,6 +116,11 @@ impl BotState {
         self.forget();
         (self.you, self.map, self.pos, self.tick) = (you, map, pos, tick);
         Ok(())
+    }
+
+    /// When input `seq` was sent, while it waits for its result.
+    pub(crate) fn sent_at(&self, seq: u32) -> Option<Instant> {
+        self.awaiting_result.get(&seq).map(|(sent, _)| *sent)
     }
 
     /// Highest tick seen on this connection.
@@ -443,14 +448,14 @@ pub(crate) async fn play(
         }
     };
     outcome.join_us = Some(micros(welcomed_at.saturating_duration_since(allocated_at)));
-    phases.joined.fetch_add(1, Ordering::Relaxed);
+    phases.progress.bot_joined();
 
     // The server we are on (a name, or an address after a Migrate) and since when.
     let mut server = alloc.server;
     let mut since = welcomed_at;
     let ended_early = loop {
         let exit = match run_inputs(phases, &mut ws, &mut state, ctx.input_period).await {
-            Exit::Stopped => match drain(&mut ws, &mut state).await {
+            Exit::Stopped => match drain(&mut ws, &mut state, &phases.progress).await {
                 Some(exit) => exit,
                 None => {
                     outcome.connected += since.elapsed();
@@ -635,12 +640,23 @@ enum Exit {
     Ended(Ended),
 }
 
-fn handle(state: &mut BotState, inbound: Inbound) -> Option<Exit> {
+fn handle(state: &mut BotState, inbound: Inbound, progress: &Progress) -> Option<Exit> {
     match inbound {
-        Inbound::Msg(msg) => match state.on_message(msg, Instant::now()) {
-            Flow::Continue => None,
-            Flow::Migrate { address, token } => Some(Exit::Migrate { address, token }),
-        },
+        Inbound::Msg(msg) => {
+            let now = Instant::now();
+            let accepted = match &msg {
+                ServerMsg::InputResult { seq, outcome: InputOutcome::Ok, .. } => state.sent_at(*seq),
+                _ => None,
+            };
+            let flow = state.on_message(msg, now);
+            if let Some(sent) = accepted {
+                progress.input_ok(now.saturating_duration_since(sent));
+            }
+            match flow {
+                Flow::Continue => None,
+                Flow::Migrate { address, token } => Some(Exit::Migrate { address, token }),
+            }
+        }
         Inbound::Undecodable(e) => {
             state.on_undecodable(e);
             None
@@ -682,7 +698,7 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
             biased;
             _ = &mut stop => return Exit::Stopped,
             inbound = next_inbound(ws) => {
-                if let Some(exit) = handle(state, inbound) {
+                if let Some(exit) = handle(state, inbound, &phases.progress) {
                     return exit;
                 }
             }
@@ -716,13 +732,13 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
 
 /// Keeps reading for [`DRAIN`] so in-flight results and deltas arrive; `None` when it
 /// read for all of it.
-async fn drain(ws: &mut Socket, state: &mut BotState) -> Option<Exit> {
+async fn drain(ws: &mut Socket, state: &mut BotState, progress: &Progress) -> Option<Exit> {
     let until = Instant::now() + DRAIN;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => return None,
             inbound = next_inbound(ws) => {
-                if let Some(exit) = handle(state, inbound) {
+                if let Some(exit) = handle(state, inbound, progress) {
                     return Some(exit);
                 }
             }

@@ -18,6 +18,7 @@
 pub mod allocations;
 mod bot;
 mod matchmaker;
+mod progress;
 pub mod refill;
 mod report;
 mod resources;
@@ -25,7 +26,6 @@ mod resources;
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::matchmaker::{Matchmaker, chain};
+use crate::progress::Progress;
 use crate::report::{BotOutcome, Collector, Placement};
 pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report};
 pub use crate::resources::ProcessUse;
@@ -73,6 +74,9 @@ pub struct Config {
     pub reconnect_timeout: Duration,
     /// How long [`wait_ready`] waits.
     pub ready_timeout: Duration,
+    /// Print a progress line (bots joined, inputs accepted, p99 so far) to stderr this
+    /// often while the run goes; `None` prints none.
+    pub progress_every: Option<Duration>,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             allocate_timeout: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(60),
+            progress_every: None,
         }
     }
 }
@@ -240,8 +245,8 @@ pub(crate) struct Phases {
     pub steady: CancellationToken,
     /// Cancelled when the bots should stop sending (end of the steady phase, or shutdown).
     pub stop: CancellationToken,
-    /// Bots that got their Welcome.
-    pub joined: AtomicUsize,
+    /// Bots joined and inputs accepted so far.
+    pub progress: Progress,
 }
 
 /// Held by a bot until it has joined or failed to; the run waits for all to be dropped.
@@ -399,8 +404,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let phases = Arc::new(Phases {
         steady: CancellationToken::new(),
         stop: shutdown.child_token(),
-        joined: AtomicUsize::new(0),
+        progress: Progress::new(config.bots)?,
     });
+    if let Some(period) = config.progress_every {
+        let (phases, stop) = (phases.clone(), phases.stop.clone());
+        tokio::spawn(async move { phases.progress.print_every(period, stop).await });
+    }
     let ctx = Arc::new(Ctx {
         matchmaker: Matchmaker::new(http.clone(), &config.allocator_url, config.allocate_timeout),
         phases: phases.clone(),
@@ -425,7 +434,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         _ = all_settled.recv() => {}
     }
 
-    let joined = phases.joined.load(Ordering::Relaxed);
+    let joined = phases.progress.joined();
     let mut steady = Duration::ZERO;
     let mut processes = Vec::new();
     if !shutdown.is_cancelled() && joined > 0 {

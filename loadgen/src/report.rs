@@ -13,7 +13,7 @@ use tokio::time::Instant;
 /// Example messages kept per error kind.
 const EXAMPLES: usize = 3;
 /// Latencies above an hour are recorded as an hour.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// What went wrong, by kind; the report counts each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
