@@ -52,6 +52,16 @@ pub(crate) async fn allocate(
     counted(&s, asked, async { allocate_one(&s, req?).await }).await.map(Json)
 }
 
+/// What the batch endpoint reads: each request stays JSON until its turn, so one that
+/// does not fit [`AllocationRequest`] (an unknown field, `2.0` for an integer) fails on
+/// its own like any other bad request. The OpenAPI document shows the typed form,
+/// [`BatchAllocationRequest`].
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatch {
+    requests: Vec<serde_json::Value>,
+}
+
 /// A matchmaker's whole cycle: each request answered in order, on its own.
 #[utoipa::path(
     post,
@@ -67,7 +77,7 @@ pub(crate) async fn allocate(
 )]
 pub(crate) async fn batch(
     State(s): State<AppState>,
-    body: Result<JsonBody<BatchAllocationRequest>, ApiError>,
+    body: Result<JsonBody<RawBatch>, ApiError>,
 ) -> Result<Json<BatchAllocationResponse>, ApiError> {
     let JsonBody(batch) = body?;
     if batch.requests.len() > MAX_BATCH {
@@ -78,12 +88,19 @@ pub(crate) async fn batch(
     }
     let mut results = Vec::with_capacity(batch.requests.len());
     for (i, req) in batch.requests.into_iter().enumerate() {
-        let result = counted(&s, first_region(&req), allocate_one(&s, req)).await;
+        let req: Result<AllocationRequest, ApiError> = crate::json::from_value(req);
+        let asked = req.as_ref().ok().and_then(first_region);
+        let result = counted(&s, asked, async { allocate_one(&s, req?).await }).await;
         results.push(match result {
             Ok(allocation) => BatchResult { status: 200, allocation: Some(allocation), error: None },
             Err(e) => {
                 let mut detail = e.detail();
-                detail.field = detail.field.map(|f| format!("requests[{i}].{f}"));
+                detail.field = match (&e, detail.field) {
+                    (_, Some(field)) => Some(format!("requests[{i}].{field}")),
+                    // A request that is not even an object.
+                    (ApiError::BadRequest { .. }, None) => Some(format!("requests[{i}]")),
+                    (_, None) => None,
+                };
                 BatchResult { status: e.status().as_u16(), allocation: None, error: Some(detail) }
             }
         });

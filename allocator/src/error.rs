@@ -38,7 +38,7 @@ impl ApiError {
     /// Short label for metrics; also the `code` of the error body.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::BadRequest { .. } => "bad_request",
+            Self::BadRequest { .. } | Self::Registry(RegistryError::Invalid(_)) => "bad_request",
             Self::Registry(e) => e.metric_label(),
             Self::NoAddress(_) => "no_address",
             Self::TooLarge(_) => "too_large",
@@ -51,7 +51,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use RegistryError::*;
         match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::Registry(Invalid(_)) => StatusCode::BAD_REQUEST,
             Self::Registry(NotFound(_) | FleetNotFound(_) | WorldNotFound { .. }) => StatusCode::NOT_FOUND,
             Self::Registry(AlreadyExists(_) | Conflict(_) | IllegalTransition(_)) => StatusCode::CONFLICT,
             Self::Registry(NoCapacity(_)) => StatusCode::TOO_MANY_REQUESTS,
@@ -69,6 +69,7 @@ impl ApiError {
     pub fn detail(&self) -> ErrorDetail {
         let field = match self {
             Self::BadRequest { field, .. } => field.clone(),
+            Self::Registry(RegistryError::Invalid(e)) => Some(e.field.clone()),
             _ => None,
         };
         ErrorDetail { code: self.metric_label().into(), message: self.to_string(), field }

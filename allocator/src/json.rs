@@ -23,10 +23,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
-            let path = e.path().to_string();
-            let field = (path != ".").then_some(path);
-            ApiError::BadRequest { field, message: format!("invalid JSON body: {}", e.into_inner()) }
-        })
+        serde_path_to_error::deserialize(de).map(JsonBody).map_err(bad_json)
     }
+}
+
+/// Reads one part of a body already parsed as JSON (a batch's request, so that one that
+/// does not fit its type fails alone); the error's field is relative to `value`.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(bad_json)
+}
+
+fn bad_json<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let path = e.path().to_string();
+    let field = (path != ".").then_some(path);
+    ApiError::BadRequest { field, message: format!("invalid JSON body: {}", e.into_inner()) }
 }

@@ -320,9 +320,7 @@ async fn set_label(
     let result = async {
         server_name(&name)?;
         let JsonBody(req) = body?;
-        if req.key.is_empty() {
-            return Err(ApiError::BadRequest { field: Some("key".into()), message: "must not be empty".into() });
-        }
+        gaia_api::gameserver::check_settable_key("key", &req.key)?;
         Ok(s.registry.set_label(&name, &req.key, &req.value).await?)
     }
     .await;

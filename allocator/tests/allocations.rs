@@ -103,6 +103,48 @@ async fn a_batch_answers_each_request_in_order() {
     assert_eq!(batch.results[1].error.as_ref().unwrap().code, "fleet_not_found");
 }
 
+/// A request that does not fit the type (an unknown field, a float for an integer, not an
+/// object) fails alone, as one that fails validation does; the rest are allocated.
+#[tokio::test]
+async fn a_batch_item_that_is_not_a_request_fails_alone() {
+    let app = App::new();
+    app.ready("s1", "eu", 4).await;
+    let body = r#"{"requests": [
+        {"fleet":"town"},
+        {"fleet":"town","regoins":["eu"]},
+        {"fleet":"town","deadlineMs":2.0},
+        "town",
+        {"fleet":"town","selectors":[{"minFreeWorlds":-1}]},
+        {"fleet":"town"}
+    ]}"#;
+    let (status, v) = call(&app.router, Method::POST, "/v1/allocations:batch", body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let batch: BatchAllocationResponse = serde_json::from_value(v).unwrap();
+    let statuses: Vec<u16> = batch.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 400, 400, 400, 400, 200]);
+    let fields: Vec<Option<&str>> =
+        batch.results.iter().map(|r| r.error.as_ref().and_then(|e| e.field.as_deref())).collect();
+    assert_eq!(
+        fields,
+        [
+            None,
+            Some("requests[1].regoins"),
+            Some("requests[2].deadlineMs"),
+            Some("requests[3]"),
+            Some("requests[4].selectors[0].minFreeWorlds"),
+            None
+        ]
+    );
+    assert!(batch.results[1].error.as_ref().unwrap().message.contains("regoins"), "{:?}", batch.results[1]);
+    assert!(batch.results.iter().filter_map(|r| r.error.as_ref()).all(|e| e.code == "bad_request"));
+    assert_eq!(app.registry.get("s1").await.unwrap().worlds, 2);
+    // A batch that is not a batch is still refused whole.
+    for body in [r#"{"requests": {}}"#, r#"{"requests": [], "extra": 1}"#, "[]"] {
+        let (status, v) = call(&app.router, Method::POST, "/v1/allocations:batch", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn a_batch_too_long_is_refused_whole() {
     let app = App::new();

@@ -78,6 +78,9 @@ async fn bad_requests_are_400_naming_the_field() {
         (r#"{"fleet":"town","regoins":["eu"]}"#, None),
         (r#"{"fleet":"town","regions":["eu","eu"]}"#, Some("regions[1]")),
         (r#"{"fleet":"Town!"}"#, Some("fleet")),
+        // The system's labels: the controller rolls servers by gaia.dev/template.
+        (r#"{"fleet":"town","metadata":{"labels":{"gaia.dev/template":"x"}}}"#, Some("metadata.labels")),
+        (r#"{"fleet":"town","metadata":{"annotations":{"agones.dev/x":"y"}}}"#, Some("metadata.annotations")),
     ];
     for (body, field) in cases {
         let (status, v) = call(&app, Method::POST, "/v1/allocations", body).await;
@@ -113,6 +116,12 @@ async fn sdk_lifecycle_through_http() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, v) = call(&app, Method::PUT, "/v1/gameservers/s1/labels", r#"{"key":"map","value":"town"}"#).await;
     assert_eq!((status, v["labels"]["map"].as_str()), (StatusCode::OK, Some("town")));
+    for key in ["gaia.dev/template", "agones.dev/sdk-x", ""] {
+        let body = json!({ "key": key, "value": "v" }).to_string();
+        let (status, v) = call(&app, Method::PUT, "/v1/gameservers/s1/labels", &body).await;
+        assert_eq!((status, error(&v).error.field.as_deref()), (StatusCode::BAD_REQUEST, Some("key")), "{key}: {v}");
+        assert!(error(&v).error.message.contains(key), "{v}");
+    }
     let (status, _) = call(&app, Method::POST, "/v1/gameservers/s1/health", "").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let s1: GameServer = registry.get("s1").await.unwrap();

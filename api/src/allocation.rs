@@ -213,7 +213,9 @@ impl AllocationRequest {
             [("metadata.labels", &self.metadata.labels), ("metadata.annotations", &self.metadata.annotations)]
         {
             check_len(field, map.len())?;
-            check_keys(field, map.keys())?;
+            for key in map.keys() {
+                crate::gameserver::check_settable_key(field, key)?;
+            }
         }
         if let Some(deadline) = self.deadline_ms
             && deadline > MAX_DEADLINE_MS
@@ -407,6 +409,8 @@ mod tests {
             (r#"{"fleet":"town","selectors":[{},{"gameServerState":"Draining"}]}"#, "selectors[1].gameServerState"),
             (r#"{"fleet":"town","metadata":{"labels":{"":"x"}}}"#, "metadata.labels"),
             (r#"{"fleet":"town","metadata":{"annotations":{"":"x"}}}"#, "metadata.annotations"),
+            (r#"{"fleet":"town","metadata":{"labels":{"gaia.dev/template":"x"}}}"#, "metadata.labels"),
+            (r#"{"fleet":"town","metadata":{"annotations":{"agones.dev/sdk-x":"x"}}}"#, "metadata.annotations"),
             (
                 r#"{"fleet":"town","selectors":[{"matchExpressions":[{"key":"m","operator":"In"}]}]}"#,
                 "selectors[0].matchExpressions[0].values",

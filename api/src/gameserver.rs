@@ -225,8 +225,47 @@ pub struct PlayerCountRequest {
     pub players: u32,
 }
 
+/// The label and annotation key prefixes only Gaia Fleet sets (their domains and every
+/// subdomain of them): the controller marks its servers with them (`gaia.dev/template`
+/// decides which servers a rolling update replaces), and Agones' own stay free for
+/// servers that come from Agones. Allocations' metadata and the SDK may not set them.
+pub const RESERVED_KEY_DOMAINS: [&str; 2] = ["gaia.dev", "agones.dev"];
+
+/// Checks a label or annotation key that an allocation or an SDK call sets: 1 to 253
+/// characters, and not under a [reserved domain](RESERVED_KEY_DOMAINS). The error's
+/// field is `field`, its message names the key.
+pub fn check_settable_key(field: &str, key: &str) -> Result<(), crate::fleet::SpecError> {
+    let refuse = |message: String| Err(crate::fleet::SpecError { field: field.into(), message });
+    if key.is_empty() || key.len() > 253 {
+        return refuse(format!("keys must be 1 to 253 characters, not {} ({key:?})", key.len()));
+    }
+    if let Some((domain, _)) = key.split_once('/') {
+        let domain = domain.to_ascii_lowercase();
+        for reserved in RESERVED_KEY_DOMAINS {
+            if domain == reserved || domain.ends_with(&format!(".{reserved}")) {
+                return refuse(format!("{key:?}: keys under {reserved}/ are reserved for the system"));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn system_label_domains_are_reserved() {
+        for key in ["gaia.dev/template", "GAIA.dev/fleet", "x.gaia.dev/a", "agones.dev/sdk-x", "a.agones.dev/b"] {
+            let e = super::check_settable_key("metadata.labels", key).unwrap_err();
+            assert_eq!(e.field, "metadata.labels");
+            assert!(e.message.contains(key) && e.message.contains("reserved"), "{e}");
+        }
+        for key in ["mode", "example.com/gaia.dev", "notgaia.dev/x", "gaia.dev", "gaia.devx/y"] {
+            assert_eq!(super::check_settable_key("metadata.labels", key), Ok(()), "{key}");
+        }
+        assert!(super::check_settable_key("key", "").is_err());
+        assert!(super::check_settable_key("key", &"k".repeat(254)).is_err());
+    }
+
     use super::GameServerState::{self, *};
 
     /// The whole legal-transition table, written out. Anything not listed is illegal.

@@ -18,6 +18,9 @@ pub enum RegistryError {
     NoCapacity(String),
     #[error("registry backend unavailable: {0}")]
     Unavailable(String),
+    /// A request the registry refuses whatever its state, e.g. a reserved label.
+    #[error(transparent)]
+    Invalid(#[from] gaia_api::fleet::SpecError),
 }
 
 impl RegistryError {
@@ -32,6 +35,7 @@ impl RegistryError {
             Self::IllegalTransition(_) => "illegal_transition",
             Self::NoCapacity(_) => "no_capacity",
             Self::Unavailable(_) => "unavailable",
+            Self::Invalid(_) => "invalid",
         }
     }
 }

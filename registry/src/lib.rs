@@ -100,6 +100,8 @@ pub trait Registry: Send + Sync + 'static {
     /// SDK health ping.
     async fn health(&self, name: &str) -> Result<()>;
 
+    /// Sets one label (SDK). A key under a reserved domain (`gaia.dev/`, `agones.dev/`:
+    /// the system's) is refused with [`RegistryError::Invalid`].
     async fn set_label(&self, name: &str, key: &str, value: &str) -> Result<GameServer>;
 
     async fn set_players(&self, name: &str, players: u32) -> Result<()>;
@@ -116,7 +118,8 @@ pub trait Registry: Send + Sync + 'static {
 
     /// One atomic allocation: for `req.world_id` that a server holds, where it lives;
     /// otherwise a new world slot on the server [`choose`] picks, held by a lease.
-    /// [`RegistryError::NoCapacity`] when nothing fits.
+    /// [`RegistryError::NoCapacity`] when nothing fits. Metadata with a key under a
+    /// reserved domain is refused with [`RegistryError::Invalid`].
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement>;
 
     /// Moves `world_id` off server `name` in one atomic step: a slot on another server
@@ -146,4 +149,16 @@ pub trait Registry: Send + Sync + 'static {
     /// allocation request found no free slot in `fleet`: [`RegistryEvent::Unmet`]. The
     /// autoscaler scales for it, also from zero.
     async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> Result<()>;
+}
+
+/// Both backends refuse metadata that would overwrite the system's labels (see
+/// [`gaia_api::gameserver::RESERVED_KEY_DOMAINS`]), whoever calls them.
+pub(crate) fn check_metadata(req: &AllocationRequest) -> Result<()> {
+    let metadata = &req.metadata;
+    for (field, map) in [("metadata.labels", &metadata.labels), ("metadata.annotations", &metadata.annotations)] {
+        for key in map.keys() {
+            gaia_api::gameserver::check_settable_key(field, key)?;
+        }
+    }
+    Ok(())
 }

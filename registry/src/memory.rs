@@ -474,6 +474,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn set_label(&self, name: &str, key: &str, value: &str) -> Result<GameServer> {
+        gaia_api::gameserver::check_settable_key("key", key)?;
         self.with_server(name, |fleet, _| {
             let entry = entry(fleet, name)?;
             entry.record.labels.insert(key.to_string(), value.to_string());
@@ -538,6 +539,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement> {
+        crate::check_metadata(req)?;
         let fleet = self.fleet(&req.fleet).ok_or_else(|| RegistryError::FleetNotFound(req.fleet.clone()))?;
         let now = Instant::now();
         let mut events = Vec::new();

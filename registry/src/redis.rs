@@ -281,6 +281,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn set_label(&self, name: &str, key: &str, value: &str) -> Result<GameServer> {
+        gaia_api::gameserver::check_settable_key("key", key)?;
         let reply = self.run_on(&self.scripts.set_label, name, &[key, value]).await?;
         server_from(&reply)
     }
@@ -301,6 +302,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement> {
+        crate::check_metadata(req)?;
         let new_id = || uuid::Uuid::new_v4().simple().to_string();
         let world_id = req.world_id.clone().unwrap_or_else(new_id);
         let player_id = req.player_id.clone().unwrap_or_else(new_id);

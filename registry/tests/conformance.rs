@@ -91,6 +91,7 @@ conformance!(
     idempotency_key_returns_the_same_answer_without_a_second_slot,
     no_capacity_and_unknown_fleet_are_distinct_errors,
     metadata_labels_and_annotations_land_on_the_chosen_server,
+    system_label_domains_cannot_be_set_by_allocations_or_the_sdk,
     // Lifecycle.
     illegal_transitions_are_refused,
     register_must_match_the_scheduled_record_or_creates_one,
@@ -270,6 +271,42 @@ async fn no_capacity_and_unknown_fleet_are_distinct_errors(reg: Arc<dyn Registry
     assert_eq!(reg.allocate(&other).await.unwrap_err(), RegistryError::FleetNotFound("arena".into()));
     other.world_id = Some("w1".into());
     assert_eq!(reg.allocate(&other).await.unwrap_err(), RegistryError::FleetNotFound("arena".into()));
+}
+
+/// `gaia.dev/template` decides which servers a rolling update replaces: whoever can
+/// allocate must not be able to set it (nor any `gaia.dev/` or `agones.dev/` key).
+async fn system_label_domains_cannot_be_set_by_allocations_or_the_sdk(reg: Arc<dyn Registry>) {
+    let mut server = GameServer::scheduled("a", common::FLEET, "eu", 2, 100);
+    server.labels = labels(&[("gaia.dev/template", "v1")]);
+    ready_server(&reg, server).await;
+    for (field, metadata) in [
+        (
+            "metadata.labels",
+            AllocationMetadata { labels: labels(&[("gaia.dev/template", "v2")]), ..Default::default() },
+        ),
+        (
+            "metadata.labels",
+            AllocationMetadata { labels: labels(&[("ok", "1"), ("x.agones.dev/y", "1")]), ..Default::default() },
+        ),
+        (
+            "metadata.annotations",
+            AllocationMetadata { annotations: labels(&[("GAIA.DEV/a", "1")]), ..Default::default() },
+        ),
+    ] {
+        let req = AllocationRequest { metadata, ..alloc(&[]) };
+        match reg.allocate(&req).await {
+            Err(RegistryError::Invalid(e)) => assert_eq!(e.field, field, "{e}"),
+            other => panic!("{req:?}: expected Invalid, got {other:?}"),
+        }
+    }
+    match reg.set_label("a", "gaia.dev/template", "v2").await {
+        Err(RegistryError::Invalid(e)) => assert!(e.message.contains("gaia.dev/template"), "{e}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    // Nothing was taken or changed.
+    let a = reg.get("a").await.unwrap();
+    assert_eq!((a.worlds, a.labels.clone()), (0, labels(&[("gaia.dev/template", "v1")])), "{a:?}");
+    assert!(a.annotations.is_empty(), "{a:?}");
 }
 
 async fn metadata_labels_and_annotations_land_on_the_chosen_server(reg: Arc<dyn Registry>) {

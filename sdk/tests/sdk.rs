@@ -90,6 +90,10 @@ async fn refusals_carry_the_code_and_message() {
         e => panic!("unexpected {e}"),
     }
     sdk.register(&register_request()).await.unwrap();
+    // The system's label domains are not the game server's to set.
+    let err = sdk.set_label("gaia.dev/template", "mine").await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.to_string().contains("gaia.dev/template") && err.to_string().contains("reserved"), "{err}");
     sdk.shutdown().await.unwrap();
     let err = sdk.ready().await.unwrap_err();
     assert_eq!(err.status(), Some(409));
