@@ -126,6 +126,20 @@ pub struct AllocationMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl AllocationMetadata {
+    /// Each map's length, and every key is one an allocation may set (none under the
+    /// system's domains: [`crate::gameserver::check_settable_key`]).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for (field, map) in [("metadata.labels", &self.labels), ("metadata.annotations", &self.annotations)] {
+            check_len(field, map.len())?;
+            for key in map.keys() {
+                crate::gameserver::check_settable_key(field, key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationRequest {
@@ -209,14 +223,7 @@ impl AllocationRequest {
             selector.validate(&format!("selectors[{i}]"))?;
         }
         check_len("priorities", self.priorities.len())?;
-        for (field, map) in
-            [("metadata.labels", &self.metadata.labels), ("metadata.annotations", &self.metadata.annotations)]
-        {
-            check_len(field, map.len())?;
-            for key in map.keys() {
-                crate::gameserver::check_settable_key(field, key)?;
-            }
-        }
+        self.metadata.validate()?;
         if let Some(deadline) = self.deadline_ms
             && deadline > MAX_DEADLINE_MS
         {

@@ -150,15 +150,3 @@ pub trait Registry: Send + Sync + 'static {
     /// autoscaler scales for it, also from zero.
     async fn report_unmet(&self, fleet: &str, region: Option<&str>) -> Result<()>;
 }
-
-/// Both backends refuse metadata that would overwrite the system's labels (see
-/// [`gaia_api::gameserver::RESERVED_KEY_DOMAINS`]), whoever calls them.
-pub(crate) fn check_metadata(req: &AllocationRequest) -> Result<()> {
-    let metadata = &req.metadata;
-    for (field, map) in [("metadata.labels", &metadata.labels), ("metadata.annotations", &metadata.annotations)] {
-        for key in map.keys() {
-            gaia_api::gameserver::check_settable_key(field, key)?;
-        }
-    }
-    Ok(())
-}

@@ -539,7 +539,9 @@ impl Registry for MemoryRegistry {
     }
 
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement> {
-        crate::check_metadata(req)?;
+        // Both backends refuse metadata that would overwrite the system's labels,
+        // whoever calls them.
+        req.metadata.validate()?;
         let fleet = self.fleet(&req.fleet).ok_or_else(|| RegistryError::FleetNotFound(req.fleet.clone()))?;
         let now = Instant::now();
         let mut events = Vec::new();

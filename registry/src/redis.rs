@@ -302,7 +302,9 @@ impl Registry for RedisRegistry {
     }
 
     async fn allocate(&self, req: &AllocationRequest) -> Result<Placement> {
-        crate::check_metadata(req)?;
+        // Both backends refuse metadata that would overwrite the system's labels,
+        // whoever calls them.
+        req.metadata.validate()?;
         let new_id = || uuid::Uuid::new_v4().simple().to_string();
         let world_id = req.world_id.clone().unwrap_or_else(new_id);
         let player_id = req.player_id.clone().unwrap_or_else(new_id);
