@@ -194,9 +194,9 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
     match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls)?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            gaia_serve::serve(listener, app, shutdown).await
         }
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        None => gaia_serve::serve(listener, app, shutdown).await,
     }
 }
 

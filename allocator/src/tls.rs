@@ -1,6 +1,6 @@
 //! Optional TLS for the API: PEM files loaded once at start ([`TlsFiles::load`]) and a
 //! listener that hands axum finished TLS connections ([`TlsListener`]), so HTTPS is
-//! served by the same `axum::serve` with the same graceful shutdown as plain HTTP.
+//! served by the same `gaia_serve::serve` with the same graceful shutdown as plain HTTP.
 //!
 //! rustls with the ring provider; HTTP/2 and HTTP/1.1 offered through ALPN.
 
@@ -75,7 +75,8 @@ impl TlsFiles {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| config_error(e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 only: gaia_serve bounds its header reads (see there).
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConfig(TlsAcceptor::from(Arc::new(config))))
     }
 }

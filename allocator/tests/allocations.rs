@@ -81,6 +81,8 @@ async fn without_a_deadline_no_capacity_is_answered_at_once() {
 async fn a_batch_answers_each_request_in_order() {
     let app = App::new();
     app.ready("s1", "eu", 2).await;
+    // us is in the fleet's spec, with no server yet.
+    app.registry.declare_fleet("town", &["eu".into(), "us".into()]).await.unwrap();
     let body = json!({"requests": [
         {"fleet":"town","idempotencyKey":"m1"},
         {"fleet":"arena"},
@@ -217,6 +219,7 @@ async fn the_openapi_description_matches_the_types() {
 async fn allocations_are_counted_by_result_and_region() {
     let app = App::new();
     app.ready("s1", "eu", 1).await;
+    app.registry.declare_fleet("town", &["eu".into(), "us".into()]).await.unwrap();
     call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town"}"#).await;
     call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town","regions":["us"]}"#).await;
     let text = app.metrics().await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures_util::StreamExt;
-use gaia_api::allocation::{AllocationResponse, MoveResponse};
+use gaia_api::allocation::{AllocationResponse, BatchResult, MoveResponse};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_api::token::{TokenKey, unix_ms};
 use gaia_registry::Registry;
@@ -63,6 +63,37 @@ async fn no_capacity_is_429_and_unknown_fleet_404() {
     let (status, v) = call(&app, Method::POST, "/v1/allocations", r#"{"fleet":"arena"}"#).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error(&v).error.code, "fleet_not_found");
+}
+
+/// A region the fleet does not have is a bad request at once, deadline or not: no
+/// capacity can ever appear there.
+#[tokio::test]
+async fn an_unknown_region_is_400_naming_it_even_with_a_deadline() {
+    let (app, _) = app();
+    ready_server(&app, "s1", "eu-west", 1).await;
+    let started = std::time::Instant::now();
+    for (path, body, field) in [
+        ("/v1/allocations", r#"{"fleet":"town","regions":["eu-west","mars"],"deadlineMs":20000}"#, "regions[1]"),
+        (
+            "/v1/allocations:batch",
+            r#"{"requests":[{"fleet":"town","regions":["eu-west","mars"],"deadlineMs":20000}]}"#,
+            "requests[0].regions[1]",
+        ),
+    ] {
+        let (status, v) = call(&app, Method::POST, path, body).await;
+        let e = if path.ends_with("batch") {
+            assert_eq!(status, StatusCode::OK, "{v}");
+            let result: BatchResult = serde_json::from_value(v["results"][0].clone()).unwrap();
+            assert_eq!(result.status, 400, "{v}");
+            result.error.unwrap()
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+            error(&v).error
+        };
+        assert_eq!((e.code.as_str(), e.field.as_deref()), ("bad_request", Some(field)), "{v}");
+        assert!(e.message.contains("\"mars\""), "{v}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the request waited for its deadline");
 }
 
 #[tokio::test]

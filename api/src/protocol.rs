@@ -115,12 +115,14 @@ pub mod close {
     /// The world cannot run here now (its checkpoint could not be read, or it moved to
     /// another server): allocate again and join where the allocator says.
     pub const WORLD_UNAVAILABLE: u16 = 4012;
+    /// The same player joined the same world on a newer connection, which took over.
+    pub const REPLACED: u16 = 4013;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
     #[error("protocol version {got} is not supported (server speaks {PROTOCOL_VERSION})")]
     Version { got: u16 },
     #[error("malformed frame: {0}")]
@@ -131,12 +133,18 @@ impl ProtocolError {
     /// The close code to end a connection with for this error.
     pub fn close_code(&self) -> u16 {
         match self {
-            Self::TooLarge(_) => close::FRAME_TOO_LARGE,
+            Self::TooLarge { .. } => close::FRAME_TOO_LARGE,
             Self::Version { .. } => close::VERSION,
             Self::Malformed(_) => close::MALFORMED,
         }
     }
 }
+
+/// bincode's limit counts what a decode claims, not the bytes it reads: a varint `u64`
+/// of one byte claims 8, a `u128` 16. A frame within its size limit claims at most 16
+/// times its length, so this bounds what a decode may allocate without refusing any
+/// frame that fits; a length prefix past it claims more than the frame holds.
+const CLAIMS_PER_BYTE: usize = 16;
 
 const fn config<const LIMIT: usize>()
 -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<LIMIT>>
@@ -155,21 +163,21 @@ fn malformed(e: bincode::error::DecodeError) -> ProtocolError {
     ProtocolError::Malformed(match e {
         E::UnexpectedVariant { type_name, found, .. } => format!("unknown message kind {found} for {type_name}"),
         E::UnexpectedEnd { additional } => format!("frame ends {additional} bytes early"),
-        E::LimitExceeded => "a length prefix claims more than the frame limit".into(),
+        E::LimitExceeded => "a length prefix claims more than the frame holds".into(),
         other => other.to_string(),
     })
 }
 
-fn decode<T: Decode<()>, const LIMIT: usize>(frame: &[u8]) -> Result<T, ProtocolError> {
+fn decode<T: Decode<()>, const LIMIT: usize, const CLAIMS: usize>(frame: &[u8]) -> Result<T, ProtocolError> {
     if frame.len() > LIMIT {
-        return Err(ProtocolError::TooLarge(frame.len()));
+        return Err(ProtocolError::TooLarge { size: frame.len(), limit: LIMIT });
     }
-    let (version, used): (u16, usize) = bincode::decode_from_slice(frame, config::<LIMIT>()).map_err(malformed)?;
+    let (version, used): (u16, usize) = bincode::decode_from_slice(frame, config::<CLAIMS>()).map_err(malformed)?;
     if version != PROTOCOL_VERSION {
         return Err(ProtocolError::Version { got: version });
     }
     let body = &frame[used..];
-    let (msg, read): (T, usize) = bincode::decode_from_slice(body, config::<LIMIT>()).map_err(malformed)?;
+    let (msg, read): (T, usize) = bincode::decode_from_slice(body, config::<CLAIMS>()).map_err(malformed)?;
     if read != body.len() {
         return Err(ProtocolError::Malformed(format!("{} trailing bytes", body.len() - read)));
     }
@@ -185,11 +193,11 @@ pub fn encode_server<V: Encode, C: Encode>(msg: &ServerMsg<V, C>) -> Vec<u8> {
 }
 
 pub fn decode_client<A: Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, ProtocolError> {
-    decode::<ClientMsg<A>, MAX_CLIENT_FRAME>(frame)
+    decode::<ClientMsg<A>, MAX_CLIENT_FRAME, { MAX_CLIENT_FRAME * CLAIMS_PER_BYTE }>(frame)
 }
 
 pub fn decode_server<V: Decode<()>, C: Decode<()>>(frame: &[u8]) -> Result<ServerMsg<V, C>, ProtocolError> {
-    decode::<ServerMsg<V, C>, MAX_SERVER_FRAME>(frame)
+    decode::<ServerMsg<V, C>, MAX_SERVER_FRAME, { MAX_SERVER_FRAME * CLAIMS_PER_BYTE }>(frame)
 }
 
 #[cfg(test)]
@@ -221,12 +229,41 @@ mod tests {
         trailing.push(0);
         assert_eq!(client(&trailing), Err(ProtocolError::Malformed("1 trailing bytes".into())));
         let big = vec![0u8; MAX_CLIENT_FRAME + 1];
-        assert_eq!(client(&big), Err(ProtocolError::TooLarge(MAX_CLIENT_FRAME + 1)));
+        assert_eq!(client(&big), Err(ProtocolError::TooLarge { size: MAX_CLIENT_FRAME + 1, limit: MAX_CLIENT_FRAME }));
         // A length prefix claiming a huge string must not allocate it.
         let mut huge = encode_client(&ClientMsg::Join { token: String::new() });
         huge.truncate(2);
         huge.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0x7f]);
         assert!(client(&huge).is_err());
+    }
+
+    /// One limit, exact to the byte: every frame up to it decodes, one byte more does not.
+    #[test]
+    fn the_client_frame_limit_is_exact() {
+        let join = |len: usize| {
+            let empty = encode_client(&ClientMsg::Join { token: String::new() }).len();
+            // The string's length prefix grows from 1 to 3 bytes on the way.
+            let mut token_len = len - empty;
+            while encode_client(&ClientMsg::Join { token: "t".repeat(token_len) }).len() > len {
+                token_len -= 1;
+            }
+            encode_client(&ClientMsg::Join { token: "t".repeat(token_len) })
+        };
+        for len in 3..=MAX_CLIENT_FRAME {
+            let frame = join(len);
+            if frame.len() == len {
+                assert!(decode_client::<Action>(&frame).is_ok(), "a frame of {len} bytes");
+            }
+        }
+        let max = join(MAX_CLIENT_FRAME);
+        assert_eq!(max.len(), MAX_CLIENT_FRAME);
+        assert!(decode_client::<Action>(&max).is_ok());
+        let mut over = max;
+        over.push(b't');
+        assert_eq!(
+            decode_client::<Action>(&over),
+            Err(ProtocolError::TooLarge { size: MAX_CLIENT_FRAME + 1, limit: MAX_CLIENT_FRAME })
+        );
     }
 
     proptest! {

@@ -195,5 +195,5 @@ async fn admin_endpoints(
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("serving")
+    gaia_serve::serve(listener, app, shutdown).await.context("serving")
 }

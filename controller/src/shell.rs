@@ -194,10 +194,13 @@ impl Controller {
         self.publish_running();
     }
 
-    /// Every record of every fleet; all or nothing, as [`plan`] requires.
+    /// Every record of every fleet; all or nothing, as [`plan`] requires. Each fleet is
+    /// declared first, so allocations know its regions before it has a server.
     async fn observe(&self) -> Result<Vec<GameServer>, ControllerError> {
         let mut observed = Vec::new();
         for fleet in &self.fleets {
+            let regions: Vec<String> = fleet.regions.iter().map(|r| r.name.clone()).collect();
+            self.registry.declare_fleet(&fleet.name, &regions).await?;
             observed.extend(self.registry.list(Some(&fleet.name)).await?);
         }
         Ok(observed)

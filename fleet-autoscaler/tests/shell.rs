@@ -314,6 +314,9 @@ impl Registry for Flaky {
     async fn schedule(&self, server: GameServer) -> gaia_registry::Result<GameServer> {
         self.inner.schedule(server).await
     }
+    async fn declare_fleet(&self, fleet: &str, regions: &[String]) -> gaia_registry::Result<()> {
+        self.inner.declare_fleet(fleet, regions).await
+    }
     async fn register(&self, name: &str, req: RegisterRequest) -> gaia_registry::Result<GameServer> {
         self.inner.register(name, req).await
     }

@@ -1,13 +1,21 @@
 //! One client connection, from the Join frame to the close.
 //!
-//! The first frame must be `Join{token}` within `join_timeout`; the token must be signed
-//! by the allocator for this server and unexpired. After that the connection forwards
-//! inputs to its world and writes the frames the world queues for it, all that are
-//! queued in one flush. Frames are rate limited per connection: an input over the limit
-//! is answered `Rejected` at once, and a client that keeps flooding is closed. A client
-//! silent for `idle_timeout` is closed. Every way a connection can go wrong ends in a
-//! close frame with one of [`close`]'s codes and a reason, and is counted; none of them
-//! touches the world beyond a `Leave`.
+//! Until it joins, a connection holds a place among the unjoined ([`crate::unjoined`]),
+//! not a player slot. The first frame must be `Join{token}` within `join_timeout`; the
+//! token must be signed by the allocator for this server and unexpired; then the
+//! connection takes a player slot. After that it forwards inputs to its world and writes
+//! the frames the world queues for it, all that are queued in one flush. Frames are rate
+//! limited per connection: an input over the limit is answered `Rejected` at once (tick
+//! 0, so before results of earlier inputs that wait for their tick), a ping over it still
+//! gets its pong, and a client that keeps going past the burst is closed. A client silent
+//! for `idle_timeout` is closed.
+//!
+//! Every way a connection can go wrong ends in a close frame with one of [`close`]'s codes
+//! and a reason, and is counted; none of them touches the world beyond a `Leave`. Before
+//! any close frame the server sends, the member leaves its world (which drops its inputs
+//! not applied yet) and gets every result the world still owes it, so every input the
+//! world applied has had its result; an input without one was not applied. A client's
+//! own close frame is echoed (RFC 6455); results after it cannot be sent.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,14 +25,19 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{ClientMsg, InputOutcome, ServerMsg, close, decode_client, encode_server};
+use gaia_api::protocol::{
+    ClientMsg, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, ServerMsg, close, decode_client, encode_server,
+};
 use gaia_api::token::{TokenKey, unix_ms};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_util::sync::CancellationToken;
 
+use crate::farewell::Leftovers;
 use crate::metrics::Metrics;
 use crate::room::{JoinError, Outbound, Rooms, WorldHandle};
+use crate::unjoined::Place;
 use crate::world::World;
 
 /// What every connection of one server shares.
@@ -47,6 +60,10 @@ pub struct Ctx<W: World> {
     pub frame_burst: NonZeroU32,
     /// Players who have joined a world, for the SDK's player count.
     pub players: AtomicU32,
+    /// One permit per joined connection...
+    pub slots: Arc<Semaphore>,
+    /// ...`player_capacity` of them.
+    pub player_capacity: u32,
 }
 
 /// Why the server ends a connection.
@@ -59,7 +76,7 @@ pub struct Closing {
 }
 
 impl Closing {
-    fn new(code: u16, label: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, label: &'static str, reason: impl Into<String>) -> Self {
         Self { code, reason: reason.into(), label }
     }
 }
@@ -77,10 +94,11 @@ pub async fn close_with(socket: &mut WebSocket, metrics: &Metrics, closing: Clos
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
 }
 
-/// Runs one connection to its end.
-pub async fn serve<W: World>(mut socket: WebSocket, ctx: Arc<Ctx<W>>) {
+/// Runs one connection to its end. `unjoined` is its place among the connections that
+/// have not joined yet, given back at the join.
+pub async fn serve<W: World>(mut socket: WebSocket, ctx: Arc<Ctx<W>>, unjoined: Place) {
     ctx.metrics.connections.inc();
-    if let Some(closing) = session(&mut socket, &ctx).await {
+    if let Some(closing) = session(&mut socket, &ctx, unjoined).await {
         close_with(&mut socket, &ctx.metrics, closing).await;
     }
     ctx.metrics.connections.dec();
@@ -89,7 +107,9 @@ pub async fn serve<W: World>(mut socket: WebSocket, ctx: Arc<Ctx<W>>) {
 /// A frame from the client: the payload of a binary message, or why there is none.
 enum Inbound {
     Frame(Bytes),
-    /// The client closed or the socket failed: nothing more to say to it.
+    /// The client sent its close frame.
+    Closed,
+    /// The socket failed: nothing more can be said to it.
     Gone,
     Bad(Closing),
 }
@@ -97,16 +117,18 @@ enum Inbound {
 async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
     loop {
         match socket.next().await {
-            None | Some(Ok(Message::Close(_))) => return Inbound::Gone,
+            Some(Ok(Message::Close(_))) => return Inbound::Closed,
+            None => return Inbound::Gone,
             Some(Err(e)) => {
                 // tungstenite refuses frames over the upgrade's limit before we see them.
                 let inner = e.into_inner();
                 if let Some(tungstenite::Error::Capacity(e)) = inner.downcast_ref::<tungstenite::Error>() {
-                    return Inbound::Bad(Closing::new(
-                        close::FRAME_TOO_LARGE,
-                        "too_large",
-                        format!("frame too large: {e}"),
-                    ));
+                    let size = match e {
+                        CapacityError::MessageTooLong { size, .. } => *size,
+                        CapacityError::TooManyHeaders => MAX_CLIENT_FRAME + 1,
+                    };
+                    let e = ProtocolError::TooLarge { size, limit: MAX_CLIENT_FRAME };
+                    return Inbound::Bad(protocol_closing(e));
                 }
                 return Inbound::Gone;
             }
@@ -124,25 +146,37 @@ async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
     }
 }
 
-fn decode<A: bincode::Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, Closing> {
-    decode_client(frame).map_err(|e| {
-        let label = match e {
-            gaia_api::protocol::ProtocolError::TooLarge(_) => "too_large",
-            gaia_api::protocol::ProtocolError::Version { .. } => "version",
-            gaia_api::protocol::ProtocolError::Malformed(_) => "malformed",
-        };
-        Closing::new(e.close_code(), label, e.to_string())
-    })
+/// Answers the client's close frame (tungstenite queued the echo; this writes it).
+async fn echo_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
 }
 
-/// The connection's life; `Some` is how to close it, `None` that the client is gone.
-async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>) -> Option<Closing> {
+fn protocol_closing(e: ProtocolError) -> Closing {
+    let label = match e {
+        ProtocolError::TooLarge { .. } => "too_large",
+        ProtocolError::Version { .. } => "version",
+        ProtocolError::Malformed(_) => "malformed",
+    };
+    Closing::new(e.close_code(), label, e.to_string())
+}
+
+fn decode<A: bincode::Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, Closing> {
+    decode_client(frame).map_err(protocol_closing)
+}
+
+/// The connection's life; `Some` is how to close it, `None` that nothing more can be
+/// said.
+async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>, unjoined: Place) -> Option<Closing> {
     let first = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Some(going_away()),
         first = tokio::time::timeout(ctx.join_timeout, next_frame(socket, &ctx.metrics)) => first,
     };
     let frame = match first {
         Err(_) => return Some(Closing::new(close::IDLE, "idle", format!("no Join within {:?}", ctx.join_timeout))),
+        Ok(Inbound::Closed) => {
+            echo_close(socket).await;
+            return None;
+        }
         Ok(Inbound::Gone) => return None,
         Ok(Inbound::Bad(closing)) => return Some(closing),
         Ok(Inbound::Frame(frame)) => frame,
@@ -155,6 +189,11 @@ async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>) -> Option<Closi
     let claims = match ctx.key.verify(&token, &ctx.server_name, unix_ms(SystemTime::now())) {
         Ok(claims) => claims,
         Err(e) => return Some(Closing::new(close::BAD_TOKEN, "bad_token", e.to_string())),
+    };
+    drop(unjoined);
+    let Ok(_slot) = Arc::clone(&ctx.slots).try_acquire_owned() else {
+        let reason = format!("server has all its {} player slots taken", ctx.player_capacity);
+        return Some(Closing::new(close::SERVER_FULL, "server_full", reason));
     };
     let (out, mut frames) = mpsc::channel(ctx.member_queue);
     let member = ctx.rooms.next_member();
@@ -170,14 +209,68 @@ async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>) -> Option<Closi
         Err(JoinError::ShuttingDown) => return Some(going_away()),
     };
     ctx.players.fetch_add(1, Ordering::Relaxed);
-    let closing = play(socket, ctx, &world, &claims.world_id, &mut frames).await;
+    let end = play(socket, ctx, &world, &claims.world_id, &mut frames).await;
+    // Inputs the world has not applied yet are dropped with the member, unanswered; it
+    // queues nothing after this.
+    let leftovers = world.leave().await;
+    let closing = match end {
+        End::Gone => None,
+        End::Closed => {
+            echo_close(socket).await;
+            None
+        }
+        End::Close(closing) => goodbye(socket, ctx, &mut frames, leftovers, Some(closing)).await,
+        End::LetGo(closing) => goodbye(socket, ctx, &mut frames, leftovers, closing).await,
+    };
     ctx.players.fetch_sub(1, Ordering::Relaxed);
-    world.leave().await;
     closing
 }
 
 fn going_away() -> Closing {
     Closing::new(close::GOING_AWAY, "shutdown", "server shutting down")
+}
+
+/// Before the close frame, what the world still owes the member: the frames left in its
+/// queue and the input results it held (see [`crate::farewell`]). So every input the
+/// world applied has had its result when the close comes. A client that does not take
+/// them within `write_timeout` is dropped without a close.
+async fn goodbye<W: World>(
+    socket: &mut WebSocket,
+    ctx: &Ctx<W>,
+    frames: &mut mpsc::Receiver<Outbound>,
+    leftovers: oneshot::Receiver<Leftovers>,
+    mut closing: Option<Closing>,
+) -> Option<Closing> {
+    let owed = async {
+        while let Some(next) = frames.recv().await {
+            match next {
+                Outbound::Frame(frame) => socket.feed(Message::Binary(frame)).await?,
+                Outbound::Close(c) => {
+                    closing.get_or_insert(c);
+                }
+            }
+        }
+        // Sent when the world dropped the member, as it closed `frames`.
+        let left = leftovers.await.unwrap_or_default();
+        if let Some(c) = left.closing {
+            closing.get_or_insert(c);
+        }
+        for frame in left.held {
+            ctx.metrics.frames_sent.inc();
+            ctx.metrics.bytes_sent.inc_by(frame.len() as u64);
+            socket.feed(Message::Binary(frame)).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(ctx.write_timeout, owed).await {
+        Ok(Ok(())) => Some(closing.unwrap_or_else(going_away)),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            ctx.metrics.count_close("too_slow");
+            tracing::debug!(timeout = ?ctx.write_timeout, "dropping a client that does not read its last frames");
+            None
+        }
+    }
 }
 
 /// Sends a frame the connection answers itself (not from the world); false if the
@@ -189,20 +282,32 @@ async fn send_now(socket: &mut WebSocket, metrics: &Metrics, msg: ServerMsg<(), 
     socket.send(Message::Binary(frame.into())).await.is_ok()
 }
 
+/// How the joined part of a connection ended.
+enum End {
+    /// The connection closes it: the client broke a rule or went silent.
+    Close(Closing),
+    /// The world let the member go, with its reason when it queued one.
+    LetGo(Option<Closing>),
+    /// The client sent its close frame.
+    Closed,
+    /// Nothing more can be written: the socket failed, or the client stopped reading.
+    Gone,
+}
+
 /// After the join: world frames out, client inputs in. Ends when the client goes, breaks
-/// a rule, or the world lets it go (too slow, or the server is shutting down: then the
-/// world has sent its last tick first).
+/// a rule, or the world lets it go (too slow, replaced, or the server is shutting down:
+/// then the world has sent its last tick first).
 async fn play<W: World>(
     socket: &mut WebSocket,
     ctx: &Ctx<W>,
     world: &WorldHandle<W::Action>,
     world_id: &str,
     frames: &mut mpsc::Receiver<Outbound>,
-) -> Option<Closing> {
+) -> End {
     let quota = governor::Quota::per_second(ctx.frame_rate).allow_burst(ctx.frame_burst);
     let limiter = governor::RateLimiter::direct(quota);
-    // Frames refused in a row; past the burst size the client is flooding.
-    let mut refused = 0u32;
+    // Frames over the rate in a row; past the burst size the client is flooding.
+    let mut over = 0u32;
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
     loop {
@@ -211,9 +316,8 @@ async fn play<W: World>(
             frame = frames.recv() => {
                 let frame = match frame {
                     Some(Outbound::Frame(frame)) => frame,
-                    Some(Outbound::Close(closing)) => return Some(closing),
-                    None if ctx.shutdown.is_cancelled() || ctx.rooms.is_draining() => return Some(going_away()),
-                    None => return Some(Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world")),
+                    Some(Outbound::Close(closing)) => return End::LetGo(Some(closing)),
+                    None => return End::LetGo(None),
                 };
                 // Everything already queued goes out in one write (up to a close, which
                 // ends the connection once what came before it is written). A client
@@ -239,53 +343,55 @@ async fn play<W: World>(
                     std::task::Poll::Pending => tokio::time::timeout(ctx.write_timeout, write).await,
                 };
                 match written {
-                    Ok(Ok(Some(closing))) => return Some(closing),
+                    Ok(Ok(Some(closing))) => return End::LetGo(Some(closing)),
                     Ok(Ok(None)) => {}
-                    Ok(Err(_)) => return None,
+                    Ok(Err(_)) => return End::Gone,
                     Err(_) => {
                         ctx.metrics.count_close("too_slow");
                         tracing::debug!(timeout = ?ctx.write_timeout, "dropping a client that does not read");
-                        return None;
+                        return End::Gone;
                     }
                 }
             }
             _ = &mut idle => {
                 let reason = format!("nothing received for {:?}", ctx.idle_timeout);
-                return Some(Closing::new(close::IDLE, "idle", reason));
+                return End::Close(Closing::new(close::IDLE, "idle", reason));
             }
             inbound = next_frame(socket, &ctx.metrics) => {
                 let frame = match inbound {
                     Inbound::Frame(frame) => frame,
-                    Inbound::Gone => return None,
-                    Inbound::Bad(closing) => return Some(closing),
+                    Inbound::Closed => return End::Closed,
+                    Inbound::Gone => return End::Gone,
+                    Inbound::Bad(closing) => return End::Close(closing),
                 };
                 idle.as_mut().reset(tokio::time::Instant::now() + ctx.idle_timeout);
                 let msg = match decode::<W::Action>(&frame) {
                     Ok(msg) => msg,
-                    Err(closing) => return Some(closing),
+                    Err(closing) => return End::Close(closing),
                 };
-                if limiter.check().is_ok() {
-                    refused = 0;
-                } else {
-                    refused += 1;
-                    if refused > ctx.frame_burst.get() {
+                let refused = limiter.check().is_err();
+                if refused {
+                    over += 1;
+                    if over > ctx.frame_burst.get() {
                         let reason = format!("more than {} frames per second", ctx.frame_rate);
-                        return Some(Closing::new(close::RATE_LIMITED, "rate_limited", reason));
+                        return End::Close(Closing::new(close::RATE_LIMITED, "rate_limited", reason));
                     }
-                    if let ClientMsg::Input { seq, .. } = msg {
-                        ctx.metrics.count_input_result("rate_limited");
-                        let reason = format!("slow down: at most {} inputs per second", ctx.frame_rate);
-                        let outcome = InputOutcome::Rejected { reason };
-                        if !send_now(socket, &ctx.metrics, ServerMsg::InputResult { seq, tick: 0, outcome }).await {
-                            return None;
-                        }
-                    }
-                    continue;
+                } else {
+                    over = 0;
                 }
                 match msg {
                     ClientMsg::Join { .. } => {
                         let reason = format!("already joined world {world_id}");
-                        return Some(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
+                        return End::Close(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
+                    }
+                    // Refused by the connection, never seen by the world: answered at once.
+                    ClientMsg::Input { seq, .. } if refused => {
+                        ctx.metrics.count_input_result("rate_limited");
+                        let reason = format!("slow down: at most {} inputs per second", ctx.frame_rate);
+                        let outcome = InputOutcome::Rejected { reason };
+                        if !send_now(socket, &ctx.metrics, ServerMsg::InputResult { seq, tick: 0, outcome }).await {
+                            return End::Gone;
+                        }
                     }
                     ClientMsg::Input { seq, action } => {
                         // A stopped world cannot take it: the input goes unanswered (a
@@ -293,9 +399,11 @@ async fn play<W: World>(
                         // world's last frames and close are still in `frames`.
                         let _ = world.input(seq, action).await;
                     }
+                    // Every ping is answered, over the rate too (it still counts toward
+                    // the flood limit).
                     ClientMsg::Ping { nonce } => {
                         if !send_now(socket, &ctx.metrics, ServerMsg::Pong { nonce }).await {
-                            return None;
+                            return End::Gone;
                         }
                     }
                 }

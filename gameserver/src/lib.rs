@@ -15,9 +15,11 @@
 
 pub mod conn;
 pub mod engine;
+pub mod farewell;
 pub mod metrics;
 pub mod room;
 pub mod town;
+pub mod unjoined;
 pub mod world;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,14 +29,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use gaia_api::gameserver::RegisterRequest;
-use gaia_api::protocol::{MAX_CLIENT_FRAME, close};
+use gaia_api::protocol::MAX_CLIENT_FRAME;
 use gaia_api::token::TokenKey;
 use gaia_sdk::{Sdk, SdkError};
 use tokio::net::TcpListener;
@@ -42,10 +44,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::{Closing, Ctx};
+use crate::conn::Ctx;
 use crate::metrics::Metrics;
 use crate::room::{Destination, Migration, Mover, Persistence, RoomConfig, Rooms, WorldEvent};
 use crate::town::{Town, TownConfig};
+use crate::unjoined::Unjoined;
 use crate::world::{NewWorld, World, seed_of};
 use gaia_checkpoint::{Tier, Tiers};
 
@@ -100,8 +103,14 @@ pub struct Config {
     #[arg(long, env = "GAIA_EMPTY_WORLD_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub empty_world_grace: Duration,
     /// How long a new connection has to send Join.
-    #[arg(long, env = "GAIA_JOIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "GAIA_JOIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub join_timeout: Duration,
+    /// Connections that may wait to join at once (they hold no player slot)...
+    #[arg(long, env = "GAIA_UNJOINED_CAPACITY", default_value_t = 256)]
+    pub unjoined_capacity: u32,
+    /// ...and how many of them may come from one address. More are refused with 503.
+    #[arg(long, env = "GAIA_UNJOINED_PER_ADDRESS", default_value_t = 64)]
+    pub unjoined_per_address: u32,
     /// A joined client that sends nothing (not even a Ping) for this long is closed.
     #[arg(long, env = "GAIA_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
@@ -162,7 +171,9 @@ impl Default for Config {
             delta_hz: 10,
             bots_per_world: 5,
             empty_world_grace: Duration::from_secs(5),
-            join_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(5),
+            unjoined_capacity: 256,
+            unjoined_per_address: 64,
             idle_timeout: Duration::from_secs(30),
             client_frame_rate: NonZeroU32::new(20).expect("20 > 0"),
             client_frame_burst: NonZeroU32::new(40).expect("40 > 0"),
@@ -246,8 +257,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct AppState<W: World> {
     ctx: Arc<Ctx<W>>,
     tiers: Option<Arc<Tiers>>,
-    /// One permit per connection; `player_capacity` of them.
-    slots: Arc<Semaphore>,
+    unjoined: Arc<Unjoined>,
     prometheus: Arc<prometheus_client::registry::Registry>,
     tasks: TaskTracker,
 }
@@ -257,7 +267,7 @@ impl<W: World> Clone for AppState<W> {
         Self {
             ctx: Arc::clone(&self.ctx),
             tiers: self.tiers.clone(),
-            slots: Arc::clone(&self.slots),
+            unjoined: Arc::clone(&self.unjoined),
             prometheus: Arc::clone(&self.prometheus),
             tasks: self.tasks.clone(),
         }
@@ -273,31 +283,31 @@ fn router<W: World>(state: AppState<W>) -> Router {
         .with_state(state)
 }
 
-async fn ws<W: World>(State(s): State<AppState<W>>, upgrade: WebSocketUpgrade) -> Response {
-    let permit = Arc::clone(&s.slots).try_acquire_owned();
+/// The WebSocket upgrade. A connection that finds no place among those waiting to join
+/// is refused here (503, `Retry-After: 1`), before it costs a WebSocket.
+async fn ws<W: World>(
+    State(s): State<AppState<W>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let place = match s.unjoined.admit(peer.ip()) {
+        Ok(place) => place,
+        Err(refused) => {
+            s.ctx.metrics.count_close("unjoined_full");
+            let retry = [(axum::http::header::RETRY_AFTER, "1")];
+            return (StatusCode::SERVICE_UNAVAILABLE, retry, refused.to_string()).into_response();
+        }
+    };
     let tasks = s.tasks.clone();
     upgrade
         // Client frames are small: small buffers keep connections cheap (tungstenite's
         // default read buffer is 128 KiB per connection).
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        // Leave room above the protocol limit so oversized frames get our close reason.
-        .max_message_size(MAX_CLIENT_FRAME * 4)
-        .max_frame_size(MAX_CLIENT_FRAME * 4)
-        .on_upgrade(move |mut socket| {
-            tasks.track_future(async move {
-                let Ok(_permit) = permit else {
-                    let full = Closing {
-                        code: close::SERVER_FULL,
-                        reason: "server has no free connection slot".into(),
-                        label: "server_full",
-                    };
-                    conn::close_with(&mut socket, &s.ctx.metrics, full).await;
-                    return;
-                };
-                conn::serve(socket, s.ctx).await;
-            })
-        })
+        // The protocol's limit, enforced by the WebSocket layer before a frame is read.
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| tasks.track_future(conn::serve(socket, s.ctx, place)))
 }
 
 /// 200 while the server takes worlds and its checkpoints are being written; 503 while it
@@ -449,12 +459,14 @@ pub async fn run_world<W: World>(
         frame_rate: config.client_frame_rate,
         frame_burst: config.client_frame_burst,
         players: Default::default(),
+        slots: Arc::new(Semaphore::new(config.player_capacity as usize)),
+        player_capacity: config.player_capacity,
     });
     let tasks = TaskTracker::new();
     let state = AppState {
         ctx: Arc::clone(&ctx),
         tiers: tiers.clone(),
-        slots: Arc::new(Semaphore::new(config.player_capacity as usize)),
+        unjoined: Arc::new(Unjoined::new(config.unjoined_capacity as usize, config.unjoined_per_address)),
         prometheus: Arc::new(prometheus),
         tasks: tasks.clone(),
     };
@@ -485,7 +497,7 @@ pub async fn run_world<W: World>(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let served = gaia_serve::serve(listener, router(state), shutdown.clone()).await;
     // Connections and worlds see the same token; give them a moment to say goodbye.
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), async {

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::Closing;
 use crate::engine::{Engine, Event, TickOutput};
+use crate::farewell::{Farewell, Leftovers};
 use crate::metrics::Metrics;
 use crate::world::{MemberId, NewWorld, World};
 
@@ -161,6 +162,7 @@ enum Cmd<A> {
         /// The world's epoch in the member's join token.
         epoch: u64,
         out: mpsc::Sender<Outbound>,
+        farewell: Farewell,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     Leave {
@@ -177,6 +179,7 @@ enum Cmd<A> {
 pub struct WorldHandle<A> {
     member: MemberId,
     tx: mpsc::Sender<Cmd<A>>,
+    leftovers: oneshot::Receiver<Leftovers>,
 }
 
 impl<A> WorldHandle<A> {
@@ -186,8 +189,12 @@ impl<A> WorldHandle<A> {
         self.tx.send(Cmd::Input { member: self.member, seq, action }).await.is_ok()
     }
 
-    pub async fn leave(&self) {
+    /// Leaves the world. Its inputs the world has not applied yet are dropped unapplied,
+    /// and from then on it queues nothing more for this member. The returned receiver
+    /// gets what the world still owes the member (see [`Farewell`]) once it is gone.
+    pub async fn leave(self) -> oneshot::Receiver<Leftovers> {
         let _ = self.tx.send(Cmd::Leave { member: self.member }).await;
+        self.leftovers
     }
 }
 
@@ -219,8 +226,16 @@ struct Member {
     /// The player id from its join token, for the token of a move.
     player: String,
     standing: Standing,
-    /// Input results held until the Welcome or the resync.
-    held: Vec<Bytes>,
+    /// Input results held until the Welcome or the resync, sent to the connection if
+    /// the member goes first.
+    farewell: Farewell,
+}
+
+/// An accepted join, waiting for the tick that adds it.
+struct Joining {
+    out: mpsc::Sender<Outbound>,
+    player: String,
+    farewell: Farewell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,12 +311,13 @@ impl<W: World> Rooms<W> {
         for _ in 0..2 {
             let tx = self.find_or_start(world_id)?;
             let (reply, answer) = oneshot::channel();
-            let cmd = Cmd::Join { member, name: name.clone(), epoch, out: out.clone(), reply };
+            let (farewell, leftovers) = Farewell::channel();
+            let cmd = Cmd::Join { member, name: name.clone(), epoch, out: out.clone(), farewell, reply };
             if tx.send(cmd).await.is_err() {
                 continue;
             }
             match answer.await {
-                Ok(Ok(())) => return Ok(WorldHandle { member, tx }),
+                Ok(Ok(())) => return Ok(WorldHandle { member, tx, leftovers }),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => continue,
             }
@@ -594,7 +610,7 @@ impl<W: World> Rooms<W> {
             // `Migrate` promises they all did, so it is let go instead (1001, when its
             // queue is dropped) and finds its world through the allocator, as is one
             // whose queue cannot take the Migrate.
-            if !matches!(member.standing, Standing::Live) || !member.held.is_empty() {
+            if !matches!(member.standing, Standing::Live) || !member.farewell.held.is_empty() {
                 continue;
             }
             let token = m.key.sign(&JoinClaims {
@@ -643,8 +659,8 @@ impl<W: World> Rooms<W> {
 /// The members of one world and the sending of each tick's frames to them.
 struct Fanout<C> {
     members: HashMap<MemberId, Member>,
-    /// Accepted joins (queue and player id), waiting for the tick that adds them.
-    joining: HashMap<MemberId, (mpsc::Sender<Outbound>, String)>,
+    /// Accepted joins, waiting for the tick that adds them.
+    joining: HashMap<MemberId, Joining>,
     /// Changes since the last delta frame.
     changes: Vec<C>,
     /// Members let go this tick, for the next tick's `Leave`.
@@ -677,32 +693,60 @@ impl<C: bincode::Encode> Fanout<C> {
 
     /// Lets every member go with `closing`.
     fn close_all(&mut self, closing: Closing) {
-        for (_, m) in self.members.drain() {
-            let _ = m.out.try_send(Outbound::Close(closing.clone()));
+        for (_, mut m) in self.members.drain() {
+            m.farewell.closing.replace(closing.clone());
         }
-        for (_, (out, _)) in self.joining.drain() {
-            let _ = out.try_send(Outbound::Close(closing.clone()));
+        for (_, mut j) in self.joining.drain() {
+            j.farewell.closing.replace(closing.clone());
         }
     }
 
     /// Takes in one command between ticks.
     fn take<A>(&mut self, cmd: Cmd<A>, pending: &mut Vec<Event<A>>) {
         match cmd {
-            Cmd::Join { member, name, out, reply, .. } => {
+            Cmd::Join { member, name, out, farewell, reply, .. } => {
+                // One connection per player: a newer one takes over (the older one was
+                // most likely lost on the way, and its player should not wait for it).
+                if let Some(older) = self.member_of(&name) {
+                    let reason = "the same player joined this world on another connection";
+                    self.let_go(older, Closing::new(close::REPLACED, "replaced", reason), pending);
+                }
                 if self.members.len() + self.joining.len() >= self.max_players {
                     let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
                 } else if reply.send(Ok(())).is_ok() {
-                    self.joining.insert(member, (out, name.clone()));
+                    self.joining.insert(member, Joining { out, player: name.clone(), farewell });
                     pending.push(Event::Join { member, name });
                 }
             }
             Cmd::Leave { member } => {
                 self.members.remove(&member);
                 self.joining.remove(&member);
+                retract_inputs(member, pending);
                 pending.push(Event::Leave { member });
             }
             Cmd::Input { member, seq, action } => pending.push(Event::Input { member, seq, action }),
         }
+    }
+
+    /// The member or joining member whose player id is `player` (none for no id).
+    fn member_of(&self, player: &str) -> Option<MemberId> {
+        if player.is_empty() {
+            return None;
+        }
+        let joined = self.members.iter().find(|(_, m)| m.player == player).map(|(&id, _)| id);
+        joined.or_else(|| self.joining.iter().find(|(_, j)| j.player == player).map(|(&id, _)| id))
+    }
+
+    /// Lets `member` go now with `closing`: its unapplied inputs are dropped, and its
+    /// connection gets its held results and `closing` (see [`Farewell`]).
+    fn let_go<A>(&mut self, member: MemberId, closing: Closing, pending: &mut Vec<Event<A>>) {
+        if let Some(mut m) = self.members.remove(&member) {
+            m.farewell.closing.replace(closing);
+        } else if let Some(mut j) = self.joining.remove(&member) {
+            j.farewell.closing.replace(closing);
+        }
+        retract_inputs(member, pending);
+        pending.push(Event::Leave { member });
     }
 
     /// Takes one tick's output: input results go out at once (held for members not
@@ -716,9 +760,9 @@ impl<C: bincode::Encode> Fanout<C> {
     ) {
         let tick = out.tick;
         for (member, you) in out.joined {
-            if let Some((tx, player)) = self.joining.remove(&member) {
+            if let Some(Joining { out, player, farewell }) = self.joining.remove(&member) {
                 let standing = Standing::Welcoming { you };
-                self.members.insert(member, Member { out: tx, player, standing, held: Vec::new() });
+                self.members.insert(member, Member { out, player, standing, farewell });
             }
         }
         for (member, seq, outcome) in out.results {
@@ -728,7 +772,7 @@ impl<C: bincode::Encode> Fanout<C> {
             let frame = Bytes::from(encode_server(&result));
             match m.standing {
                 Standing::Live => deliver(m, frame, true, tick, metrics),
-                Standing::Welcoming { .. } | Standing::Behind { .. } => m.held.push(frame),
+                Standing::Welcoming { .. } | Standing::Behind { .. } => m.farewell.held.push(frame),
             }
         }
         self.changes.extend(out.changes);
@@ -756,14 +800,14 @@ impl<C: bincode::Encode> Fanout<C> {
                         ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
                     m.standing = Standing::Live;
                     deliver(m, Bytes::from(encode_server(&welcome)), false, tick, metrics);
-                    for frame in std::mem::take(&mut m.held) {
+                    for frame in std::mem::take(&mut m.farewell.held) {
                         deliver(m, frame, true, tick, metrics);
                     }
                 }
                 Standing::Behind { since } => {
-                    if m.out.is_closed() || tick - since > self.max_behind_ticks || m.held.len() > self.queue {
+                    if m.out.is_closed() || tick - since > self.max_behind_ticks || m.farewell.held.len() > self.queue {
                         self.dropped.push(id);
-                    } else if m.out.capacity() >= self.queue / 2 + m.held.len() {
+                    } else if m.out.capacity() >= self.queue / 2 + m.farewell.held.len() {
                         let frame = resync
                             .get_or_insert_with(|| {
                                 let snapshot = view.get_or_insert_with(|| engine.world().view());
@@ -774,7 +818,7 @@ impl<C: bincode::Encode> Fanout<C> {
                         m.standing = Standing::Live;
                         metrics.resyncs.inc();
                         deliver(m, frame, false, tick, metrics);
-                        for frame in std::mem::take(&mut m.held) {
+                        for frame in std::mem::take(&mut m.farewell.held) {
                             deliver(m, frame, true, tick, metrics);
                         }
                     }
@@ -782,11 +826,18 @@ impl<C: bincode::Encode> Fanout<C> {
             }
         }
         for id in &self.dropped {
-            if self.members.remove(id).is_some() {
+            if let Some(mut m) = self.members.remove(id) {
                 metrics.slow_dropped.inc();
+                m.farewell.closing.replace(Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world"));
             }
         }
     }
+}
+
+/// Drops `member`'s inputs that wait for the next tick: a member that left has them
+/// unapplied, and unanswered.
+fn retract_inputs<A>(member: MemberId, pending: &mut Vec<Event<A>>) {
+    pending.retain(|event| !matches!(event, Event::Input { member: m, .. } if *m == member));
 }
 
 /// Queues `frame` for `m`. When its queue is full, marks it behind and, if the frame
@@ -805,10 +856,72 @@ fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: 
                 m.standing = Standing::Behind { since: tick };
             }
             if must_arrive {
-                m.held.push(frame);
+                m.farewell.held.push(frame);
             }
         }
         // The connection is gone; its Leave is on the way.
         Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gaia_api::protocol::decode_server;
+    use gaia_api::town::{Action, Change, Snapshot};
+
+    use super::*;
+    use crate::town::{Town, TownConfig};
+
+    fn say(member: MemberId, seq: u32) -> Cmd<Action> {
+        Cmd::Input { member, seq, action: Action::Say { text: format!("hi {seq}") } }
+    }
+
+    /// The seqs of the input results among `frames`.
+    fn results(frames: impl IntoIterator<Item = Bytes>) -> Vec<u32> {
+        let decode = |f: &Bytes| decode_server::<Snapshot, Change>(f).unwrap();
+        let seq = |m| match m {
+            ServerMsg::InputResult { seq, .. } => Some(seq),
+            _ => None,
+        };
+        frames.into_iter().filter_map(|f| seq(decode(&f))).collect()
+    }
+
+    /// A member that cannot take frames has its results held; when it leaves, they go to
+    /// its connection with the member, and its inputs still waiting for a tick are
+    /// dropped unapplied.
+    #[test]
+    fn a_leaving_member_gets_its_held_results_and_its_waiting_inputs_are_dropped() {
+        let config = RoomConfig { member_queue: 1, ..RoomConfig::default() };
+        let metrics = Metrics::new(&mut Default::default());
+        let mut engine = Engine::new(Town::new(TownConfig { bots: 0, ..TownConfig::default() }, 1), 0);
+        let mut fanout = Fanout::<Change>::new(&config);
+        let mut pending = Vec::new();
+        let (out, mut frames) = mpsc::channel(1);
+        let (farewell, mut leftovers) = Farewell::channel();
+        let (reply, _answer) = oneshot::channel();
+        fanout.take(Cmd::Join { member: 1, name: "p".into(), epoch: 1, out, farewell, reply }, &mut pending);
+        let mut tick = |fanout: &mut Fanout<Change>, pending: &mut Vec<Event<Action>>| {
+            let out = engine.step(std::mem::take(pending));
+            fanout.send("w", &engine, out, &metrics);
+        };
+        tick(&mut fanout, &mut pending);
+        // Applied at tick 2 with the Welcome; the queue holds the Welcome, so both
+        // results are held.
+        fanout.take(say(1, 1), &mut pending);
+        fanout.take(say(1, 2), &mut pending);
+        tick(&mut fanout, &mut pending);
+        // Waits for tick 3, which it never sees.
+        fanout.take(say(1, 3), &mut pending);
+        fanout.take(Cmd::Leave { member: 1 }, &mut pending);
+        assert!(!pending.iter().any(|e| matches!(e, Event::Input { .. })), "{pending:?}");
+        tick(&mut fanout, &mut pending);
+
+        let mut queued = Vec::new();
+        while let Ok(Outbound::Frame(frame)) = frames.try_recv() {
+            queued.push(frame);
+        }
+        let left = leftovers.try_recv().expect("sent when the member went");
+        assert_eq!(results(queued.into_iter().chain(left.held)), [1, 2]);
+        assert_eq!(left.closing, None);
     }
 }

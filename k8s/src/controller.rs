@@ -115,6 +115,9 @@ pub async fn reconcile(fleet: Arc<Fleet>, ctx: Arc<Context>) -> Result<Action, E
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(&namespace) && ours(p.labels()))
         .collect();
+    // Allocations know the fleet's regions before it has a server.
+    let regions: Vec<String> = fleet.spec.regions.iter().map(|r| r.name.clone()).collect();
+    ctx.registry.declare_fleet(&name, &regions).await?;
     let mut records = ctx.registry.list(Some(&name)).await?;
 
     // Pods that ended: the server is gone, so is its Pod; a live record becomes Unhealthy

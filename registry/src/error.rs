@@ -24,6 +24,17 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// An allocation named region `regions[index]`, which the fleet does not have: it is
+    /// neither in the fleet's spec ([`crate::Registry::declare_fleet`]) nor where any of
+    /// its servers was scheduled. No capacity can ever appear there, so it is a bad
+    /// request, not a wait.
+    pub fn unknown_region(fleet: &str, index: usize, region: &str) -> Self {
+        Self::Invalid(gaia_api::fleet::SpecError {
+            field: format!("regions[{index}]"),
+            message: format!("fleet {fleet:?} has no region {region:?}"),
+        })
+    }
+
     /// Short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -81,7 +81,15 @@ pub struct SweepReport {
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Creates a record (the controller schedules a server). Fails if the name exists.
+    /// Its fleet and region become known, as [`Registry::declare_fleet`] makes them.
     async fn schedule(&self, server: GameServer) -> Result<GameServer>;
+
+    /// The fleet exists with these regions (the controller, from the fleet's spec), even
+    /// while it has no server: an allocation for it waits for capacity (429, reported
+    /// unmet so the autoscaler scales from zero) rather than failing. A region that is
+    /// neither declared nor the region of a server ever scheduled is refused with
+    /// [`RegistryError::unknown_region`]. Declaring adds; it never forgets a region.
+    async fn declare_fleet(&self, fleet: &str, regions: &[String]) -> Result<()>;
 
     /// SDK `register`: the server's process is up and listening at `req.address`. Takes an
     /// existing Scheduled record (fleet and region must match) or creates one.

@@ -6,7 +6,7 @@
 //! by name. Time is `tokio::time::Instant`, so leases and health timeouts can be tested on
 //! tokio's paused clock; epochs alone read the wall clock (see [`Fleet::bump_epoch`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -75,6 +75,8 @@ struct Epoch {
 #[derive(Default)]
 struct Fleet {
     servers: BTreeMap<String, Entry>,
+    /// Declared in the fleet's spec, or where a server was scheduled.
+    regions: HashSet<String>,
     /// The servers that can take a world, in choice order; kept by [`Fleet::reindex`].
     open: OpenIndex,
     worlds: HashMap<String, World>,
@@ -405,12 +407,19 @@ impl Registry for MemoryRegistry {
                 return Err(RegistryError::AlreadyExists(server.name));
             }
             self.fleet_of.insert(server.name.clone(), server.fleet.clone());
+            fleet.regions.insert(server.region.clone());
             let entry = Entry { record: server.clone(), last_seen: now, spoken: false, since: now, indexed: None };
             fleet.servers.insert(server.name.clone(), entry);
             fleet.reindex(&server.name);
         }
         self.publish(vec![state_changed(&server)]);
         Ok(server)
+    }
+
+    async fn declare_fleet(&self, fleet: &str, regions: &[String]) -> Result<()> {
+        let fleet = self.fleet_or_create(fleet);
+        fleet.lock().regions.extend(regions.iter().cloned());
+        Ok(())
     }
 
     async fn register(&self, name: &str, req: RegisterRequest) -> Result<GameServer> {
@@ -622,6 +631,9 @@ fn allocate_locked(
     lease_ttl: Duration,
     events: &mut Vec<RegistryEvent>,
 ) -> Result<Placement> {
+    if let Some((i, region)) = req.regions.iter().enumerate().find(|(_, r)| !fleet.regions.contains(*r)) {
+        return Err(RegistryError::unknown_region(&req.fleet, i, region));
+    }
     if let Some(key) = &req.idempotency_key
         && let Some((placement, expires)) = fleet.idempotent.get(key)
         && *expires > now

@@ -36,7 +36,8 @@
 //! | `F` `epochs`, `F` `epoch-at` | hash, zset | world -> last epoch, when it was handed out |
 //! | `F` `idem:`key | hash | an idempotent allocation's answer and world, expiring with its lease |
 //! | `F` `idem-of` | hash | world -> the idempotency key that placed it |
-//! | `F` `known` | string | set once a server was scheduled: tells FleetNotFound from NoCapacity |
+//! | `F` `known` | string | set once a server was scheduled or the fleet declared: tells FleetNotFound from NoCapacity |
+//! | `F` `regions` | set | the fleet's regions: declared, or of a server scheduled |
 
 use std::time::Duration;
 
@@ -76,6 +77,7 @@ struct Scripts {
     set_players: Script,
     world_started: Script,
     world_ended: Script,
+    declare_fleet: Script,
     allocate: Script,
     move_world: Script,
     remove: Script,
@@ -98,6 +100,7 @@ impl Scripts {
             set_players: script(include_str!("redis/set_players.lua")),
             world_started: script(include_str!("redis/world_started.lua")),
             world_ended: script(include_str!("redis/world_ended.lua")),
+            declare_fleet: script(include_str!("redis/declare_fleet.lua")),
             allocate: choosing(include_str!("redis/allocate.lua")),
             move_world: choosing(include_str!("redis/move_world.lua")),
             remove: script(include_str!("redis/remove.lua")),
@@ -247,6 +250,11 @@ impl Registry for RedisRegistry {
         conn.sadd::<_, _, ()>(self.global_key("fleets"), &server.fleet).await.map_err(unavailable)?;
         self.run(&self.scripts.schedule, &server.fleet, &[&to_json(&server)?]).await?;
         Ok(server)
+    }
+
+    async fn declare_fleet(&self, fleet: &str, regions: &[String]) -> Result<()> {
+        let args: Vec<&str> = regions.iter().map(String::as_str).collect();
+        self.run(&self.scripts.declare_fleet, fleet, &args).await.map(drop)
     }
 
     async fn register(&self, name: &str, req: RegisterRequest) -> Result<GameServer> {
@@ -517,6 +525,10 @@ fn script_error(code: &str, args: Vec<String>) -> RegistryError {
         "already_exists" => RegistryError::AlreadyExists(arg()),
         "conflict" => RegistryError::Conflict(arg()),
         "no_capacity" => RegistryError::NoCapacity(arg()),
+        "unknown_region" => {
+            let (fleet, index, region) = (arg(), arg(), arg());
+            RegistryError::unknown_region(&fleet, index.parse().unwrap_or_default(), &region)
+        }
         "illegal" => match (state(&arg()), state(&arg())) {
             (Some(from), Some(to)) => IllegalTransition { from, to }.into(),
             _ => RegistryError::Unavailable("malformed illegal-transition reply".into()),

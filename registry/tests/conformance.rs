@@ -130,6 +130,7 @@ conformance!(
     ties_go_to_the_smaller_name,
     priorities_break_packed_ties_and_order_distributed,
     regions_are_tried_in_order_and_unnamed_regions_never_used,
+    unknown_regions_are_refused_and_declared_ones_wait_for_capacity,
     // Under load.
     concurrent_allocations_take_exactly_the_free_slots,
     random_operations_keep_allocation_in_step_with_the_records,
@@ -997,6 +998,8 @@ async fn priorities_break_packed_ties_and_order_distributed(reg: Arc<dyn Registr
 }
 
 async fn regions_are_tried_in_order_and_unnamed_regions_never_used(reg: Arc<dyn Registry>) {
+    // sa is in the fleet's spec but has no server.
+    reg.declare_fleet(common::FLEET, &["sa".into()]).await.unwrap();
     ready(&reg, "eu-1", "eu", 2).await;
     ready(&reg, "us-1", "us", 2).await;
     ready(&reg, "ap-1", "ap", 1).await;
@@ -1012,6 +1015,37 @@ async fn regions_are_tried_in_order_and_unnamed_regions_never_used(reg: Arc<dyn 
     assert_eq!(take_all(&reg, &alloc(&["eu"])).await, ["eu-1", "eu-1"], "us-1 has room but is not named");
     assert_eq!(reg.get("us-1").await.unwrap().worlds, 0);
     assert_eq!(take_all(&reg, &alloc(&["eu", "us"])).await, ["us-1", "us-1"]);
+}
+
+/// A region the fleet does not have can never get capacity: 400 naming it, not a wait.
+/// Declared regions (from the spec) and those where a server was scheduled are known,
+/// and a declared fleet with no server at all waits too (scale from zero).
+async fn unknown_regions_are_refused_and_declared_ones_wait_for_capacity(reg: Arc<dyn Registry>) {
+    let empty = AllocationRequest { fleet: "empty".into(), ..alloc(&[]) };
+    assert!(matches!(reg.allocate(&empty).await, Err(RegistryError::FleetNotFound(_))));
+    reg.declare_fleet("empty", &["eu".into()]).await.unwrap();
+    assert!(matches!(reg.allocate(&empty).await, Err(RegistryError::NoCapacity(_))), "declared: waits");
+    let empty_eu = AllocationRequest { regions: vec!["eu".into()], ..empty.clone() };
+    assert!(matches!(reg.allocate(&empty_eu).await, Err(RegistryError::NoCapacity(_))));
+
+    ready(&reg, "eu-1", "eu", 1).await;
+    reg.declare_fleet(common::FLEET, &["us".into()]).await.unwrap();
+    for (regions, field) in [(&["mars"][..], "regions[0]"), (&["eu", "us", "mars"], "regions[2]")] {
+        match reg.allocate(&alloc(regions)).await {
+            Err(RegistryError::Invalid(e)) => {
+                assert_eq!(e.field, field, "{e}");
+                assert!(e.message.contains("\"mars\""), "{e}");
+            }
+            other => panic!("{regions:?}: expected Invalid, got {other:?}"),
+        }
+    }
+    // Nothing was taken; known regions still allocate, and wait when full.
+    assert_eq!(reg.get("eu-1").await.unwrap().worlds, 0);
+    assert!(matches!(reg.allocate(&alloc(&["us"])).await, Err(RegistryError::NoCapacity(_))));
+    assert_eq!(pick(&reg, &alloc(&["us", "eu"])).await, some("eu-1"));
+    // Declaring again adds and forgets nothing.
+    reg.declare_fleet(common::FLEET, &[]).await.unwrap();
+    assert!(matches!(reg.allocate(&alloc(&["us"])).await, Err(RegistryError::NoCapacity(_))));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1075,6 +1109,8 @@ async fn random_operations_keep_allocation_in_step_with_the_records(reg: Arc<dyn
     let mut next = 0;
     let mut worlds: Vec<(String, String)> = Vec::new();
     let mut allocations = 0;
+    // The fleet's spec names every region requests may ask for.
+    reg.declare_fleet(FLEET, &REGION_POOL.map(String::from)).await.unwrap();
 
     async fn add(reg: &Arc<dyn Registry>, rng: &mut SmallRng, next: &mut usize) {
         let name = format!("s{next:03}");

@@ -5,6 +5,9 @@ local req = cjson.decode(ARGV[3])
 local ttl, world, lease_id, player = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 
 if redis.call('EXISTS', K.known) == 0 then return fail('fleet_not_found', req.fleet) end
+for i, region in ipairs(req.regions) do
+  if redis.call('SISMEMBER', K.regions, region) == 0 then return fail('unknown_region', req.fleet, tostring(i - 1), region) end
+end
 
 local key = opt(req.idempotencyKey)
 if key then

@@ -22,6 +22,7 @@ local K = {
   idem_of = F .. 'idem-of',          -- hash: world -> idempotency key whose answer placed it
                                      -- (idem:<key> is a hash: answer, world; it expires with the lease)
   known = F .. 'known',              -- string: set once a server was scheduled in the fleet
+  regions = F .. 'regions',          -- set: declared regions, and those of servers scheduled
 }
 local function open_in(region) return F .. 'open:' .. region end
 local function hosts(server) return F .. 'hosts:' .. server end

@@ -3,6 +3,7 @@ local rec = cjson.decode(ARGV[3])
 if redis.call('HEXISTS', K.servers, rec.name) == 1 then return fail('already_exists', rec.name) end
 -- Tells allocate an unknown fleet from one without capacity, after its servers are gone.
 redis.call('SET', K.known, '1')
+redis.call('SADD', K.regions, rec.region)
 if TERMINAL[rec.state] then
   redis.call('ZADD', K.tombstones, NOW, rec.name)
 else
