@@ -31,15 +31,20 @@ const RECHECK: Duration = Duration::from_millis(250);
 #[utoipa::path(
     post,
     path = "/v1/allocations",
-    request_body = AllocationRequest,
+    tag = "allocations",
+    request_body(content = AllocationRequest, example = json!({"fleet": "town", "regions": ["eu-west"]})),
     responses(
         (status = 200, description = "Allocated", body = AllocationResponse),
-        (status = 400, description = "Bad request; `error.field` names the field", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "Unknown fleet", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 429, description = "No capacity before the deadline", body = ErrorBody),
-        (status = 503, description = "Registry unavailable", body = ErrorBody),
+        (status = 400, description = "`bad_request`, `error.field` names the field: not JSON, not of the schema \
+            (an unknown field, a wrong type, a number out of range or not an integer, a bad name or id, a bad \
+            selector, too many entries), or a region the fleet does not have", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "`fleet_not_found`", body = ErrorBody),
+        (status = 413, description = "`too_large`: a body over the limit", body = ErrorBody),
+        (status = 429, description = "`no_capacity`: no free slot before the deadline, or the world's server \
+            is draining", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry cannot be reached, or `no_address`: the \
+            chosen server has no address yet", body = ErrorBody),
     ),
     security(("matchmaker" = [])),
 )]
@@ -56,7 +61,7 @@ pub(crate) async fn allocate(
 /// does not fit [`AllocationRequest`] (an unknown field, `2.0` for an integer) fails on
 /// its own like any other bad request. The OpenAPI document shows the typed form,
 /// [`BatchAllocationRequest`].
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBatch {
     requests: Vec<serde_json::Value>,
@@ -66,12 +71,20 @@ pub(crate) struct RawBatch {
 #[utoipa::path(
     post,
     path = "/v1/allocations:batch",
-    request_body = BatchAllocationRequest,
+    tag = "allocations",
+    request_body(
+        content = BatchAllocationRequest,
+        example = json!({"requests": [{"fleet": "town"}, {"fleet": "town", "regions": ["us-east"]}]})
+    ),
     responses(
-        (status = 200, description = "One result per request, in order", body = BatchAllocationResponse),
-        (status = 400, description = "Bad batch (not JSON, too many requests)", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 200, description = "One result per request, in order, each with the status and error body \
+            `POST /v1/allocations` would have answered. A request that does not fit `AllocationRequest` \
+            fails alone, with its own 400 (`error.field` is `requests[i]` or `requests[i].<path>`)",
+            body = BatchAllocationResponse),
+        (status = 400, description = "`bad_request`: not `{requests: [...]}`, or more than the schema's \
+            `maxItems` requests", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 413, description = "`too_large`: a body over the limit", body = ErrorBody),
     ),
     security(("matchmaker" = [])),
 )]
@@ -88,7 +101,7 @@ pub(crate) async fn batch(
     }
     let mut results = Vec::with_capacity(batch.requests.len());
     for (i, req) in batch.requests.into_iter().enumerate() {
-        let req: Result<AllocationRequest, ApiError> = crate::json::from_value(req);
+        let req: Result<AllocationRequest, ApiError> = crate::json::from_value(&req);
         let asked = req.as_ref().ok().and_then(first_region);
         let result = counted(&s, asked, async { allocate_one(&s, req?).await }).await;
         results.push(match result {

@@ -126,6 +126,11 @@ impl Auth {
         }
     }
 
+    /// Whether matchmaker endpoints need a token (else they are open).
+    pub(crate) fn has_matchmaker_tokens(&self) -> bool {
+        !self.matchmakers.is_empty()
+    }
+
     /// One warning per open kind of endpoint; called once when the API starts.
     pub(crate) fn warn_if_open(&self) {
         if self.matchmakers.is_empty() {

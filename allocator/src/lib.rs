@@ -15,6 +15,7 @@ mod error;
 mod json;
 pub mod metrics;
 pub mod openapi;
+mod params;
 mod tls;
 
 use std::convert::Infallible;
@@ -22,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use gaia_api::allocation::MoveResponse;
+use gaia_api::allocation::{ErrorBody, MoveResponse};
 use gaia_api::autoscaler::FleetAutoscalerStatus;
 use gaia_api::fleet::check_name;
 use gaia_api::gameserver::{
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 use json::JsonBody;
 pub use metrics::Metrics;
+use params::{PathParams, QueryParams};
 pub use tls::{TlsConfig, TlsError, TlsFiles};
 
 /// Largest request body accepted.
@@ -97,6 +99,8 @@ pub struct AppState {
     /// Ends long-lived responses (watch streams); [`run`] sets it to its own shutdown so
     /// a graceful shutdown does not wait for them.
     shutdown: CancellationToken,
+    /// `GET /openapi.json`'s body: [`openapi::document`] for this configuration.
+    openapi: Bytes,
 }
 
 impl AppState {
@@ -107,16 +111,19 @@ impl AppState {
         metrics: Metrics,
         prometheus: Arc<prometheus_client::registry::Registry>,
     ) -> Self {
+        let auth = auth::Auth::new(&config.matchmaker_tokens, config.sdk_secret.as_deref());
+        let openapi = serde_json::to_vec(&openapi::document(auth.has_matchmaker_tokens())).unwrap_or_default();
         Self {
             registry,
             key: TokenKey::new(config.join_secret.as_bytes()),
             token_ttl: config.join_token_ttl,
             metrics: Arc::new(metrics),
-            auth: Arc::new(auth::Auth::new(&config.matchmaker_tokens, config.sdk_secret.as_deref())),
+            auth: Arc::new(auth),
             tls: None,
             prometheus,
             autoscalers: None,
             shutdown: CancellationToken::new(),
+            openapi: openapi.into(),
         }
     }
 
@@ -155,7 +162,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)
-        .route("/openapi.json", get(openapi::serve))
+        .route("/openapi.json", get(openapi_json))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
@@ -209,14 +216,23 @@ struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/gameservers",
-    params(("fleet" = Option<String>, Query, description = "Only this fleet's servers")),
-    responses((status = 200, description = "The servers", body = Vec<GameServer>)),
+    tag = "gameservers",
+    params(("fleet" = Option<String>, Query, description = "Only this fleet's servers", example = "town")),
+    responses(
+        (status = 200, description = "The servers", body = Vec<GameServer>),
+        (status = 400, description = "`bad_request`: `fleet` is not a name (or not one value)", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 503, description = "`unavailable`: the registry cannot be reached", body = ErrorBody),
+    ),
     security(("matchmaker" = [])),
 )]
 async fn list_servers(
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Vec<GameServer>>, ApiError> {
+    if let Some(fleet) = &q.fleet {
+        check_name("fleet", fleet)?;
+    }
     Ok(Json(s.registry.list(q.fleet.as_deref()).await?))
 }
 
@@ -224,16 +240,19 @@ async fn list_servers(
 #[utoipa::path(
     get,
     path = "/v1/fleets/{fleet}/autoscaler",
-    params(("fleet" = String, Path, description = "Fleet name")),
+    tag = "autoscaler",
+    params(("fleet" = String, Path, description = "Fleet name", example = "town")),
     responses(
         (status = 200, description = "Per region: desired and current replicas, buffer, policy inputs, last decisions", body = FleetAutoscalerStatus),
-        (status = 404, description = "No autoscaler manages this fleet here", body = gaia_api::allocation::ErrorBody),
+        (status = 400, description = "`bad_request`: `fleet` is not a name", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "`autoscaler_not_found`: no autoscaler manages this fleet here", body = ErrorBody),
     ),
     security(("matchmaker" = [])),
 )]
 async fn autoscaler_status(
     State(s): State<AppState>,
-    Path(fleet): Path<String>,
+    PathParams(fleet): PathParams<String>,
 ) -> Result<Json<FleetAutoscalerStatus>, ApiError> {
     check_name("fleet", &fleet)?;
     let Some(statuses) = &s.autoscalers else {
@@ -251,14 +270,22 @@ fn server_name(name: &str) -> Result<(), ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/gameservers/{name}",
+    tag = "gameservers",
     params(("name" = String, Path, description = "Game-server name")),
     responses(
         (status = 200, description = "The server", body = GameServer),
-        (status = 404, description = "No such server", body = gaia_api::allocation::ErrorBody),
+        (status = 400, description = "`bad_request`: `name` is not a name", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "`forbidden`: another game server's SDK token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such server", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry cannot be reached", body = ErrorBody),
     ),
-    security(("matchmaker" = [])),
+    security(("matchmaker" = []), ("sdk" = [])),
 )]
-async fn get_server(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<GameServer>, ApiError> {
+async fn get_server(
+    State(s): State<AppState>,
+    PathParams(name): PathParams<String>,
+) -> Result<Json<GameServer>, ApiError> {
     server_name(&name)?;
     Ok(Json(s.registry.get(&name).await?))
 }
@@ -275,7 +302,7 @@ fn sdk_call<T>(s: &AppState, call: &'static str, result: Result<T, ApiError>) ->
 
 async fn register(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     body: Result<JsonBody<RegisterRequest>, ApiError>,
 ) -> Result<Json<GameServer>, ApiError> {
     let result = async {
@@ -291,7 +318,7 @@ async fn register(
 
 async fn to_state(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     to: GameServerState,
     call: &'static str,
 ) -> Result<Json<GameServer>, ApiError> {
@@ -303,7 +330,7 @@ async fn to_state(
     sdk_call(&s, call, result).map(Json)
 }
 
-async fn health(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn health(State(s): State<AppState>, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {
     let result = async {
         server_name(&name)?;
         Ok(s.registry.health(&name).await?)
@@ -314,7 +341,7 @@ async fn health(State(s): State<AppState>, Path(name): Path<String>) -> Result<S
 
 async fn set_label(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     body: Result<JsonBody<SetLabelRequest>, ApiError>,
 ) -> Result<Json<GameServer>, ApiError> {
     let result = async {
@@ -329,7 +356,7 @@ async fn set_label(
 
 async fn set_players(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     body: Result<JsonBody<PlayerCountRequest>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let result = async {
@@ -343,7 +370,7 @@ async fn set_players(
 
 async fn world_started(
     State(s): State<AppState>,
-    Path((name, world)): Path<(String, String)>,
+    PathParams((name, world)): PathParams<(String, String)>,
     body: Result<JsonBody<WorldStartedRequest>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let result = async {
@@ -357,7 +384,7 @@ async fn world_started(
 
 async fn world_ended(
     State(s): State<AppState>,
-    Path((name, world)): Path<(String, String)>,
+    PathParams((name, world)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let result = async {
         server_name(&name)?;
@@ -369,7 +396,7 @@ async fn world_ended(
 
 async fn move_world(
     State(s): State<AppState>,
-    Path((name, world)): Path<(String, String)>,
+    PathParams((name, world)): PathParams<(String, String)>,
 ) -> Result<Json<MoveResponse>, ApiError> {
     let result = async {
         server_name(&name)?;
@@ -392,7 +419,7 @@ async fn move_world(
 /// `GET /v1/gameservers/{name}/watch`: newline-delimited JSON records of the server, the
 /// current one first, then one after each of its state changes. The stream ends after a
 /// terminal record (nothing changes after it), when the record is gone, or at shutdown.
-async fn watch(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn watch(State(s): State<AppState>, PathParams(name): PathParams<String>) -> Result<Response, ApiError> {
     let result = async {
         server_name(&name)?;
         // Subscribe before the first read, so no change falls between the two.
@@ -456,6 +483,11 @@ impl Watch {
         // Gone (removed) or the backend failed: end the stream; the watcher reconnects.
         self.registry.get(&self.name).await.ok()
     }
+}
+
+/// The OpenAPI document, made once per configuration ([`AppState::new`]).
+async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], s.openapi)
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {

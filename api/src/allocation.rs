@@ -45,6 +45,15 @@ pub enum Operator {
     DoesNotExist,
 }
 
+impl Operator {
+    pub const ALL: [Operator; 4] = [Self::In, Self::NotIn, Self::Exists, Self::DoesNotExist];
+
+    /// Whether an expression with this operator takes values (at least one), or none.
+    pub fn takes_values(self) -> bool {
+        matches!(self, Self::In | Self::NotIn)
+    }
+}
+
 impl LabelExpression {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let value = labels.get(&self.key);
@@ -164,8 +173,8 @@ pub struct AllocationRequest {
     /// Repeating a request with the same key while its lease lives returns the same answer.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// How long the caller will wait for capacity, in milliseconds, at most
-    /// [`MAX_DEADLINE_MS`]. With no free slot the allocator waits (for the autoscaler to
+    /// How long the caller will wait for capacity, in milliseconds, at most one minute
+    /// (`MAX_DEADLINE_MS`). With no free slot the allocator waits (for the autoscaler to
     /// add servers, or a lease to expire) until then, and answers 429 after. Unset or 0:
     /// answer at once.
     #[serde(default)]
@@ -174,6 +183,10 @@ pub struct AllocationRequest {
 
 /// Longest id (world, player, idempotency key) the API accepts.
 pub const MAX_ID_LEN: usize = 128;
+
+/// An id's characters as a JSON Schema (ECMA-262) pattern, for the OpenAPI document; its
+/// length is 1 to [`MAX_ID_LEN`].
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]+$";
 
 /// Longest wait for capacity a request may ask for.
 pub const MAX_DEADLINE_MS: u64 = 60_000;
@@ -253,7 +266,7 @@ impl Selector {
             let field = format!("{field}.matchExpressions[{j}]");
             check_keys(&format!("{field}.key"), [&e.key])?;
             check_len(&format!("{field}.values"), e.values.len())?;
-            let needs_values = matches!(e.operator, Operator::In | Operator::NotIn);
+            let needs_values = e.operator.takes_values();
             if needs_values == e.values.is_empty() {
                 let message = if needs_values {
                     format!("operator {:?} needs at least one value", e.operator)
@@ -281,9 +294,13 @@ fn check_len(field: &str, len: usize) -> Result<(), SpecError> {
 }
 
 fn check_keys<'a>(field: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<(), SpecError> {
+    use crate::gameserver::{MAX_KEY_LEN, is_key_len};
     for key in keys {
-        if key.is_empty() || key.len() > 253 {
-            return Err(SpecError { field: field.into(), message: "keys must be 1 to 253 characters".into() });
+        if !is_key_len(key) {
+            return Err(SpecError {
+                field: field.into(),
+                message: format!("keys must be 1 to {MAX_KEY_LEN} characters"),
+            });
         }
     }
     Ok(())

@@ -215,11 +215,18 @@ pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> S
     SpecError { field: field.into(), message: message.into() }
 }
 
+/// Longest name [`check_name`] accepts.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// [`check_name`]'s characters as a JSON Schema (ECMA-262) pattern, for the OpenAPI
+/// document; its length is [`MAX_NAME_LEN`].
+pub const NAME_PATTERN: &str = "^[a-z0-9-]+$";
+
 /// Names (fleets, regions, servers, worlds) are DNS-label-like so they are safe in URLs,
 /// Redis keys and Kubernetes object names.
 pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(invalid(field, "must be 1 to 63 characters"));
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
     }
     if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err(invalid(field, "may hold only a-z, 0-9 and '-'"));

@@ -231,13 +231,23 @@ pub struct PlayerCountRequest {
 /// servers that come from Agones. Allocations' metadata and the SDK may not set them.
 pub const RESERVED_KEY_DOMAINS: [&str; 2] = ["gaia.dev", "agones.dev"];
 
-/// Checks a label or annotation key that an allocation or an SDK call sets: 1 to 253
-/// characters, and not under a [reserved domain](RESERVED_KEY_DOMAINS). The error's
-/// field is `field`, its message names the key.
+/// Longest label or annotation key, in characters (Kubernetes' limit for a prefixed key).
+pub const MAX_KEY_LEN: usize = 253;
+
+/// Whether `key` is a label or annotation key of 1 to [`MAX_KEY_LEN`] characters
+/// (characters, not bytes, as JSON Schema's `maxLength` counts).
+pub fn is_key_len(key: &str) -> bool {
+    (1..=MAX_KEY_LEN).contains(&key.chars().count())
+}
+
+/// Checks a label or annotation key that an allocation or an SDK call sets: 1 to
+/// [`MAX_KEY_LEN`] characters, and not under a [reserved domain](RESERVED_KEY_DOMAINS).
+/// The error's field is `field`, its message names the key.
 pub fn check_settable_key(field: &str, key: &str) -> Result<(), crate::fleet::SpecError> {
     let refuse = |message: String| Err(crate::fleet::SpecError { field: field.into(), message });
-    if key.is_empty() || key.len() > 253 {
-        return refuse(format!("keys must be 1 to 253 characters, not {} ({key:?})", key.len()));
+    if !is_key_len(key) {
+        let len = key.chars().count();
+        return refuse(format!("keys must be 1 to {MAX_KEY_LEN} characters, not {len} ({key:?})"));
     }
     if let Some((domain, _)) = key.split_once('/') {
         let domain = domain.to_ascii_lowercase();
@@ -263,7 +273,9 @@ mod tests {
             assert_eq!(super::check_settable_key("metadata.labels", key), Ok(()), "{key}");
         }
         assert!(super::check_settable_key("key", "").is_err());
-        assert!(super::check_settable_key("key", &"k".repeat(254)).is_err());
+        assert!(super::check_settable_key("key", &"k".repeat(super::MAX_KEY_LEN + 1)).is_err());
+        // Characters, not bytes: as the OpenAPI document's maxLength counts.
+        assert_eq!(super::check_settable_key("key", &"é".repeat(super::MAX_KEY_LEN)), Ok(()));
     }
 
     use super::GameServerState::{self, *};
