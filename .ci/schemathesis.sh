@@ -17,6 +17,12 @@
 #    the allocator takes integer literals only (serde), as its document's description says
 #    in words, since no JSON Schema keyword can tell `2.0` from `2`. allocator/tests/
 #    openapi.rs checks that `2.0` is refused and that the description says so.
+# 3. Region names that are valid are mapped onto the fleet's regions (eu-west, us-east,
+#    from examples/fleet.yaml), by the same hook. Which regions exist is the deployment's
+#    state, not the schema's: a region the fleet does not have is refused with 400
+#    `regions[i]` (issue 17, point 9), which positive_data_acceptance would count as a
+#    valid request refused. allocator/tests/http.rs tests that refusal; invalid region
+#    lists are sent as generated, so negative_data_rejection still covers them.
 # Two checks are on but have nothing to act on here: object_level_authorization needs two
 # users' credentials (`[auth.wfc]` peers), and every matchmaker token sees every fleet by
 # design; max_response_time needs a limit, and an allocation may wait for capacity up to
@@ -64,8 +70,29 @@ checks.negative_data_rejection.enabled = false
 EOF
 
 cat >"$work/hooks.py" <<'EOF'
-# Exception 2 (see .ci/schemathesis.sh): the allocator takes integer literals only.
+# Exceptions 2 and 3 (see .ci/schemathesis.sh): the allocator takes integer literals only,
+# and knows the regions of its fleets.
 import schemathesis
+
+REGIONS = ["eu-west", "us-east"]
+MAX_NAME_LEN, MAX_LIST_LEN = 63, 16
+
+
+def _name(value):
+    return isinstance(value, str) and 1 <= len(value) <= MAX_NAME_LEN and all(
+        c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in value
+    )
+
+
+def _regions(request):
+    regions = request.get("regions") if isinstance(request, dict) else None
+    if (
+        isinstance(regions, list)
+        and len(regions) <= MAX_LIST_LEN
+        and all(_name(r) for r in regions)
+        and len(set(regions)) == len(regions)
+    ):
+        request["regions"] = REGIONS[: len(regions)]
 
 
 def _integers(value):
@@ -82,6 +109,11 @@ def _integers(value):
 def before_call(context, case, kwargs):
     if isinstance(case.body, (dict, list, float)):
         case.body = _integers(case.body)
+    if isinstance(case.body, dict):
+        _regions(case.body)
+        requests = case.body.get("requests")
+        for request in requests if isinstance(requests, list) else []:
+            _regions(request)
 EOF
 
 free_port() {
