@@ -6,6 +6,8 @@
 //! panics and never allocates more than the frame limit.
 
 use bincode::{Decode, Encode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -15,8 +17,10 @@ pub const MAX_CLIENT_FRAME: usize = 4 * 1024;
 pub const MAX_SERVER_FRAME: usize = 1024 * 1024;
 
 /// Client to server. `A` is the world's action type (for the reference world,
-/// [`crate::town::Action`]).
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// [`crate::town::Action`]). In JSON, an object tagged by `type` (the variant's name in
+/// camelCase) with camelCase fields, e.g. `{"type":"ping","nonce":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum ClientMsg<A> {
     /// First frame on a connection: the token from the allocator.
     Join {
@@ -34,8 +38,9 @@ pub enum ClientMsg<A> {
 
 /// Server to client. `V` is the world's view (a full snapshot a client can draw from)
 /// and `C` one change to it; for the reference world, [`crate::town::Snapshot`] and
-/// [`crate::town::Change`].
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// [`crate::town::Change`]. In JSON, tagged as [`ClientMsg`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum ServerMsg<V, C> {
     /// Answer to `Join`: the whole world as of `tick`, and which entity is yours.
     Welcome {
@@ -83,7 +88,8 @@ pub enum ServerMsg<V, C> {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum InputOutcome {
     Ok,
     /// Refused; `reason` is meant for the player's eyes.
@@ -182,6 +188,76 @@ fn decode<T: Decode<()>, const LIMIT: usize, const CLAIMS: usize>(frame: &[u8]) 
         return Err(ProtocolError::Malformed(format!("{} trailing bytes", body.len() - read)));
     }
     Ok(msg)
+}
+
+/// How one connection's frames are written, chosen by the client with
+/// `Sec-WebSocket-Protocol`: bincode in binary frames (the default when it names none), or
+/// JSON in text frames. The version is in the name, so JSON frames carry none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Bincode,
+    Json,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Bincode, Encoding::Json];
+
+    /// Its `Sec-WebSocket-Protocol` name.
+    pub const fn subprotocol(self) -> &'static str {
+        match self {
+            Self::Bincode => "gaia.v1.bincode",
+            Self::Json => "gaia.v1.json",
+        }
+    }
+
+    pub fn from_subprotocol(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.subprotocol() == name)
+    }
+
+    /// Index into per-encoding caches.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn encode_server<V: Encode + Serialize, C: Encode + Serialize>(self, msg: &ServerMsg<V, C>) -> Vec<u8> {
+        match self {
+            Self::Bincode => encode(msg),
+            // Serializing our types to JSON cannot fail: every map key is a string.
+            Self::Json => serde_json::to_vec(msg).unwrap_or_default(),
+        }
+    }
+
+    pub fn encode_client<A: Encode + Serialize>(self, msg: &ClientMsg<A>) -> Vec<u8> {
+        match self {
+            Self::Bincode => encode(msg),
+            Self::Json => serde_json::to_vec(msg).unwrap_or_default(),
+        }
+    }
+
+    /// Decodes a client frame, at most [`MAX_CLIENT_FRAME`] bytes in either encoding.
+    pub fn decode_client<A: Decode<()> + DeserializeOwned>(self, frame: &[u8]) -> Result<ClientMsg<A>, ProtocolError> {
+        match self {
+            Self::Bincode => decode_client(frame),
+            Self::Json => decode_json(frame, MAX_CLIENT_FRAME),
+        }
+    }
+
+    pub fn decode_server<V: Decode<()> + DeserializeOwned, C: Decode<()> + DeserializeOwned>(
+        self,
+        frame: &[u8],
+    ) -> Result<ServerMsg<V, C>, ProtocolError> {
+        match self {
+            Self::Bincode => decode_server(frame),
+            Self::Json => decode_json(frame, MAX_SERVER_FRAME),
+        }
+    }
+}
+
+fn decode_json<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    if frame.len() > limit {
+        return Err(ProtocolError::TooLarge { size: frame.len(), limit });
+    }
+    serde_json::from_slice(frame).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 pub fn encode_client<A: Encode>(msg: &ClientMsg<A>) -> Vec<u8> {

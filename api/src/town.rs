@@ -5,6 +5,7 @@
 //! [`ServerMsg`] fix the envelope to them.
 
 use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
 
 /// Entity ids are unique within one world.
 pub type EntityId = u32;
@@ -12,7 +13,8 @@ pub type EntityId = u32;
 pub type ClientMsg = crate::protocol::ClientMsg<Action>;
 pub type ServerMsg = crate::protocol::ServerMsg<Snapshot, Change>;
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum Action {
     /// One step to a neighbouring cell (dx, dy in -1..=1, not both 0).
     Move { dx: i8, dy: i8 },
@@ -20,7 +22,8 @@ pub enum Action {
     Say { text: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Snapshot {
     pub width: u16,
     pub height: u16,
@@ -53,7 +56,8 @@ impl Snapshot {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Entity {
     pub id: EntityId,
     pub kind: EntityKind,
@@ -62,13 +66,16 @@ pub struct Entity {
     pub y: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum EntityKind {
     Bot,
     Player,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// In JSON, tagged by `type`; `joined` carries the entity's fields beside the tag.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Change {
     Joined(Entity),
     Moved {

@@ -15,6 +15,7 @@ use gaia_gameserver::Config;
 use gaia_gameserver::world::{MemberId, NewWorld, RestoreError, World, seed_of};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// Largest amount one input may add or take away.
@@ -22,12 +23,14 @@ const MAX_ADD: i64 = 10;
 /// Ticks between the room's own nudges (5 s at the default 20 Hz).
 const NUDGE_EVERY: u64 = 100;
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum Action {
     Add { by: i64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum Change {
     Joined { seat: u32, name: String },
     Left { seat: u32 },
@@ -36,7 +39,7 @@ pub enum Change {
 }
 
 /// What a client draws: the total and who is in the room.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct Tally {
     pub total: i64,
     pub seats: Vec<(u32, String)>,

@@ -22,12 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{
-    ClientMsg, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, ServerMsg, close, decode_client, encode_server,
-};
+use gaia_api::protocol::{ClientMsg, Encoding, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, ServerMsg, close};
 use gaia_api::token::{TokenKey, unix_ms};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite;
@@ -82,7 +80,7 @@ impl Closing {
 }
 
 /// Sends `closing` as a close frame and counts it. Reasons are cut to fit a control frame.
-pub async fn close_with(socket: &mut WebSocket, metrics: &Metrics, closing: Closing) {
+pub async fn close_with(socket: &mut Socket, metrics: &Metrics, closing: Closing) {
     metrics.count_close(closing.label);
     tracing::debug!(code = closing.code, reason = %closing.reason, "closing connection");
     let mut reason = closing.reason;
@@ -91,13 +89,37 @@ pub async fn close_with(socket: &mut WebSocket, metrics: &Metrics, closing: Clos
     }
     let frame = CloseFrame { code: closing.code, reason: reason.into() };
     // A client that does not read could hold this send forever.
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.ws.send(Message::Close(Some(frame)))).await;
+}
+
+/// A client's WebSocket and the encoding its handshake chose: bincode in binary
+/// messages, JSON in text messages.
+pub struct Socket {
+    ws: WebSocket,
+    encoding: Encoding,
+}
+
+impl Socket {
+    /// Queues one encoded frame, in the message kind of the encoding.
+    async fn feed(&mut self, frame: Bytes) -> Result<(), axum::Error> {
+        let message = match self.encoding {
+            Encoding::Bincode => Message::Binary(frame),
+            // serde_json writes UTF-8: the check cannot fail.
+            Encoding::Json => Message::Text(Utf8Bytes::try_from(frame).unwrap_or_default()),
+        };
+        self.ws.feed(message).await
+    }
+
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        self.ws.flush().await
+    }
 }
 
 /// Runs one connection to its end. `unjoined` is its place among the connections that
-/// have not joined yet, given back at the join.
-pub async fn serve<W: World>(mut socket: WebSocket, ctx: Arc<Ctx<W>>, unjoined: Place) {
+/// have not joined yet, given back at the join; `encoding` is what the handshake chose.
+pub async fn serve<W: World>(socket: WebSocket, ctx: Arc<Ctx<W>>, unjoined: Place, encoding: Encoding) {
     ctx.metrics.connections.inc();
+    let mut socket = Socket { ws: socket, encoding };
     if let Some(closing) = session(&mut socket, &ctx, unjoined).await {
         close_with(&mut socket, &ctx.metrics, closing).await;
     }
@@ -114,9 +136,9 @@ enum Inbound {
     Bad(Closing),
 }
 
-async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
+async fn next_frame(socket: &mut Socket, metrics: &Metrics) -> Inbound {
     loop {
-        match socket.next().await {
+        match socket.ws.next().await {
             Some(Ok(Message::Close(_))) => return Inbound::Closed,
             None => return Inbound::Gone,
             Some(Err(e)) => {
@@ -132,13 +154,23 @@ async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
                 }
                 return Inbound::Gone;
             }
-            Some(Ok(Message::Binary(bytes))) => {
+            Some(Ok(Message::Binary(bytes))) if socket.encoding == Encoding::Bincode => {
                 metrics.frames_received.inc();
                 metrics.bytes_received.inc_by(bytes.len() as u64);
                 return Inbound::Frame(bytes);
             }
+            Some(Ok(Message::Text(text))) if socket.encoding == Encoding::Json => {
+                metrics.frames_received.inc();
+                metrics.bytes_received.inc_by(text.len() as u64);
+                return Inbound::Frame(text.into());
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let reason = format!("binary frames are not spoken on {}", socket.encoding.subprotocol());
+                return Inbound::Bad(Closing::new(close::MALFORMED, "malformed", reason));
+            }
             Some(Ok(Message::Text(_))) => {
-                return Inbound::Bad(Closing::new(close::MALFORMED, "malformed", "text frames are not spoken here"));
+                let reason = format!("text frames are not spoken on {}", socket.encoding.subprotocol());
+                return Inbound::Bad(Closing::new(close::MALFORMED, "malformed", reason));
             }
             // tungstenite answers pings itself.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -147,7 +179,7 @@ async fn next_frame(socket: &mut WebSocket, metrics: &Metrics) -> Inbound {
 }
 
 /// Answers the client's close frame (tungstenite queued the echo; this writes it).
-async fn echo_close(socket: &mut WebSocket) {
+async fn echo_close(socket: &mut Socket) {
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
 }
 
@@ -160,13 +192,16 @@ fn protocol_closing(e: ProtocolError) -> Closing {
     Closing::new(e.close_code(), label, e.to_string())
 }
 
-fn decode<A: bincode::Decode<()>>(frame: &[u8]) -> Result<ClientMsg<A>, Closing> {
-    decode_client(frame).map_err(protocol_closing)
+fn decode<A: bincode::Decode<()> + serde::de::DeserializeOwned>(
+    encoding: Encoding,
+    frame: &[u8],
+) -> Result<ClientMsg<A>, Closing> {
+    encoding.decode_client(frame).map_err(protocol_closing)
 }
 
 /// The connection's life; `Some` is how to close it, `None` that nothing more can be
 /// said.
-async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>, unjoined: Place) -> Option<Closing> {
+async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -> Option<Closing> {
     let first = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Some(going_away()),
         first = tokio::time::timeout(ctx.join_timeout, next_frame(socket, &ctx.metrics)) => first,
@@ -181,7 +216,7 @@ async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>, unjoined: Place
         Ok(Inbound::Bad(closing)) => return Some(closing),
         Ok(Inbound::Frame(frame)) => frame,
     };
-    let token = match decode::<W::Action>(&frame) {
+    let token = match decode::<W::Action>(socket.encoding, &frame) {
         Ok(ClientMsg::Join { token }) => token,
         Ok(_) => return Some(Closing::new(close::NOT_JOINED, "not_joined", "the first message must be Join")),
         Err(closing) => return Some(closing),
@@ -197,7 +232,8 @@ async fn session<W: World>(socket: &mut WebSocket, ctx: &Ctx<W>, unjoined: Place
     };
     let (out, mut frames) = mpsc::channel(ctx.member_queue);
     let member = ctx.rooms.next_member();
-    let world = match ctx.rooms.join(&claims.world_id, claims.epoch, member, claims.player_id.clone(), out).await {
+    let (world_id, player) = (&claims.world_id, claims.player_id.clone());
+    let world = match ctx.rooms.join(world_id, claims.epoch, member, player, socket.encoding, out).await {
         Ok(world) => world,
         Err(e @ JoinError::WorldFull(_)) => return Some(Closing::new(close::WORLD_FULL, "world_full", e.to_string())),
         Err(e @ JoinError::ServerFull(_)) => {
@@ -235,7 +271,7 @@ fn going_away() -> Closing {
 /// world applied has had its result when the close comes. A client that does not take
 /// them within `write_timeout` is dropped without a close.
 async fn goodbye<W: World>(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     ctx: &Ctx<W>,
     frames: &mut mpsc::Receiver<Outbound>,
     leftovers: oneshot::Receiver<Leftovers>,
@@ -244,7 +280,7 @@ async fn goodbye<W: World>(
     let owed = async {
         while let Some(next) = frames.recv().await {
             match next {
-                Outbound::Frame(frame) => socket.feed(Message::Binary(frame)).await?,
+                Outbound::Frame(frame) => socket.feed(frame).await?,
                 Outbound::Close(c) => {
                     closing.get_or_insert(c);
                 }
@@ -258,7 +294,7 @@ async fn goodbye<W: World>(
         for frame in left.held {
             ctx.metrics.frames_sent.inc();
             ctx.metrics.bytes_sent.inc_by(frame.len() as u64);
-            socket.feed(Message::Binary(frame)).await?;
+            socket.feed(frame).await?;
         }
         socket.flush().await
     };
@@ -275,11 +311,11 @@ async fn goodbye<W: World>(
 
 /// Sends a frame the connection answers itself (not from the world); false if the
 /// client is gone.
-async fn send_now(socket: &mut WebSocket, metrics: &Metrics, msg: ServerMsg<(), ()>) -> bool {
-    let frame = encode_server(&msg);
+async fn send_now(socket: &mut Socket, metrics: &Metrics, msg: ServerMsg<(), ()>) -> bool {
+    let frame = socket.encoding.encode_server(&msg);
     metrics.frames_sent.inc();
     metrics.bytes_sent.inc_by(frame.len() as u64);
-    socket.send(Message::Binary(frame.into())).await.is_ok()
+    socket.feed(frame.into()).await.is_ok() && socket.flush().await.is_ok()
 }
 
 /// How the joined part of a connection ended.
@@ -298,7 +334,7 @@ enum End {
 /// a rule, or the world lets it go (too slow, replaced, or the server is shutting down:
 /// then the world has sent its last tick first).
 async fn play<W: World>(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     ctx: &Ctx<W>,
     world: &WorldHandle<W::Action>,
     world_id: &str,
@@ -323,11 +359,11 @@ async fn play<W: World>(
                 // ends the connection once what came before it is written). A client
                 // that does not take it within `write_timeout` is gone as far as we care.
                 let write = async {
-                    socket.feed(Message::Binary(frame)).await?;
+                    socket.feed(frame).await?;
                     let mut closing = None;
                     while let Ok(next) = frames.try_recv() {
                         match next {
-                            Outbound::Frame(frame) => socket.feed(Message::Binary(frame)).await?,
+                            Outbound::Frame(frame) => socket.feed(frame).await?,
                             Outbound::Close(c) => {
                                 closing = Some(c);
                                 break;
@@ -365,7 +401,7 @@ async fn play<W: World>(
                     Inbound::Bad(closing) => return End::Close(closing),
                 };
                 idle.as_mut().reset(tokio::time::Instant::now() + ctx.idle_timeout);
-                let msg = match decode::<W::Action>(&frame) {
+                let msg = match decode::<W::Action>(socket.encoding, &frame) {
                     Ok(msg) => msg,
                     Err(closing) => return End::Close(closing),
                 };

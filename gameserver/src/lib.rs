@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use gaia_api::gameserver::RegisterRequest;
-use gaia_api::protocol::MAX_CLIENT_FRAME;
+use gaia_api::protocol::{Encoding, MAX_CLIENT_FRAME};
 use gaia_api::token::TokenKey;
 use gaia_sdk::{Sdk, SdkError};
 use tokio::net::TcpListener;
@@ -283,13 +283,20 @@ fn router<W: World>(state: AppState<W>) -> Router {
         .with_state(state)
 }
 
-/// The WebSocket upgrade. A connection that finds no place among those waiting to join
-/// is refused here (503, `Retry-After: 1`), before it costs a WebSocket.
+/// The WebSocket upgrade. The encoding is the first subprotocol the client names that
+/// the server speaks (bincode when it names none; 400 when it names only others). A
+/// connection that finds no place among those waiting to join is refused here (503,
+/// `Retry-After: 1`), before it costs a WebSocket.
 async fn ws<W: World>(
     State(s): State<AppState<W>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let encoding = match choose_encoding(&headers) {
+        Ok(encoding) => encoding,
+        Err(refusal) => return (StatusCode::BAD_REQUEST, refusal).into_response(),
+    };
     let place = match s.unjoined.admit(peer.ip()) {
         Ok(place) => place,
         Err(refused) => {
@@ -307,7 +314,37 @@ async fn ws<W: World>(
         // The protocol's limit, enforced by the WebSocket layer before a frame is read.
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| tasks.track_future(conn::serve(socket, s.ctx, place)))
+        .protocols(encoding.map(Encoding::subprotocol))
+        .on_upgrade(move |socket| {
+            tasks.track_future(conn::serve(socket, s.ctx, place, encoding.unwrap_or(Encoding::Bincode)))
+        })
+}
+
+/// The encoding a handshake asks for: `None` when it names no subprotocol (bincode, and
+/// no `Sec-WebSocket-Protocol` in the answer), else the first named that we speak.
+fn choose_encoding(headers: &axum::http::HeaderMap) -> Result<Option<Encoding>, String> {
+    let mut named = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .peekable();
+    if named.peek().is_none() {
+        return Ok(None);
+    }
+    let named: Vec<&str> = named.collect();
+    match named.iter().find_map(|name| Encoding::from_subprotocol(name)) {
+        Some(encoding) => Ok(Some(encoding)),
+        None => {
+            let spoken: Vec<&str> = Encoding::ALL.iter().map(|e| e.subprotocol()).collect();
+            Err(format!(
+                "no subprotocol of {} is spoken here; this server speaks {} (bincode when none is named)",
+                named.join(", "),
+                spoken.join(", ")
+            ))
+        }
+    }
 }
 
 /// 200 while the server takes worlds and its checkpoints are being written; 503 while it

@@ -3,8 +3,8 @@
 //! [`Rooms`] finds or starts the task for a world id; connections talk to a world only
 //! through its bounded command queue. Each tick the task hands the queued events to the
 //! pure [`Engine::step`] and sends each input's result at once. Every `send_every` ticks
-//! it encodes the changes since the last frame **once**, as one Delta, and gives every
-//! member the same bytes: inputs are answered at the tick rate (20 Hz by default) while
+//! it encodes the changes since the last frame **once** per encoding in use (bincode,
+//! JSON), as one Delta, and gives every member of that encoding the same bytes: inputs are answered at the tick rate (20 Hz by default) while
 //! clients get one frame per delta period (10 Hz). Worlds are separate tasks, so the
 //! runtime spreads them over its threads and a slow world delays only itself, as long as
 //! slow worlds are fewer than the runtime's worker threads (a tick runs on a worker).
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gaia_api::protocol::{ServerMsg, close, encode_server};
+use gaia_api::protocol::{Encoding, ServerMsg, close};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_checkpoint::{Checkpoint, Tiers};
 use parking_lot::Mutex;
@@ -162,6 +162,7 @@ enum Cmd<A> {
         /// The world's epoch in the member's join token.
         epoch: u64,
         out: mpsc::Sender<Outbound>,
+        encoding: Encoding,
         farewell: Farewell,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
@@ -225,6 +226,8 @@ struct Member {
     out: mpsc::Sender<Outbound>,
     /// The player id from its join token, for the token of a move.
     player: String,
+    /// How its connection's frames are written.
+    encoding: Encoding,
     standing: Standing,
     /// Input results held until the Welcome or the resync, sent to the connection if
     /// the member goes first.
@@ -235,6 +238,7 @@ struct Member {
 struct Joining {
     out: mpsc::Sender<Outbound>,
     player: String,
+    encoding: Encoding,
     farewell: Farewell,
 }
 
@@ -304,6 +308,7 @@ impl<W: World> Rooms<W> {
         epoch: u64,
         member: MemberId,
         name: String,
+        encoding: Encoding,
         out: mpsc::Sender<Outbound>,
     ) -> Result<WorldHandle<W::Action>, JoinError> {
         // A world may end between finding it and joining it; then start it again. Two
@@ -312,7 +317,7 @@ impl<W: World> Rooms<W> {
             let tx = self.find_or_start(world_id)?;
             let (reply, answer) = oneshot::channel();
             let (farewell, leftovers) = Farewell::channel();
-            let cmd = Cmd::Join { member, name: name.clone(), epoch, out: out.clone(), farewell, reply };
+            let cmd = Cmd::Join { member, name: name.clone(), epoch, out: out.clone(), encoding, farewell, reply };
             if tx.send(cmd).await.is_err() {
                 continue;
             }
@@ -621,7 +626,7 @@ impl<W: World> Rooms<W> {
                 epoch: destination.epoch,
             });
             let msg: ServerMsg<(), ()> = ServerMsg::Migrate { address: destination.address.clone(), token };
-            if member.out.try_send(Outbound::Frame(Bytes::from(encode_server(&msg)))).is_ok() {
+            if member.out.try_send(Outbound::Frame(Bytes::from(member.encoding.encode_server(&msg)))).is_ok() {
                 let _ = member.out.try_send(Outbound::Close(goodbye.clone()));
             }
         }
@@ -672,7 +677,7 @@ struct Fanout<C> {
     send_every: u64,
 }
 
-impl<C: bincode::Encode> Fanout<C> {
+impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
     fn new(config: &RoomConfig) -> Self {
         let tick = config.tick.as_secs_f64().max(1e-6);
         Self {
@@ -704,7 +709,7 @@ impl<C: bincode::Encode> Fanout<C> {
     /// Takes in one command between ticks.
     fn take<A>(&mut self, cmd: Cmd<A>, pending: &mut Vec<Event<A>>) {
         match cmd {
-            Cmd::Join { member, name, out, farewell, reply, .. } => {
+            Cmd::Join { member, name, out, encoding, farewell, reply, .. } => {
                 // One connection per player: a newer one takes over (the older one was
                 // most likely lost on the way, and its player should not wait for it).
                 if let Some(older) = self.member_of(&name) {
@@ -714,7 +719,7 @@ impl<C: bincode::Encode> Fanout<C> {
                 if self.members.len() + self.joining.len() >= self.max_players {
                     let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
                 } else if reply.send(Ok(())).is_ok() {
-                    self.joining.insert(member, Joining { out, player: name.clone(), farewell });
+                    self.joining.insert(member, Joining { out, player: name.clone(), encoding, farewell });
                     pending.push(Event::Join { member, name });
                 }
             }
@@ -760,16 +765,16 @@ impl<C: bincode::Encode> Fanout<C> {
     ) {
         let tick = out.tick;
         for (member, you) in out.joined {
-            if let Some(Joining { out, player, farewell }) = self.joining.remove(&member) {
+            if let Some(Joining { out, player, encoding, farewell }) = self.joining.remove(&member) {
                 let standing = Standing::Welcoming { you };
-                self.members.insert(member, Member { out, player, standing, farewell });
+                self.members.insert(member, Member { out, player, encoding, standing, farewell });
             }
         }
         for (member, seq, outcome) in out.results {
             metrics.count_input(&outcome);
             let Some(m) = self.members.get_mut(&member) else { continue };
             let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
-            let frame = Bytes::from(encode_server(&result));
+            let frame = Bytes::from(m.encoding.encode_server(&result));
             match m.standing {
                 Standing::Live => deliver(m, frame, true, tick, metrics),
                 Standing::Welcoming { .. } | Standing::Behind { .. } => m.farewell.held.push(frame),
@@ -781,25 +786,31 @@ impl<C: bincode::Encode> Fanout<C> {
         }
     }
 
-    /// Sends the coalesced delta (encoded once, the same bytes for every member), the
-    /// welcomes, and the resyncs of members that caught up; drops those too far behind.
+    /// Sends the coalesced delta (encoded once per encoding in use, the same bytes for
+    /// every member of that encoding), the welcomes, and the resyncs of members that
+    /// caught up; drops those too far behind.
     fn flush<W: World<Change = C>>(&mut self, world_id: &str, engine: &Engine<W>, tick: u64, metrics: &Metrics) {
-        // The whole world, built and encoded at most once per flush.
+        // The whole world, built at most once per flush and encoded at most once per
+        // encoding.
         let mut view: Option<W::View> = None;
-        let mut resync: Option<Bytes> = None;
+        let mut resyncs: [Option<Bytes>; Encoding::ALL.len()] = Default::default();
         let server_us = gaia_api::protocol::unix_us();
         let delta: ServerMsg<(), C> = ServerMsg::Delta { tick, server_us, changes: std::mem::take(&mut self.changes) };
-        let delta = Bytes::from(encode_server(&delta));
+        let mut deltas: [Option<Bytes>; Encoding::ALL.len()] = Default::default();
         for (&id, m) in self.members.iter_mut() {
             match m.standing {
-                Standing::Live => deliver(m, delta.clone(), false, tick, metrics),
+                Standing::Live => {
+                    let frame =
+                        deltas[m.encoding.index()].get_or_insert_with(|| Bytes::from(m.encoding.encode_server(&delta)));
+                    deliver(m, frame.clone(), false, tick, metrics);
+                }
                 // The snapshot holds everything up to this tick, so no delta this time.
                 Standing::Welcoming { you } => {
                     let snapshot = view.get_or_insert_with(|| engine.world().view());
                     let welcome: ServerMsg<&W::View, ()> =
                         ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
                     m.standing = Standing::Live;
-                    deliver(m, Bytes::from(encode_server(&welcome)), false, tick, metrics);
+                    deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), false, tick, metrics);
                     for frame in std::mem::take(&mut m.farewell.held) {
                         deliver(m, frame, true, tick, metrics);
                     }
@@ -808,11 +819,12 @@ impl<C: bincode::Encode> Fanout<C> {
                     if m.out.is_closed() || tick - since > self.max_behind_ticks || m.farewell.held.len() > self.queue {
                         self.dropped.push(id);
                     } else if m.out.capacity() >= self.queue / 2 + m.farewell.held.len() {
-                        let frame = resync
+                        let encoding = m.encoding;
+                        let frame = resyncs[encoding.index()]
                             .get_or_insert_with(|| {
                                 let snapshot = view.get_or_insert_with(|| engine.world().view());
                                 let msg: ServerMsg<&W::View, ()> = ServerMsg::Resync { tick, snapshot };
-                                Bytes::from(encode_server(&msg))
+                                Bytes::from(encoding.encode_server(&msg))
                             })
                             .clone();
                         m.standing = Standing::Live;
@@ -899,7 +911,8 @@ mod tests {
         let (out, mut frames) = mpsc::channel(1);
         let (farewell, mut leftovers) = Farewell::channel();
         let (reply, _answer) = oneshot::channel();
-        fanout.take(Cmd::Join { member: 1, name: "p".into(), epoch: 1, out, farewell, reply }, &mut pending);
+        let encoding = Encoding::Bincode;
+        fanout.take(Cmd::Join { member: 1, name: "p".into(), epoch: 1, out, encoding, farewell, reply }, &mut pending);
         let mut tick = |fanout: &mut Fanout<Change>, pending: &mut Vec<Event<Action>>| {
             let out = engine.step(std::mem::take(pending));
             fanout.send("w", &engine, out, &metrics);

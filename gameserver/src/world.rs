@@ -19,17 +19,20 @@
 use std::fmt::Debug;
 
 use bincode::{Decode, Encode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A connection inside one world, as the runtime numbers them. Unique per server process.
 pub type MemberId = u64;
 
 pub trait World: Send + 'static {
     /// What a client may ask for; arrives in `ClientMsg::Input`.
-    type Action: Decode<()> + Debug + Send + 'static;
+    /// Both encodings: bincode, and JSON (serde, tagged as docs/protocol.md says).
+    type Action: Decode<()> + DeserializeOwned + Debug + Send + 'static;
     /// One thing that changed, as members see it in `ServerMsg::Delta`.
-    type Change: Encode + Send + 'static;
+    type Change: Encode + Serialize + Send + 'static;
     /// The whole world as a client draws it, sent on join and after a client fell behind.
-    type View: Encode;
+    type View: Encode + Serialize;
 
     /// A member joined (under the player name from its join token). Returns the id of
     /// what the member controls, sent back to it as `Welcome::you`.

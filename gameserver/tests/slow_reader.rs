@@ -36,13 +36,13 @@ struct Noisy {
     members: Vec<MemberId>,
 }
 
-#[derive(Debug, Encode, Decode)]
+#[derive(Debug, Encode, Decode, serde::Serialize, serde::Deserialize)]
 struct Nothing;
 
-#[derive(Debug, Encode, Decode)]
+#[derive(Debug, Encode, Decode, serde::Serialize, serde::Deserialize)]
 struct Noise(Vec<u8>);
 
-#[derive(Debug, Encode, Decode)]
+#[derive(Debug, Encode, Decode, serde::Serialize, serde::Deserialize)]
 struct Members(Vec<MemberId>);
 
 impl World for Noisy {
