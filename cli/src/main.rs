@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gaia_api::fleet::FleetConfig;
+use gaia_api::protocol::Encoding;
 use tokio_util::sync::CancellationToken;
 
 mod allocator;
@@ -176,6 +177,10 @@ struct LoadgenArgs {
     /// Allocations and connects in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// How bots speak to game servers: `bincode` (binary frames) or `json` (text frames);
+    /// see docs/protocol.md.
+    #[arg(long, default_value = "bincode", value_parser = ["bincode", "json"])]
+    encoding: String,
     /// With --allocator: a PEM certificate to trust for an `https://` allocator.
     #[arg(long, env = "GAIA_ALLOCATOR_CA", value_name = "FILE")]
     allocator_ca: Option<PathBuf>,
@@ -368,6 +373,7 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         allocator_token: args.auth.allocator_tokens.first().cloned(),
         allocator_ca_file: args.allocator_ca.clone(),
         progress_every: Some(Duration::from_secs(1)),
+        encoding: if args.encoding == "json" { Encoding::Json } else { Encoding::Bincode },
         ..Default::default()
     };
     // With no allocator given, run the embedded fleet here on an ephemeral port.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::{AllocationRequest, AllocationResponse};
-use gaia_api::protocol::{InputOutcome, close, decode_server, encode_client};
+use gaia_api::protocol::{Encoding, InputOutcome, close};
 use gaia_api::town::{Action, Change, ClientMsg, EntityId, ServerMsg, Snapshot};
 use rand::Rng;
 use rand::SeedableRng;
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -284,7 +285,23 @@ impl BotState {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A bot's WebSocket, and the encoding its handshake asked for.
+struct Socket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    encoding: Encoding,
+}
+
+impl Socket {
+    async fn send(&mut self, msg: &ClientMsg) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let frame = self.encoding.encode_client(msg);
+        let message = match self.encoding {
+            Encoding::Bincode => Message::Binary(frame.into()),
+            // serde_json writes UTF-8.
+            Encoding::Json => Message::text(String::from_utf8(frame).unwrap_or_default()),
+        };
+        self.ws.send(message).await
+    }
+}
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,12 +343,20 @@ enum Inbound {
 }
 
 async fn next_inbound(ws: &mut Socket) -> Inbound {
+    let encoding = ws.encoding;
     loop {
-        return match ws.next().await {
-            Some(Ok(Message::Binary(frame))) => match decode_server(&frame) {
+        return match ws.ws.next().await {
+            Some(Ok(Message::Binary(frame))) if encoding == Encoding::Bincode => match encoding.decode_server(&frame) {
                 Ok(msg) => Inbound::Msg(msg),
                 Err(e) => Inbound::Undecodable(e.to_string()),
             },
+            Some(Ok(Message::Text(text))) if encoding == Encoding::Json => {
+                match encoding.decode_server(text.as_bytes()) {
+                    Ok(msg) => Inbound::Msg(msg),
+                    Err(e) => Inbound::Undecodable(e.to_string()),
+                }
+            }
+            Some(Ok(Message::Binary(frame))) => Inbound::Undecodable(format!("binary frame of {} bytes", frame.len())),
             Some(Ok(Message::Text(text))) => Inbound::Undecodable(format!("text frame of {} bytes", text.len())),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Close(Some(frame)))) => {
@@ -354,18 +379,25 @@ struct Joined {
 }
 
 /// Connects, sends Join and waits for the Welcome.
-async fn join(address: &str, token: &str) -> Result<Joined, (ErrorKind, String)> {
+async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, (ErrorKind, String)> {
     // Server frames are small: tungstenite's default 128 KiB read buffer would cost
     // 1.3 GB over 10,000 bots and be zeroed on every read.
     let config = WebSocketConfig::default().read_buffer_size(2 * 1024).write_buffer_size(0);
-    let connect = tokio_tungstenite::connect_async_with_config(address, Some(config), true);
-    let (mut ws, _) = match tokio::time::timeout(JOIN_TIMEOUT, connect).await {
-        Ok(Ok(connected)) => connected,
+    let mut request = match address.into_client_request() {
+        Ok(request) => request,
+        Err(e) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
+    };
+    request.headers_mut().insert(
+        tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static(encoding.subprotocol()),
+    );
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let mut ws = match tokio::time::timeout(JOIN_TIMEOUT, connect).await {
+        Ok(Ok((ws, _))) => Socket { ws, encoding },
         Ok(Err(e)) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
         Err(_) => return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {JOIN_TIMEOUT:?}"))),
     };
-    let hello = encode_client(&ClientMsg::Join { token: token.to_string() });
-    if let Err(e) = ws.send(Message::Binary(hello.into())).await {
+    if let Err(e) = ws.send(&ClientMsg::Join { token: token.to_string() }).await {
         return Err((ErrorKind::ConnectFailed, format!("{address}: sending Join: {e}")));
     }
     let first = match tokio::time::timeout(JOIN_TIMEOUT, next_inbound(&mut ws)).await {
@@ -402,7 +434,7 @@ fn kind_of(msg: &ServerMsg) -> &'static str {
 /// Closes without waiting for the server's answer: used when leaving a server that
 /// is about to close anyway (Migrate) or a connection we will not use.
 async fn leave(mut ws: Socket) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.ws.close(None)).await;
 }
 
 /// Joins the allocated world and plays until the run ends, following the world when a
@@ -422,7 +454,7 @@ pub(crate) async fn play(
     let phases = &*ctx.phases;
     let joined = tokio::select! {
         _ = phases.stop.cancelled() => return outcome,
-        joined = join(&alloc.address, &alloc.join_token) => joined,
+        joined = join(&alloc.address, &alloc.join_token, ctx.encoding) => joined,
     };
     let welcomed_at = Instant::now();
     drop(permit);
@@ -461,8 +493,8 @@ pub(crate) async fn play(
                     outcome.connected += since.elapsed();
                     let bye = CloseFrame { code: CloseCode::Normal, reason: "loadgen done".into() };
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        if ws.close(Some(bye)).await.is_ok() {
-                            while ws.next().await.is_some() {}
+                        if ws.ws.close(Some(bye)).await.is_ok() {
+                            while ws.ws.next().await.is_some() {}
                         }
                     })
                     .await;
@@ -485,7 +517,7 @@ pub(crate) async fn play(
                 }
                 let followed = tokio::select! {
                     _ = phases.stop.cancelled() => None,
-                    joined = join(&address, &token) => Some(joined),
+                    joined = join(&address, &token, ctx.encoding) => Some(joined),
                 };
                 match followed {
                     None => break false,
@@ -604,14 +636,15 @@ async fn rejoin(
                 }
             };
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let failed = match tokio::time::timeout(left, join(&response.address, &response.join_token)).await {
-                Ok(Ok(joined)) => return Ok((joined, response.server)),
-                Ok(Err((kind @ (ErrorKind::ConnectFailed | ErrorKind::JoinRefused), message))) => {
-                    (kind, format!("{}: {message}", response.server))
-                }
-                Ok(Err(other)) => return Err(other),
-                Err(_) => (ErrorKind::ConnectFailed, format!("{}: no Welcome in time", response.server)),
-            };
+            let failed =
+                match tokio::time::timeout(left, join(&response.address, &response.join_token, ctx.encoding)).await {
+                    Ok(Ok(joined)) => return Ok((joined, response.server)),
+                    Ok(Err((kind @ (ErrorKind::ConnectFailed | ErrorKind::JoinRefused), message))) => {
+                        (kind, format!("{}: {message}", response.server))
+                    }
+                    Ok(Err(other)) => return Err(other),
+                    Err(_) => (ErrorKind::ConnectFailed, format!("{}: no Welcome in time", response.server)),
+                };
             let wait = backoff(REJOIN_BACKOFF, retry, &mut rng);
             if Instant::now() + wait >= deadline {
                 let (kind, message) = failed;
@@ -706,18 +739,16 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
             _ = &mut steady, if !steady_now && input_period.is_some() => {}
             _ = &mut due => {
                 if next_input.is_none() {
-                    let ping = encode_client(&ClientMsg::Ping { nonce: 0 });
-                    if let Err(e) = ws.send(Message::Binary(ping.into())).await {
+                    if let Err(e) = ws.send(&ClientMsg::Ping { nonce: 0 }).await {
                         return Exit::Ended(Ended::Broken(format!("sending ping: {e}")));
                     }
                     due.as_mut().reset(Instant::now() + KEEPALIVE);
                     continue;
                 }
-                if let Some(input) = state.next_input(&mut rng, Instant::now()) {
-                    let frame = encode_client(&input);
-                    if let Err(e) = ws.send(Message::Binary(frame.into())).await {
-                        return Exit::Ended(Ended::Broken(format!("sending input: {e}")));
-                    }
+                if let Some(input) = state.next_input(&mut rng, Instant::now())
+                    && let Err(e) = ws.send(&input).await
+                {
+                    return Exit::Ended(Ended::Broken(format!("sending input: {e}")));
                 }
                 if let (Some(period), Some(at)) = (input_period, next_input) {
                     // Falling behind (a slow machine) skips inputs rather than bursting.

@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use gaia_api::allocation::{AllocationRequest, AllocationResponse};
 use gaia_api::gameserver::GameServer;
+use gaia_api::protocol::Encoding;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -77,6 +78,8 @@ pub struct Config {
     /// Print a progress line (bots joined, inputs accepted, p99 so far) to stderr this
     /// often while the run goes; `None` prints none.
     pub progress_every: Option<Duration>,
+    /// How bots' frames are written: bincode (binary frames) or JSON (text frames).
+    pub encoding: Encoding,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             reconnect_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(60),
             progress_every: None,
+            encoding: Encoding::Bincode,
         }
     }
 }
@@ -263,6 +267,7 @@ pub(crate) struct Ctx {
     run_id: String,
     pub input_period: Option<Duration>,
     pub reconnect_timeout: Duration,
+    pub encoding: Encoding,
 }
 
 impl Ctx {
@@ -418,6 +423,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         run_id: format!("lg-{:08x}", rand::random::<u32>()),
         input_period: (config.input_rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / config.input_rate_hz)),
         reconnect_timeout: config.reconnect_timeout,
+        encoding: config.encoding,
     });
     tracing::info!(bots = config.bots, worlds = plans.len(), ?regions, run_id = %ctx.run_id, "allocating and joining");
 
