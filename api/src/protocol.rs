@@ -34,6 +34,14 @@ pub enum ClientMsg<A> {
     Ping {
         nonce: u64,
     },
+    /// First frame on a new connection after one dropped, instead of `Join`: the
+    /// `resume` token of the last `Welcome`, and the seqs of inputs sent that have had no
+    /// result yet. Within the server's resume grace the connection is the same member
+    /// again (docs/protocol.md, "Resume").
+    Resume {
+        token: String,
+        awaiting: Vec<u32>,
+    },
 }
 
 /// Server to client. `V` is the world's view (a full snapshot a client can draw from)
@@ -48,6 +56,8 @@ pub enum ServerMsg<V, C> {
         you: u32,
         tick: u64,
         snapshot: V,
+        /// A token to `Resume` with, should this connection drop.
+        resume: String,
     },
     /// What changed in the world during `tick`: one frame per client per tick, the same
     /// bytes for every member. `server_us` is when the tick ran (Unix microseconds), so

@@ -91,6 +91,53 @@ impl TokenKey {
     }
 }
 
+/// What a resume token carries: the member a dropped connection may take back on the
+/// same server, within the server's resume grace. Signed like a join token but under a
+/// MAC prefix of its own, so neither kind passes for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeClaims {
+    pub world_id: String,
+    pub server: String,
+    /// The member the connection was, on `server`.
+    pub member: u64,
+    /// The world's epoch when the token was made: a world restored at a newer one since
+    /// refuses it.
+    pub epoch: u64,
+    pub expires_at_ms: u64,
+}
+
+const RESUME_TOKEN_PREFIX: &[u8] = b"gaia-resume-v1:";
+
+impl TokenKey {
+    fn resume_mac(&self, payload: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac(RESUME_TOKEN_PREFIX);
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    pub fn sign_resume(&self, claims: &ResumeClaims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(self.resume_mac(&payload).finalize().into_bytes()))
+    }
+
+    /// Checks a resume token's signature, expiry and server.
+    pub fn verify_resume(&self, token: &str, server: &str, now_ms: u64) -> Result<ResumeClaims, TokenError> {
+        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        self.resume_mac(payload).verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: ResumeClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.expires_at_ms <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        if claims.server != server {
+            return Err(TokenError::WrongServer);
+        }
+        Ok(claims)
+    }
+}
+
 /// Why an SDK token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SdkTokenError {
@@ -141,6 +188,21 @@ pub fn unix_ms(at: std::time::SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resume_and_join_tokens_do_not_pass_for_each_other() {
+        let key = TokenKey::new("k");
+        let resume = ResumeClaims { world_id: "w".into(), server: "s".into(), member: 7, epoch: 3, expires_at_ms: 10 };
+        let token = key.sign_resume(&resume);
+        assert_eq!(key.verify_resume(&token, "s", 5), Ok(resume.clone()));
+        assert_eq!(key.verify_resume(&token, "s", 10), Err(TokenError::Expired));
+        assert_eq!(key.verify_resume(&token, "t", 5), Err(TokenError::WrongServer));
+        assert_eq!(key.verify(&token, "s", 5), Err(TokenError::BadSignature));
+        let join =
+            JoinClaims { world_id: "w".into(), server: "s".into(), player_id: "p".into(), expires_at_ms: 10, epoch: 3 };
+        assert_eq!(key.verify_resume(&key.sign(&join), "s", 5), Err(TokenError::BadSignature));
+        assert_eq!(TokenKey::new("other").verify_resume(&token, "s", 5), Err(TokenError::BadSignature));
+    }
+
     use super::*;
 
     fn claims() -> JoinClaims {

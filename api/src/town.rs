@@ -128,7 +128,13 @@ mod tests {
         assert_eq!(snapshot.open_steps(0, 1), vec![(1, 0), (0, -1)]);
         assert_eq!(snapshot.open_steps(2, 0), vec![(0, 1), (-1, 1)]);
         let msgs = [
-            ServerMsg::Welcome { world_id: "w".into(), you: 1, tick: 5, snapshot: snapshot.clone() },
+            ServerMsg::Welcome {
+                world_id: "w".into(),
+                you: 1,
+                tick: 5,
+                snapshot: snapshot.clone(),
+                resume: "r".into(),
+            },
             ServerMsg::Resync { tick: 9, snapshot },
             ServerMsg::Delta { tick: 6, server_us: 1, changes: vec![Change::Parted { id: 1, other: 2 }] },
         ];

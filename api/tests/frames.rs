@@ -29,7 +29,7 @@ fn messages() -> Vec<(&'static str, Msg)> {
     let snapshot = Snapshot {
         width: 4,
         height: 3,
-        walls: vec![0b0000_0110, 0b0000_1000],
+        walls: vec![0b1000_0110, 0b0000_0000],
         entities: vec![entity(1, EntityKind::Bot, "ada", 0, 0), entity(300, EntityKind::Player, "p-1", 3, 2)],
     };
     vec![
@@ -39,8 +39,15 @@ fn messages() -> Vec<(&'static str, Msg)> {
         ("ping", Client(ClientMsg::Ping { nonce: 1_000_000 })),
         (
             "welcome",
-            Server(ServerMsg::Welcome { world_id: "w1".into(), you: 300, tick: 120, snapshot: snapshot.clone() }),
+            Server(ServerMsg::Welcome {
+                world_id: "w1".into(),
+                you: 300,
+                tick: 120,
+                snapshot: snapshot.clone(),
+                resume: "eyJtZW1iZXIiOjd9.c2ln".into(),
+            }),
         ),
+        ("resume", Client(ClientMsg::Resume { token: "eyJtZW1iZXIiOjd9.c2ln".into(), awaiting: vec![5, 300] })),
         (
             "delta",
             Server(ServerMsg::Delta {

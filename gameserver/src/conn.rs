@@ -216,14 +216,21 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
         Ok(Inbound::Bad(closing)) => return Some(closing),
         Ok(Inbound::Frame(frame)) => frame,
     };
-    let token = match decode::<W::Action>(socket.encoding, &frame) {
-        Ok(ClientMsg::Join { token }) => token,
-        Ok(_) => return Some(Closing::new(close::NOT_JOINED, "not_joined", "the first message must be Join")),
+    let now = unix_ms(SystemTime::now());
+    let bad_token = |e: gaia_api::token::TokenError| Closing::new(close::BAD_TOKEN, "bad_token", e.to_string());
+    let first = match decode::<W::Action>(socket.encoding, &frame) {
+        Ok(ClientMsg::Join { token }) => match ctx.key.verify(&token, &ctx.server_name, now) {
+            Ok(claims) => First::Join(claims),
+            Err(e) => return Some(bad_token(e)),
+        },
+        Ok(ClientMsg::Resume { token, awaiting }) => match ctx.key.verify_resume(&token, &ctx.server_name, now) {
+            Ok(claims) => First::Resume(claims, awaiting),
+            Err(e) => return Some(bad_token(e)),
+        },
+        Ok(_) => {
+            return Some(Closing::new(close::NOT_JOINED, "not_joined", "the first message must be Join or Resume"));
+        }
         Err(closing) => return Some(closing),
-    };
-    let claims = match ctx.key.verify(&token, &ctx.server_name, unix_ms(SystemTime::now())) {
-        Ok(claims) => claims,
-        Err(e) => return Some(Closing::new(close::BAD_TOKEN, "bad_token", e.to_string())),
     };
     drop(unjoined);
     let Ok(_slot) = Arc::clone(&ctx.slots).try_acquire_owned() else {
@@ -231,9 +238,20 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
         return Some(Closing::new(close::SERVER_FULL, "server_full", reason));
     };
     let (out, mut frames) = mpsc::channel(ctx.member_queue);
-    let member = ctx.rooms.next_member();
-    let (world_id, player) = (&claims.world_id, claims.player_id.clone());
-    let world = match ctx.rooms.join(world_id, claims.epoch, member, player, socket.encoding, out).await {
+    let (world_id, joined) = match first {
+        First::Join(claims) => {
+            let member = ctx.rooms.next_member();
+            let player = claims.player_id.clone();
+            let joined = ctx.rooms.join(&claims.world_id, claims.epoch, member, player, socket.encoding, out).await;
+            (claims.world_id, joined)
+        }
+        First::Resume(claims, awaiting) => {
+            let (world_id, epoch, member) = (&claims.world_id, claims.epoch, claims.member);
+            let resumed = ctx.rooms.resume(world_id, epoch, member, socket.encoding, out, awaiting).await;
+            (claims.world_id, resumed)
+        }
+    };
+    let world = match joined {
         Ok(world) => world,
         Err(e @ JoinError::WorldFull(_)) => return Some(Closing::new(close::WORLD_FULL, "world_full", e.to_string())),
         Err(e @ JoinError::ServerFull(_)) => {
@@ -245,21 +263,37 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
         Err(JoinError::ShuttingDown) => return Some(going_away()),
     };
     ctx.players.fetch_add(1, Ordering::Relaxed);
-    let end = play(socket, ctx, &world, &claims.world_id, &mut frames).await;
-    // Inputs the world has not applied yet are dropped with the member, unanswered; it
-    // queues nothing after this.
-    let leftovers = world.leave().await;
+    let end = play(socket, ctx, &world, &world_id, &mut frames).await;
+    // Leaving drops the member's inputs the world has not applied yet, unanswered; the
+    // world queues nothing after it. A connection that broke parks the member instead,
+    // for a resume.
     let closing = match end {
-        End::Gone => None,
+        End::Gone => {
+            world.park().await;
+            None
+        }
         End::Closed => {
+            drop(world.leave().await);
             echo_close(socket).await;
             None
         }
-        End::Close(closing) => goodbye(socket, ctx, &mut frames, leftovers, Some(closing)).await,
-        End::LetGo(closing) => goodbye(socket, ctx, &mut frames, leftovers, closing).await,
+        End::Close(closing) => {
+            let leftovers = world.leave().await;
+            goodbye(socket, ctx, &mut frames, leftovers, Some(closing)).await
+        }
+        End::LetGo(closing) => {
+            let leftovers = world.leave().await;
+            goodbye(socket, ctx, &mut frames, leftovers, closing).await
+        }
     };
     ctx.players.fetch_sub(1, Ordering::Relaxed);
     closing
+}
+
+/// What the first frame asked for, its token checked.
+enum First {
+    Join(gaia_api::token::JoinClaims),
+    Resume(gaia_api::token::ResumeClaims, Vec<u32>),
 }
 
 fn going_away() -> Closing {
@@ -416,7 +450,7 @@ async fn play<W: World>(
                     over = 0;
                 }
                 match msg {
-                    ClientMsg::Join { .. } => {
+                    ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
                         let reason = format!("already joined world {world_id}");
                         return End::Close(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
                     }

@@ -25,7 +25,8 @@ pub struct Leftovers {
 #[derive(Debug)]
 pub struct Farewell {
     to: Option<oneshot::Sender<Leftovers>>,
-    pub held: Vec<Bytes>,
+    /// Encoded results and their inputs' seqs.
+    pub held: Vec<(u32, Bytes)>,
     pub closing: Option<Closing>,
 }
 
@@ -40,7 +41,8 @@ impl Farewell {
 impl Drop for Farewell {
     fn drop(&mut self) {
         if let Some(to) = self.to.take() {
-            let _ = to.send(Leftovers { held: std::mem::take(&mut self.held), closing: self.closing.take() });
+            let held = std::mem::take(&mut self.held).into_iter().map(|(_, frame)| frame).collect();
+            let _ = to.send(Leftovers { held, closing: self.closing.take() });
         }
     }
 }

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::Ctx;
 use crate::metrics::Metrics;
-use crate::room::{Destination, Migration, Mover, Persistence, RoomConfig, Rooms, WorldEvent};
+use crate::room::{Destination, Migration, Mover, Persistence, ResumeConfig, RoomConfig, Rooms, WorldEvent};
 use crate::town::{Town, TownConfig};
 use crate::unjoined::Unjoined;
 use crate::world::{NewWorld, World, seed_of};
@@ -105,6 +105,10 @@ pub struct Config {
     /// How long a new connection has to send Join.
     #[arg(long, env = "GAIA_JOIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub join_timeout: Duration,
+    /// How long a member whose connection broke (no close frame) stays in its world,
+    /// for the client to `Resume` on a new connection; 0 turns resume off.
+    #[arg(long, env = "GAIA_RESUME_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub resume_grace: Duration,
     /// Connections that may wait to join at once (they hold no player slot)...
     #[arg(long, env = "GAIA_UNJOINED_CAPACITY", default_value_t = 256)]
     pub unjoined_capacity: u32,
@@ -172,6 +176,7 @@ impl Default for Config {
             bots_per_world: 5,
             empty_world_grace: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
+            resume_grace: Duration::from_secs(10),
             unjoined_capacity: 256,
             unjoined_per_address: 64,
             idle_timeout: Duration::from_secs(30),
@@ -453,6 +458,11 @@ pub async fn run_world<W: World>(
         empty_grace: config.empty_world_grace,
         member_queue: config.client_queue.max(2),
         max_behind: config.max_behind,
+        resume: (!config.resume_grace.is_zero()).then(|| ResumeConfig {
+            key: TokenKey::new(config.join_secret.as_bytes()),
+            server: config.name.clone(),
+            grace: config.resume_grace,
+        }),
     };
     let persistence = tiers.as_ref().map(|tiers| Persistence {
         tiers: Arc::clone(tiers),

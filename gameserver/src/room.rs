@@ -34,8 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gaia_api::protocol::InputOutcome;
 use gaia_api::protocol::{Encoding, ServerMsg, close};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::token::{JoinClaims, ResumeClaims, TokenKey, unix_ms};
 use gaia_checkpoint::{Checkpoint, Tiers};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -67,7 +68,26 @@ pub struct RoomConfig {
     pub member_queue: usize,
     /// How long a member may stay behind before it is dropped.
     pub max_behind: Duration,
+    /// Session resume; `None`: a member whose connection drops leaves at once.
+    pub resume: Option<ResumeConfig>,
 }
+
+/// Session resume: a member whose connection drops (no close frame) stays in its world,
+/// away, for `grace`; a new connection that sends `Resume` with the token of its Welcome
+/// takes it back (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    pub key: TokenKey,
+    /// This server's name, which resume tokens carry.
+    pub server: String,
+    pub grace: Duration,
+}
+
+/// A resume token is refused past this age; the grace, not this, bounds a resume.
+const RESUME_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Results kept per member, to answer a resume's `awaiting` seqs whose results were
+/// queued but may not have reached the client before its connection dropped.
+const RECENT_RESULTS: usize = 64;
 
 impl Default for RoomConfig {
     fn default() -> Self {
@@ -79,6 +99,7 @@ impl Default for RoomConfig {
             empty_grace: Duration::from_secs(5),
             member_queue: 64,
             max_behind: Duration::from_secs(5),
+            resume: None,
         }
     }
 }
@@ -169,6 +190,20 @@ enum Cmd<A> {
     Leave {
         member: MemberId,
     },
+    /// The member's connection dropped: it stays, away, until a resume or the grace ends.
+    Park {
+        member: MemberId,
+    },
+    /// A new connection takes back `member` (see [`ResumeConfig`]).
+    Resume {
+        member: MemberId,
+        epoch: u64,
+        out: mpsc::Sender<Outbound>,
+        encoding: Encoding,
+        farewell: Farewell,
+        awaiting: Vec<u32>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
     Input {
         member: MemberId,
         seq: u32,
@@ -196,6 +231,12 @@ impl<A> WorldHandle<A> {
     pub async fn leave(self) -> oneshot::Receiver<Leftovers> {
         let _ = self.tx.send(Cmd::Leave { member: self.member }).await;
         self.leftovers
+    }
+
+    /// The connection dropped without a close: with resume on, the member stays away for
+    /// the grace (its inputs already sent are applied, their results kept); else it leaves.
+    pub async fn park(self) {
+        let _ = self.tx.send(Cmd::Park { member: self.member }).await;
     }
 }
 
@@ -228,7 +269,11 @@ struct Member {
     player: String,
     /// How its connection's frames are written.
     encoding: Encoding,
+    /// What it controls, as its Welcome said.
+    you: u32,
     standing: Standing,
+    /// Its last results (seq, frame), for a resume.
+    recent: std::collections::VecDeque<(u32, Bytes)>,
     /// Input results held until the Welcome or the resync, sent to the connection if
     /// the member goes first.
     farewell: Farewell,
@@ -250,6 +295,8 @@ enum Standing {
     Live,
     /// Its queue was full at tick `since`; it gets a resync once it drains.
     Behind { since: u64 },
+    /// Its connection dropped at `since`; results are held for a resume.
+    Away { since: tokio::time::Instant },
 }
 
 impl<W: World> Rooms<W> {
@@ -330,6 +377,31 @@ impl<W: World> Rooms<W> {
         Err(JoinError::ShuttingDown)
     }
 
+    /// Takes back `member` of `world_id` for a new connection (see [`ResumeConfig`]):
+    /// refused as [`JoinError::Unavailable`] when the world or the member is not here
+    /// any more, so the client allocates again.
+    pub async fn resume(
+        &self,
+        world_id: &str,
+        epoch: u64,
+        member: MemberId,
+        encoding: Encoding,
+        out: mpsc::Sender<Outbound>,
+        awaiting: Vec<u32>,
+    ) -> Result<WorldHandle<W::Action>, JoinError> {
+        let gone = || JoinError::Unavailable(format!("world {world_id} is not on this server any more"));
+        let tx = self.rooms.lock().get(world_id).map(|room| room.tx.clone()).ok_or_else(gone)?;
+        let (reply, answer) = oneshot::channel();
+        let (farewell, leftovers) = Farewell::channel();
+        let cmd = Cmd::Resume { member, epoch, out, encoding, farewell, awaiting, reply };
+        tx.send(cmd).await.map_err(|_| gone())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(WorldHandle { member, tx, leftovers }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(gone()),
+        }
+    }
+
     fn find_or_start(self: &Arc<Self>, world_id: &str) -> Result<mpsc::Sender<Cmd<W::Action>>, JoinError> {
         if self.shutdown.is_cancelled() {
             return Err(JoinError::ShuttingDown);
@@ -380,6 +452,7 @@ impl<W: World> Rooms<W> {
         let mut epoch = floor;
         let mut started = false;
         let mut fanout = Fanout::<W::Change>::new(&self.config);
+        fanout.epoch = epoch;
         let mut pending: Vec<Event<W::Action>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -408,7 +481,9 @@ impl<W: World> Rooms<W> {
                     break;
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(Cmd::Join { epoch: theirs, reply, .. }) if theirs < floor => {
+                    Some(Cmd::Join { epoch: theirs, reply, .. } | Cmd::Resume { epoch: theirs, reply, .. })
+                        if theirs < floor =>
+                    {
                         // A token from before the world's last move: it is not ours to serve.
                         let reason = format!("token of epoch {theirs}, world is at epoch {floor}");
                         let _ = reply.send(Err(JoinError::Unavailable(reason)));
@@ -416,6 +491,7 @@ impl<W: World> Rooms<W> {
                     Some(cmd) => {
                         if let Cmd::Join { epoch: theirs, .. } = &cmd {
                             epoch = epoch.max(*theirs);
+                            fanout.epoch = epoch;
                             if !started {
                                 started = true;
                                 let _ = self.events.send(WorldEvent::Started { world_id: world_id.clone(), epoch });
@@ -675,6 +751,9 @@ struct Fanout<C> {
     max_behind_ticks: u64,
     /// Ticks per delta frame.
     send_every: u64,
+    resume: Option<ResumeConfig>,
+    /// The world's epoch, which resume tokens carry.
+    epoch: u64,
 }
 
 impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
@@ -689,6 +768,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             queue: config.member_queue,
             max_behind_ticks: (config.max_behind.as_secs_f64() / tick).ceil() as u64,
             send_every: u64::from(config.send_every.max(1)),
+            resume: config.resume.clone(),
+            epoch: 0,
         }
     }
 
@@ -729,8 +810,67 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 retract_inputs(member, pending);
                 pending.push(Event::Leave { member });
             }
+            Cmd::Park { member } => match self.members.get_mut(&member) {
+                Some(m) if self.resume.is_some() => m.standing = Standing::Away { since: tokio::time::Instant::now() },
+                _ => self.take(Cmd::Leave { member }, pending),
+            },
+            Cmd::Resume { member, out, encoding, farewell, awaiting, reply, .. } => {
+                let answer = self.resume(member, out, encoding, farewell, &awaiting, pending);
+                let _ = reply.send(answer);
+            }
             Cmd::Input { member, seq, action } => pending.push(Event::Input { member, seq, action }),
         }
+    }
+
+    /// A new connection takes back `member`: it is welcomed again (the whole world, its
+    /// entity as before), then gets the results held for it and, of its `awaiting` seqs,
+    /// the result again if the world kept one, nothing if the input waits for the next
+    /// tick (its result comes then), else a refusal saying it never arrived. A connection
+    /// still holding the member (its drop not noticed yet) is closed as replaced.
+    fn resume<A>(
+        &mut self,
+        member: MemberId,
+        out: mpsc::Sender<Outbound>,
+        encoding: Encoding,
+        farewell: Farewell,
+        awaiting: &[u32],
+        pending: &[Event<A>],
+    ) -> Result<(), JoinError> {
+        let Some(m) = self.members.get_mut(&member) else {
+            return Err(JoinError::Unavailable("too late to resume: the member has left".into()));
+        };
+        if m.encoding != encoding {
+            let reason = format!("resume with {}, as the connection that dropped", m.encoding.subprotocol());
+            return Err(JoinError::Unavailable(reason));
+        }
+        let mut older = std::mem::replace(&mut m.farewell, farewell);
+        m.farewell.held = std::mem::take(&mut older.held);
+        if !matches!(m.standing, Standing::Away { .. }) {
+            let reason = "the same member resumed on another connection";
+            older.closing.replace(Closing::new(close::REPLACED, "replaced", reason));
+        }
+        drop(older);
+        m.out = out;
+        m.standing = Standing::Welcoming { you: m.you };
+        for &seq in awaiting {
+            let waiting = pending
+                .iter()
+                .any(|e| matches!(e, Event::Input { member: id, seq: s, .. } if *id == member && *s == seq));
+            if waiting || m.farewell.held.iter().any(|(s, _)| *s == seq) {
+                continue;
+            }
+            let frame = match m.recent.iter().find(|(s, _)| *s == seq) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let reason = "never reached the server: send it again".to_string();
+                    let msg: ServerMsg<(), ()> =
+                        ServerMsg::InputResult { seq, tick: 0, outcome: InputOutcome::Rejected { reason } };
+                    Bytes::from(encoding.encode_server(&msg))
+                }
+            };
+            m.farewell.held.push((seq, frame));
+        }
+        Ok(())
     }
 
     /// The member or joining member whose player id is `player` (none for no id).
@@ -767,7 +907,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         for (member, you) in out.joined {
             if let Some(Joining { out, player, encoding, farewell }) = self.joining.remove(&member) {
                 let standing = Standing::Welcoming { you };
-                self.members.insert(member, Member { out, player, encoding, standing, farewell });
+                let recent = std::collections::VecDeque::new();
+                self.members.insert(member, Member { out, player, encoding, you, standing, recent, farewell });
             }
         }
         for (member, seq, outcome) in out.results {
@@ -775,9 +916,17 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             let Some(m) = self.members.get_mut(&member) else { continue };
             let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
             let frame = Bytes::from(m.encoding.encode_server(&result));
+            if self.resume.is_some() {
+                if m.recent.len() == RECENT_RESULTS {
+                    m.recent.pop_front();
+                }
+                m.recent.push_back((seq, frame.clone()));
+            }
             match m.standing {
-                Standing::Live => deliver(m, frame, true, tick, metrics),
-                Standing::Welcoming { .. } | Standing::Behind { .. } => m.farewell.held.push(frame),
+                Standing::Live => deliver(m, frame, Some(seq), tick, metrics),
+                Standing::Welcoming { .. } | Standing::Behind { .. } | Standing::Away { .. } => {
+                    m.farewell.held.push((seq, frame));
+                }
             }
         }
         self.changes.extend(out.changes);
@@ -797,22 +946,34 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         let server_us = gaia_api::protocol::unix_us();
         let delta: ServerMsg<(), C> = ServerMsg::Delta { tick, server_us, changes: std::mem::take(&mut self.changes) };
         let mut deltas: [Option<Bytes>; Encoding::ALL.len()] = Default::default();
+        let (resume, epoch) = (&self.resume, self.epoch);
+        let mut expired = Vec::new();
         for (&id, m) in self.members.iter_mut() {
             match m.standing {
                 Standing::Live => {
                     let frame =
                         deltas[m.encoding.index()].get_or_insert_with(|| Bytes::from(m.encoding.encode_server(&delta)));
-                    deliver(m, frame.clone(), false, tick, metrics);
+                    deliver(m, frame.clone(), None, tick, metrics);
+                }
+                Standing::Away { since } => {
+                    if resume.as_ref().is_none_or(|r| since.elapsed() >= r.grace) {
+                        expired.push(id);
+                    }
                 }
                 // The snapshot holds everything up to this tick, so no delta this time.
                 Standing::Welcoming { you } => {
                     let snapshot = view.get_or_insert_with(|| engine.world().view());
+                    let resume = resume.as_ref().map_or_else(String::new, |r| {
+                        let expires_at_ms = unix_ms(std::time::SystemTime::now() + RESUME_TOKEN_TTL);
+                        let (world_id, server) = (world_id.to_string(), r.server.clone());
+                        r.key.sign_resume(&ResumeClaims { world_id, server, member: id, epoch, expires_at_ms })
+                    });
                     let welcome: ServerMsg<&W::View, ()> =
-                        ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot };
+                        ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot, resume };
                     m.standing = Standing::Live;
-                    deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), false, tick, metrics);
-                    for frame in std::mem::take(&mut m.farewell.held) {
-                        deliver(m, frame, true, tick, metrics);
+                    deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), None, tick, metrics);
+                    for (seq, frame) in std::mem::take(&mut m.farewell.held) {
+                        deliver(m, frame, Some(seq), tick, metrics);
                     }
                 }
                 Standing::Behind { since } => {
@@ -829,9 +990,9 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                             .clone();
                         m.standing = Standing::Live;
                         metrics.resyncs.inc();
-                        deliver(m, frame, false, tick, metrics);
-                        for frame in std::mem::take(&mut m.farewell.held) {
-                            deliver(m, frame, true, tick, metrics);
+                        deliver(m, frame, None, tick, metrics);
+                        for (seq, frame) in std::mem::take(&mut m.farewell.held) {
+                            deliver(m, frame, Some(seq), tick, metrics);
                         }
                     }
                 }
@@ -843,6 +1004,11 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 m.farewell.closing.replace(Closing::new(close::TOO_SLOW, "too_slow", "fell too far behind the world"));
             }
         }
+        // Away past the grace: they leave, as a closed connection does.
+        for id in expired {
+            self.members.remove(&id);
+            self.dropped.push(id);
+        }
     }
 }
 
@@ -853,9 +1019,9 @@ fn retract_inputs<A>(member: MemberId, pending: &mut Vec<Event<A>>) {
 }
 
 /// Queues `frame` for `m`. When its queue is full, marks it behind and, if the frame
-/// `must_arrive` (an input result), holds it for after the resync; a delta or snapshot
+/// is the result of input `result_of`, holds it for after the resync; a delta or snapshot
 /// is covered by the resync itself.
-fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: &Metrics) {
+fn deliver(m: &mut Member, frame: Bytes, result_of: Option<u32>, tick: u64, metrics: &Metrics) {
     let len = frame.len() as u64;
     match m.out.try_send(Outbound::Frame(frame)) {
         Ok(()) => {
@@ -867,8 +1033,8 @@ fn deliver(m: &mut Member, frame: Bytes, must_arrive: bool, tick: u64, metrics: 
                 metrics.fell_behind.inc();
                 m.standing = Standing::Behind { since: tick };
             }
-            if must_arrive {
-                m.farewell.held.push(frame);
+            if let Some(seq) = result_of {
+                m.farewell.held.push((seq, frame));
             }
         }
         // The connection is gone; its Leave is on the way.

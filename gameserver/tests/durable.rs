@@ -145,7 +145,7 @@ impl Server {
         let join = ClientMsg::Join { token: self.token(world, player, epoch) };
         ws.send(Message::Binary(encode_client(&join).into())).await.unwrap();
         match recv(&mut ws).await? {
-            ServerMsg::Welcome { world_id, you, tick, mut snapshot } => {
+            ServerMsg::Welcome { world_id, you, tick, mut snapshot, .. } => {
                 assert_eq!(world_id, world);
                 let entities = std::mem::take(&mut snapshot.entities).into_iter().map(|e| (e.id, e)).collect();
                 Ok(Client { ws, you, seq: 0, view: View { tick, map: snapshot, entities } })

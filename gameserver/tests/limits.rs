@@ -131,7 +131,7 @@ async fn closed<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> (u16, String) {
 async fn join_with<V: Decode<()>, C: Decode<()>>(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, u64, V) {
     send(&mut ws, &ClientMsg::<()>::Join { token: token(world, player) }).await;
     match recv::<V, C>(&mut ws).await {
-        Ok(ServerMsg::Welcome { world_id, you, tick, snapshot }) => {
+        Ok(ServerMsg::Welcome { world_id, you, tick, snapshot, .. }) => {
             assert_eq!(world_id, world);
             (ws, you, tick, snapshot)
         }

@@ -159,7 +159,7 @@ async fn bad_frames_get_a_close_code_and_never_take_the_server_down() {
     assert_eq!(refused(&s.url, Message::Binary(vec![0; 10_000].into())).await.0, close::FRAME_TOO_LARGE);
     assert_eq!(refused(&s.url, Message::text("{\"join\":1}")).await.0, close::MALFORMED);
     let ping = Message::Binary(encode_client(&ClientMsg::Ping { nonce: 1 }).into());
-    assert_eq!(refused(&s.url, ping).await, (close::NOT_JOINED, "the first message must be Join".into()));
+    assert_eq!(refused(&s.url, ping).await, (close::NOT_JOINED, "the first message must be Join or Resume".into()));
     // Silent client.
     let (mut ws, _) = connect_async(&s.url).await.unwrap();
     assert_eq!(closed(&mut ws).await.0, close::IDLE);

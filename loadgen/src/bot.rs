@@ -387,10 +387,13 @@ async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, 
         Ok(request) => request,
         Err(e) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
     };
-    request.headers_mut().insert(
-        tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
-        tokio_tungstenite::tungstenite::http::HeaderValue::from_static(encoding.subprotocol()),
-    );
+    // Bincode is the default: a handshake that names no subprotocol gets it.
+    if encoding != Encoding::Bincode {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(encoding.subprotocol()),
+        );
+    }
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let mut ws = match tokio::time::timeout(JOIN_TIMEOUT, connect).await {
         Ok(Ok((ws, _))) => Socket { ws, encoding },
@@ -405,7 +408,7 @@ async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, 
         Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {JOIN_TIMEOUT:?}"))),
     };
     match first {
-        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot }) => {
+        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, .. }) => {
             Ok(Joined { ws, world_id, you, tick, snapshot })
         }
         Inbound::Msg(ServerMsg::Error { code, message }) => Err((ErrorKind::JoinRefused, format!("{code} {message}"))),
@@ -909,7 +912,10 @@ mod tests {
         bot.on_message(result(1, false), t0); // rejected
         bot.on_message(result(2, true), t0); // accepted, never seen moving
         bot.on_message(result(2, true), t0); // answered twice
-        bot.on_message(ServerMsg::Welcome { world_id: "w".into(), you: 8, tick: 1, snapshot: snapshot() }, t0);
+        bot.on_message(
+            ServerMsg::Welcome { world_id: "w".into(), you: 8, tick: 1, snapshot: snapshot(), resume: String::new() },
+            t0,
+        );
         bot.on_undecodable("malformed frame".into());
         // seq 3 never gets a result
         let (stats, errors) = bot.finish(false);

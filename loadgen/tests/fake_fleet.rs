@@ -239,8 +239,13 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
         let (_, world) = inner.worlds.get_mut(&token).unwrap();
         let (x, y) = (id as u16 % 4, id as u16 % 8);
         world.snapshot.entities.push(Entity { id, kind: EntityKind::Bot, name: format!("bot{id}"), x, y });
-        let welcome =
-            ServerMsg::Welcome { world_id: token.clone(), you: id, tick: world.tick, snapshot: world.snapshot.clone() };
+        let welcome = ServerMsg::Welcome {
+            world_id: token.clone(),
+            you: id,
+            tick: world.tick,
+            snapshot: world.snapshot.clone(),
+            resume: String::new(),
+        };
         out.send(Out::Msg(welcome)).unwrap();
         world.members.push(Member { id, out });
         (token, id)
