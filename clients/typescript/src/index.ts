@@ -8,3 +8,6 @@ export { Reader, Writer, fromHex, toHex } from "./bincode.js";
 export type { Json } from "./json.js";
 export * from "./protocol.js";
 export * from "./town.js";
+export * from "./client.js";
+export { Emitter } from "./emitter.js";
+export { defaultSocket, type SocketFactory, type SocketLike } from "./socket.js";
