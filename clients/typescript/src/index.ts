@@ -11,3 +11,4 @@ export * from "./town.js";
 export * from "./client.js";
 export { Emitter } from "./emitter.js";
 export { defaultSocket, type SocketFactory, type SocketLike } from "./socket.js";
+export * from "./interpolation.js";
