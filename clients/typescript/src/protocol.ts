@@ -5,7 +5,7 @@
  */
 import { Reader, Writer } from "./bincode.js";
 import { DecodeError, EncodeError } from "./errors.js";
-import { Fields, parse, type Json } from "./json.js";
+import { Fields, int, parse, type Json } from "./json.js";
 
 export const PROTOCOL_VERSION = 1;
 /** A client frame is at most this many bytes (the WebSocket payload); larger ones close with 4011. */
@@ -33,12 +33,13 @@ export interface WorldCodec<A, V, C> {
 export type ClientMsg<A> =
   | { type: "join"; token: string }
   | { type: "input"; seq: number; action: A }
-  | { type: "ping"; nonce: number };
+  | { type: "ping"; nonce: number }
+  | { type: "resume"; token: string; awaiting: number[] };
 
 export type InputOutcome = { type: "ok" } | { type: "rejected"; reason: string };
 
 export type ServerMsg<V, C> =
-  | { type: "welcome"; worldId: string; you: number; tick: number; snapshot: V }
+  | { type: "welcome"; worldId: string; you: number; tick: number; snapshot: V; resume: string }
   | { type: "delta"; tick: number; serverUs: number; changes: C[] }
   | { type: "resync"; tick: number; snapshot: V }
   | { type: "inputResult"; seq: number; tick: number; outcome: InputOutcome }
@@ -46,7 +47,7 @@ export type ServerMsg<V, C> =
   | { type: "error"; code: number; message: string }
   | { type: "pong"; nonce: number };
 
-const CLIENT_TYPES = ["join", "input", "ping"] as const;
+const CLIENT_TYPES = ["join", "input", "ping", "resume"] as const;
 const SERVER_TYPES = ["welcome", "delta", "resync", "inputResult", "migrate", "error", "pong"] as const;
 const OUTCOME_TYPES = ["ok", "rejected"] as const;
 
@@ -78,6 +79,9 @@ function writeClient<A>(world: WorldCodec<A, unknown, unknown>, w: Writer, m: Cl
       return world.action.write(w, m.action);
     case "ping":
       return w.uint(m.nonce, "u64");
+    case "resume":
+      w.string(m.token);
+      return w.list(m.awaiting, (w, seq) => w.uint(seq, "u32"));
   }
 }
 
@@ -89,6 +93,8 @@ function readClient<A>(world: WorldCodec<A, unknown, unknown>, r: Reader): Clien
       return { type: "input", seq: r.uint("u32"), action: world.action.read(r) };
     case "ping":
       return { type: "ping", nonce: r.uint("u64") };
+    case "resume":
+      return { type: "resume", token: r.string(), awaiting: r.list((r) => r.uint("u32")) };
   }
 }
 
@@ -99,7 +105,8 @@ function writeServer<V, C>(world: WorldCodec<unknown, V, C>, w: Writer, m: Serve
       w.string(m.worldId);
       w.uint(m.you, "u32");
       w.uint(m.tick, "u64");
-      return world.view.write(w, m.snapshot);
+      world.view.write(w, m.snapshot);
+      return w.string(m.resume);
     case "delta":
       w.uint(m.tick, "u64");
       w.uint(m.serverUs, "u64");
@@ -127,7 +134,14 @@ function writeServer<V, C>(world: WorldCodec<unknown, V, C>, w: Writer, m: Serve
 function readServer<V, C>(world: WorldCodec<unknown, V, C>, r: Reader): ServerMsg<V, C> {
   switch (SERVER_TYPES[r.variant("ServerMsg", SERVER_TYPES.length)]!) {
     case "welcome":
-      return { type: "welcome", worldId: r.string(), you: r.uint("u32"), tick: r.uint("u64"), snapshot: world.view.read(r) };
+      return {
+        type: "welcome",
+        worldId: r.string(),
+        you: r.uint("u32"),
+        tick: r.uint("u64"),
+        snapshot: world.view.read(r),
+        resume: r.string(),
+      };
     case "delta":
       return { type: "delta", tick: r.uint("u64"), serverUs: r.uint("u64"), changes: r.list((r) => world.change.read(r)) };
     case "resync":
@@ -158,6 +172,8 @@ function clientToJson<A>(world: WorldCodec<A, unknown, unknown>, m: ClientMsg<A>
       return { type: "input", seq: m.seq, action: world.action.toJson(m.action) };
     case "ping":
       return { type: "ping", nonce: m.nonce };
+    case "resume":
+      return { type: "resume", token: m.token, awaiting: [...m.awaiting] };
   }
 }
 
@@ -174,6 +190,13 @@ function clientFromJson<A>(world: WorldCodec<A, unknown, unknown>, v: unknown): 
     case "ping":
       m = { type: "ping", nonce: f.int("nonce", "u64") };
       break;
+    case "resume":
+      m = {
+        type: "resume",
+        token: f.string("token"),
+        awaiting: f.array("awaiting").map((seq, i) => int(seq, "u32", `awaiting[${i}]`)),
+      };
+      break;
   }
   f.done();
   return m;
@@ -182,7 +205,14 @@ function clientFromJson<A>(world: WorldCodec<A, unknown, unknown>, v: unknown): 
 function serverToJson<V, C>(world: WorldCodec<unknown, V, C>, m: ServerMsg<V, C>): Json {
   switch (m.type) {
     case "welcome":
-      return { type: m.type, worldId: m.worldId, you: m.you, tick: m.tick, snapshot: world.view.toJson(m.snapshot) };
+      return {
+        type: m.type,
+        worldId: m.worldId,
+        you: m.you,
+        tick: m.tick,
+        snapshot: world.view.toJson(m.snapshot),
+        resume: m.resume,
+      };
     case "delta":
       return { type: m.type, tick: m.tick, serverUs: m.serverUs, changes: m.changes.map((c) => world.change.toJson(c)) };
     case "resync":
@@ -217,6 +247,7 @@ function serverFromJson<V, C>(world: WorldCodec<unknown, V, C>, v: unknown): Ser
         you: f.int("you", "u32"),
         tick: f.int("tick", "u64"),
         snapshot: world.view.fromJson(f.get("snapshot"), "snapshot"),
+        resume: f.string("resume"),
       };
       break;
     case "delta":

@@ -63,7 +63,7 @@ const snapshot: Snapshot = {
   walls: new Uint8Array([0]),
   entities: [{ id: 7, kind: "player", name: "p-1", x: 0, y: 0 }],
 };
-const welcome = (you = 7): ServerMsg<Snapshot, Change> => ({ type: "welcome", worldId: "w1", you, tick: 10, snapshot });
+const welcome = (you = 7): ServerMsg<Snapshot, Change> => ({ type: "welcome", worldId: "w1", you, tick: 10, snapshot, resume: "r" });
 const move: Action = { type: "move", dx: 1, dy: 0 };
 
 let sockets: FakeSocket[];

@@ -72,8 +72,12 @@ describe.skipIf(missing !== undefined)("against gaia run", () => {
 
     for (let i = 0; i < 3; i++) {
       for (const c of [a, b]) {
+        const before = JSON.stringify(position(c.snapshot, c.you));
         const accepted = await c.send({ type: "move", ...step(c) });
         expect(accepted.tick).toBeGreaterThan(0);
+        // The result comes before the delta that moves us: the next step starts from
+        // where this one ends.
+        await until("the move to show", () => JSON.stringify(position(c.snapshot, c.you)) !== before);
       }
     }
     // Every input has its result: none is left waiting.
