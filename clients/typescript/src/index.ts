@@ -1,0 +1,14 @@
+/**
+ * `@gaia-fleet/client`: a client for Gaia Fleet game servers, written from docs/protocol.md.
+ * Start with `GaiaClient` (client.ts); the codecs are in protocol.ts (the envelope) and
+ * town.ts (the reference world); `PlaybackClock` and `Track` (interpolation.ts) smooth movement.
+ */
+export * from "./errors.js";
+export { Reader, Writer, fromHex, toHex } from "./bincode.js";
+export type { Json } from "./json.js";
+export * from "./protocol.js";
+export * from "./town.js";
+export * from "./client.js";
+export { Emitter } from "./emitter.js";
+export { defaultSocket, type SocketFactory, type SocketLike } from "./socket.js";
+export * from "./interpolation.js";
