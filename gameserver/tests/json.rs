@@ -5,41 +5,29 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::protocol::{Encoding, close};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Change, ClientMsg, ServerMsg};
 use gaia_gameserver::Config;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{connect_async, tungstenite};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
 
 use common::{Ws, send};
 
-const SECRET: &str = "s3cret";
 const NAME: &str = "gs-json";
 
 async fn server(config: Config) -> (String, DropGuard) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = gaia_gameserver::address(listener.local_addr().unwrap(), None);
-    let shutdown = CancellationToken::new();
-    let config = Config { name: NAME.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
-    tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
-    (url, shutdown.drop_guard())
+    let (_, url, stop) = common::standalone(NAME, config).await;
+    (url, stop)
 }
 
 fn token(world: &str, player: &str) -> String {
-    TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: world.into(),
-        server: NAME.into(),
-        player_id: player.into(),
-        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-        epoch: 1,
-    })
+    common::join_token(NAME, world, player)
 }
 
 /// Connects asking for `protocols`; the socket and the subprotocol the server chose.

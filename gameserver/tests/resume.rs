@@ -7,39 +7,27 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use gaia_api::protocol::{InputOutcome, close, encode_client};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
 
 use common::{Received, Ws, send};
 
-const SECRET: &str = "s3cret";
 const NAME: &str = "gs-resume";
 
 async fn server(config: Config) -> (String, DropGuard) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = gaia_gameserver::address(listener.local_addr().unwrap(), None);
-    let shutdown = CancellationToken::new();
-    let config = Config { name: NAME.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
-    tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
-    (url, shutdown.drop_guard())
+    let (_, url, stop) = common::standalone(NAME, config).await;
+    (url, stop)
 }
 
 fn token(world: &str, player: &str) -> String {
-    TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: world.into(),
-        server: NAME.into(),
-        player_id: player.into(),
-        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-        epoch: 1,
-    })
+    common::join_token(NAME, world, player)
 }
 
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {

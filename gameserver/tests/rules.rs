@@ -10,11 +10,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::protocol::{InputOutcome, MAX_CLIENT_FRAME, PROTOCOL_VERSION, close, encode_client};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,36 +22,24 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, client_async, connect_async};
-use tokio_util::sync::CancellationToken;
 
 use common::{Received, Ws, send};
 
-const SECRET: &str = "s3cret";
 const NAME: &str = "gs-rules";
 
 struct Server {
     addr: SocketAddr,
     url: String,
-    _shutdown: tokio_util::sync::DropGuard,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 async fn server(config: Config) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let config = Config { name: NAME.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
-    tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
-    Server { addr, url: gaia_gameserver::address(addr, None), _shutdown: shutdown.drop_guard() }
+    let (addr, url, _stop) = common::standalone(NAME, config).await;
+    Server { addr, url, _stop }
 }
 
 fn token(world: &str, player: &str) -> String {
-    TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: world.into(),
-        server: NAME.into(),
-        player_id: player.into(),
-        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-        epoch: 1,
-    })
+    common::join_token(NAME, world, player)
 }
 
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {

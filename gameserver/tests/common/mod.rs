@@ -32,3 +32,31 @@ pub async fn recv<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> Received<V, C> {
         }
     }
 }
+
+/// The join secret of [`standalone`] servers.
+pub const SECRET: &str = "s3cret";
+
+/// A standalone game server (no control plane) named `name`, on an ephemeral port, with
+/// no bots: its address, its WebSocket URL, and the guard that stops it when dropped.
+pub async fn standalone(
+    name: &str,
+    config: gaia_gameserver::Config,
+) -> (std::net::SocketAddr, String, tokio_util::sync::DropGuard) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = gaia_gameserver::Config { name: name.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
+    tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
+    (addr, gaia_gameserver::address(addr, None), shutdown.drop_guard())
+}
+
+/// A join token for `player` in `world` on server `server`, valid for a minute.
+pub fn join_token(server: &str, world: &str, player: &str) -> String {
+    gaia_api::token::TokenKey::new(SECRET).sign(&gaia_api::token::JoinClaims {
+        world_id: world.into(),
+        server: server.into(),
+        player_id: player.into(),
+        expires_at_ms: gaia_api::token::unix_ms(std::time::SystemTime::now()) + 60_000,
+        epoch: 1,
+    })
+}
