@@ -277,14 +277,8 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
             echo_close(socket).await;
             None
         }
-        End::Close(closing) => {
-            let leftovers = world.leave().await;
-            goodbye(socket, ctx, &mut frames, leftovers, Some(closing)).await
-        }
-        End::LetGo(closing) => {
-            let leftovers = world.leave().await;
-            goodbye(socket, ctx, &mut frames, leftovers, closing).await
-        }
+        End::Close(closing) => goodbye(socket, ctx, &mut frames, world.leave().await, Some(closing)).await,
+        End::LetGo(closing) => goodbye(socket, ctx, &mut frames, world.leave().await, closing).await,
     };
     ctx.players.fetch_sub(1, Ordering::Relaxed);
     closing

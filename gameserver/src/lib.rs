@@ -328,17 +328,16 @@ async fn ws<W: World>(
 /// The encoding a handshake asks for: `None` when it names no subprotocol (bincode, and
 /// no `Sec-WebSocket-Protocol` in the answer), else the first named that we speak.
 fn choose_encoding(headers: &axum::http::HeaderMap) -> Result<Option<Encoding>, String> {
-    let mut named = headers
+    let named: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .map(str::trim)
         .filter(|name| !name.is_empty())
-        .peekable();
-    if named.peek().is_none() {
+        .collect();
+    if named.is_empty() {
         return Ok(None);
     }
-    let named: Vec<&str> = named.collect();
     match named.iter().find_map(|name| Encoding::from_subprotocol(name)) {
         Some(encoding) => Ok(Some(encoding)),
         None => {

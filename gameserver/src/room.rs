@@ -4,8 +4,9 @@
 //! through its bounded command queue. Each tick the task hands the queued events to the
 //! pure [`Engine::step`] and sends each input's result at once. Every `send_every` ticks
 //! it encodes the changes since the last frame **once** per encoding in use (bincode,
-//! JSON), as one Delta, and gives every member of that encoding the same bytes: inputs are answered at the tick rate (20 Hz by default) while
-//! clients get one frame per delta period (10 Hz). Worlds are separate tasks, so the
+//! JSON), as one Delta, and gives every member of that encoding the same bytes: inputs
+//! are answered at the tick rate (20 Hz by default) while clients get one frame per delta
+//! period (10 Hz). Worlds are separate tasks, so the
 //! runtime spreads them over its threads and a slow world delays only itself, as long as
 //! slow worlds are fewer than the runtime's worker threads (a tick runs on a worker).
 //!
@@ -34,8 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gaia_api::protocol::InputOutcome;
-use gaia_api::protocol::{Encoding, ServerMsg, close};
+use gaia_api::protocol::{Encoding, InputOutcome, ServerMsg, close};
 use gaia_api::token::{JoinClaims, ResumeClaims, TokenKey, unix_ms};
 use gaia_checkpoint::{Checkpoint, Tiers};
 use parking_lot::Mutex;
@@ -295,8 +295,9 @@ enum Standing {
     Live,
     /// Its queue was full at tick `since`; it gets a resync once it drains.
     Behind { since: u64 },
-    /// Its connection dropped at `since`; results are held for a resume.
-    Away { since: tokio::time::Instant },
+    /// Its connection dropped; results are held for a resume until `until`, when it
+    /// leaves.
+    Away { until: tokio::time::Instant },
 }
 
 impl<W: World> Rooms<W> {
@@ -449,10 +450,9 @@ impl<W: World> Rooms<W> {
         };
         // The world's epoch: the newest among its joins' tokens (the registry bumps it
         // each time the world is assigned), never below its checkpoint's.
-        let mut epoch = floor;
         let mut started = false;
         let mut fanout = Fanout::<W::Change>::new(&self.config);
-        fanout.epoch = epoch;
+        fanout.epoch = floor;
         let mut pending: Vec<Event<W::Action>> = Vec::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -470,12 +470,12 @@ impl<W: World> Rooms<W> {
                 biased;
                 _ = &mut shutdown => {
                     self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
-                    self.save(&world_id, epoch, &engine);
+                    self.save(&world_id, fanout.epoch, &engine);
                     break;
                 }
                 _ = &mut draining => {
                     self.last_tick(&world_id, &mut engine, &mut fanout, &mut pending, &mut rx);
-                    self.save(&world_id, epoch, &engine);
+                    self.save(&world_id, fanout.epoch, &engine);
                     self.migrate(&world_id, engine.tick(), &mut fanout).await;
                     self.end(&world_id, generation);
                     break;
@@ -490,11 +490,10 @@ impl<W: World> Rooms<W> {
                     }
                     Some(cmd) => {
                         if let Cmd::Join { epoch: theirs, .. } = &cmd {
-                            epoch = epoch.max(*theirs);
-                            fanout.epoch = epoch;
+                            fanout.epoch = fanout.epoch.max(*theirs);
                             if !started {
                                 started = true;
-                                let _ = self.events.send(WorldEvent::Started { world_id: world_id.clone(), epoch });
+                                let _ = self.events.send(WorldEvent::Started { world_id: world_id.clone(), epoch: fanout.epoch });
                             }
                         }
                         fanout.take(cmd, &mut pending);
@@ -510,13 +509,13 @@ impl<W: World> Rooms<W> {
                         && engine.tick().is_multiple_of(p.every_ticks)
                     {
                         if dirty {
-                            self.save(&world_id, epoch, &engine);
+                            self.save(&world_id, fanout.epoch, &engine);
                             dirty = false;
                         }
                         if let Some(theirs) = p.tiers.take_fenced(&world_id)
-                            && theirs > epoch
+                            && theirs > fanout.epoch
                         {
-                            tracing::warn!(world = %world_id, ours = epoch, theirs, "world has a newer owner; stopping it here");
+                            tracing::warn!(world = %world_id, ours = fanout.epoch, theirs, "world has a newer owner; stopping it here");
                             self.metrics.fenced.inc();
                             p.tiers.forget(&world_id);
                             let moved = Closing {
@@ -537,7 +536,7 @@ impl<W: World> Rooms<W> {
                     } else if empty_since.elapsed() >= self.config.empty_grace {
                         // Written to every tier before the slot is given back, so the
                         // next server to load the world finds this tick.
-                        self.save(&world_id, epoch, &engine);
+                        self.save(&world_id, fanout.epoch, &engine);
                         if let Some(p) = &self.persistence
                             && let Err(e) = p.tiers.flush().await
                         {
@@ -752,7 +751,8 @@ struct Fanout<C> {
     /// Ticks per delta frame.
     send_every: u64,
     resume: Option<ResumeConfig>,
-    /// The world's epoch, which resume tokens carry.
+    /// The world's epoch: the newest among its joins' tokens, never below its
+    /// checkpoint's. Checkpoints and resume tokens carry it.
     epoch: u64,
 }
 
@@ -795,7 +795,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 // most likely lost on the way, and its player should not wait for it).
                 if let Some(older) = self.member_of(&name) {
                     let reason = "the same player joined this world on another connection";
-                    self.let_go(older, Closing::new(close::REPLACED, "replaced", reason), pending);
+                    self.let_go(older, Some(Closing::new(close::REPLACED, "replaced", reason)), pending);
                 }
                 if self.members.len() + self.joining.len() >= self.max_players {
                     let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
@@ -804,15 +804,12 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                     pending.push(Event::Join { member, name });
                 }
             }
-            Cmd::Leave { member } => {
-                self.members.remove(&member);
-                self.joining.remove(&member);
-                retract_inputs(member, pending);
-                pending.push(Event::Leave { member });
-            }
-            Cmd::Park { member } => match self.members.get_mut(&member) {
-                Some(m) if self.resume.is_some() => m.standing = Standing::Away { since: tokio::time::Instant::now() },
-                _ => self.take(Cmd::Leave { member }, pending),
+            Cmd::Leave { member } => self.let_go(member, None, pending),
+            Cmd::Park { member } => match (self.members.get_mut(&member), &self.resume) {
+                (Some(m), Some(resume)) => {
+                    m.standing = Standing::Away { until: tokio::time::Instant::now() + resume.grace }
+                }
+                _ => self.let_go(member, None, pending),
             },
             Cmd::Resume { member, out, encoding, farewell, awaiting, reply, .. } => {
                 let answer = self.resume(member, out, encoding, farewell, &awaiting, pending);
@@ -882,13 +879,15 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         joined.or_else(|| self.joining.iter().find(|(_, j)| j.player == player).map(|(&id, _)| id))
     }
 
-    /// Lets `member` go now with `closing`: its unapplied inputs are dropped, and its
-    /// connection gets its held results and `closing` (see [`Farewell`]).
-    fn let_go<A>(&mut self, member: MemberId, closing: Closing, pending: &mut Vec<Event<A>>) {
-        if let Some(mut m) = self.members.remove(&member) {
-            m.farewell.closing.replace(closing);
-        } else if let Some(mut j) = self.joining.remove(&member) {
-            j.farewell.closing.replace(closing);
+    /// Lets `member` go now: its unapplied inputs are dropped, and its connection gets
+    /// its held results and `closing`, if any (see [`Farewell`]).
+    fn let_go<A>(&mut self, member: MemberId, closing: Option<Closing>, pending: &mut Vec<Event<A>>) {
+        let farewell = match self.members.remove(&member) {
+            Some(m) => Some(m.farewell),
+            None => self.joining.remove(&member).map(|j| j.farewell),
+        };
+        if let (Some(mut farewell), Some(closing)) = (farewell, closing) {
+            farewell.closing.replace(closing);
         }
         retract_inputs(member, pending);
         pending.push(Event::Leave { member });
@@ -947,6 +946,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         let delta: ServerMsg<(), C> = ServerMsg::Delta { tick, server_us, changes: std::mem::take(&mut self.changes) };
         let mut deltas: [Option<Bytes>; Encoding::ALL.len()] = Default::default();
         let (resume, epoch) = (&self.resume, self.epoch);
+        let now = tokio::time::Instant::now();
         let mut expired = Vec::new();
         for (&id, m) in self.members.iter_mut() {
             match m.standing {
@@ -955,8 +955,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                         deltas[m.encoding.index()].get_or_insert_with(|| Bytes::from(m.encoding.encode_server(&delta)));
                     deliver(m, frame.clone(), None, tick, metrics);
                 }
-                Standing::Away { since } => {
-                    if resume.as_ref().is_none_or(|r| since.elapsed() >= r.grace) {
+                Standing::Away { until } => {
+                    if until <= now {
                         expired.push(id);
                     }
                 }
