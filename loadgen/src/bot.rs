@@ -33,6 +33,9 @@ use crate::progress::Progress;
 use crate::report::{BotOutcome, ErrorKind, Migration, PlayStats, Recovery};
 use crate::{Ctx, Phases, Settled};
 
+/// How long a bot waits before connecting again to a server that answered 503 (busy
+/// with connections waiting to join): the `Retry-After` game servers send.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// How long a bot waits for the TCP + WebSocket handshake, and then for its Welcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the steady phase: how long a bot keeps reading for in-flight results and deltas.
@@ -383,22 +386,35 @@ async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, 
     // Server frames are small: tungstenite's default 128 KiB read buffer would cost
     // 1.3 GB over 10,000 bots and be zeroed on every read.
     let config = WebSocketConfig::default().read_buffer_size(2 * 1024).write_buffer_size(0);
-    let mut request = match address.into_client_request() {
-        Ok(request) => request,
-        Err(e) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
+    let request = || {
+        let mut request = address.into_client_request()?;
+        // Bincode is the default: a handshake that names no subprotocol gets it.
+        if encoding != Encoding::Bincode {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(encoding.subprotocol()),
+            );
+        }
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(request)
     };
-    // Bincode is the default: a handshake that names no subprotocol gets it.
-    if encoding != Encoding::Bincode {
-        request.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(encoding.subprotocol()),
-        );
-    }
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let mut ws = match tokio::time::timeout(JOIN_TIMEOUT, connect).await {
-        Ok(Ok((ws, _))) => Socket { ws, encoding },
-        Ok(Err(e)) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
-        Err(_) => return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {JOIN_TIMEOUT:?}"))),
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut ws = loop {
+        let request = request().map_err(|e| (ErrorKind::ConnectFailed, format!("{address}: {e}")))?;
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        match tokio::time::timeout_at(deadline, connect).await {
+            Ok(Ok((ws, _))) => break Socket { ws, encoding },
+            // Too many connections wait to join there (a whole server's players arriving
+            // after a Migrate): come back when it says, as docs/protocol.md asks.
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(busy)))
+                if busy.status() == 503 && Instant::now() + BUSY_RETRY < deadline =>
+            {
+                tokio::time::sleep(BUSY_RETRY).await;
+            }
+            Ok(Err(e)) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
+            Err(_) => {
+                return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {JOIN_TIMEOUT:?}")));
+            }
+        }
     };
     if let Err(e) = ws.send(&ClientMsg::Join { token: token.to_string() }).await {
         return Err((ErrorKind::ConnectFailed, format!("{address}: sending Join: {e}")));
