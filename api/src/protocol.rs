@@ -108,6 +108,10 @@ pub enum InputOutcome {
     },
 }
 
+/// The reason of the `Rejected` result (tick 0) a `Resume` gets for an awaited seq the
+/// server never received: the input was not applied, so the client may send it again.
+pub const NEVER_RECEIVED: &str = "never reached the server: send it again";
+
 /// Now, in microseconds since the Unix epoch: the clock of `Delta::server_us`.
 pub fn unix_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)

@@ -859,7 +859,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             let frame = match m.recent.iter().find(|(s, _)| *s == seq) {
                 Some((_, frame)) => frame.clone(),
                 None => {
-                    let reason = "never reached the server: send it again".to_string();
+                    let reason = gaia_api::protocol::NEVER_RECEIVED.to_string();
                     let msg: ServerMsg<(), ()> =
                         ServerMsg::InputResult { seq, tick: 0, outcome: InputOutcome::Rejected { reason } };
                     Bytes::from(encoding.encode_server(&msg))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::{AllocationRequest, AllocationResponse};
-use gaia_api::protocol::{Encoding, InputOutcome, close};
+use gaia_api::protocol::{Encoding, InputOutcome, NEVER_RECEIVED, close};
 use gaia_api::town::{Action, Change, ClientMsg, EntityId, ServerMsg, Snapshot};
 use rand::Rng;
 use rand::SeedableRng;
@@ -30,7 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::matchmaker::backoff;
 use crate::progress::Progress;
-use crate::report::{BotOutcome, ErrorKind, Migration, PlayStats, Recovery};
+use crate::report::{BotOutcome, ErrorKind, Migration, PlayStats, Recovery, Resumption};
 use crate::{Ctx, Phases, Settled};
 
 /// How long a bot waits before connecting again to a server that answered 503 (busy
@@ -44,6 +44,10 @@ const DRAIN: Duration = Duration::from_millis(500);
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long a bot waits for the server to answer its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a bot whose connection broke tries to resume on the same server before it
+/// allocates again: well within the servers' resume grace (10 s by default), and short,
+/// as a server that does not answer by then is likely gone.
+const RESUME_WINDOW: Duration = Duration::from_secs(3);
 /// First wait before rejoining again after a failed connect or join (doubles up to 1 s).
 const REJOIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -70,6 +74,9 @@ pub(crate) struct BotState {
     pos: (u16, u16),
     /// Highest tick seen on this connection (Welcome, Delta, Resync).
     tick: u64,
+    /// The tick of the last whole snapshot (Welcome, Resync): an input applied by then
+    /// shows in it, not in a Delta.
+    snapshot_tick: u64,
     next_seq: u32,
     /// Sent, waiting for the InputResult: when it was sent and the step it asked for.
     awaiting_result: HashMap<u32, (Instant, (i8, i8))>,
@@ -103,6 +110,7 @@ impl BotState {
             map,
             pos,
             tick,
+            snapshot_tick: tick,
             next_seq: 1,
             awaiting_result: HashMap::new(),
             awaiting_move: VecDeque::new(),
@@ -118,8 +126,27 @@ impl BotState {
     pub(crate) fn rejoin(&mut self, you: EntityId, snapshot: Snapshot, tick: u64) -> Result<(), String> {
         let (pos, map) = locate(you, snapshot)?;
         self.forget();
-        (self.you, self.map, self.pos, self.tick) = (you, map, pos, tick);
+        (self.you, self.map, self.pos, self.tick, self.snapshot_tick) = (you, map, pos, tick, tick);
         Ok(())
+    }
+
+    /// From the Welcome that answered a Resume: the same entity, the world as of `tick`.
+    /// Inputs still waiting for a result keep waiting (their results follow, exactly
+    /// once); accepted moves not yet seen in a Delta are in the snapshot.
+    pub(crate) fn resumed(&mut self, you: EntityId, snapshot: Snapshot, tick: u64) -> Result<(), String> {
+        if you != self.you {
+            return Err(format!("resumed as entity {you}, not as {}", self.you));
+        }
+        let (pos, _) = locate(you, snapshot)?;
+        (self.pos, self.tick, self.snapshot_tick) = (pos, self.tick.max(tick), tick);
+        self.stats.own_moves_seen += self.awaiting_move.len() as u64;
+        self.awaiting_move.clear();
+        Ok(())
+    }
+
+    /// The seqs of inputs sent that have had no result: what a Resume awaits.
+    pub(crate) fn awaiting(&self) -> Vec<u32> {
+        self.awaiting_result.keys().copied().collect()
     }
 
     /// When input `seq` was sent, while it waits for its result.
@@ -200,7 +227,7 @@ impl BotState {
                     }
                 }
             }
-            ServerMsg::InputResult { seq, outcome, .. } => {
+            ServerMsg::InputResult { seq, tick, outcome } => {
                 let Some((sent, step)) = self.awaiting_result.remove(&seq) else {
                     self.error(ErrorKind::Protocol, format!("InputResult for seq {seq}, which is not pending"));
                     return Flow::Continue;
@@ -208,9 +235,19 @@ impl BotState {
                 let latency = now.saturating_duration_since(sent);
                 self.stats.input_latency_us.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
                 match outcome {
+                    // Held while we were away or behind: the Welcome or Resync snapshot
+                    // we have already shows the move.
+                    InputOutcome::Ok if tick <= self.snapshot_tick => {
+                        self.stats.ok += 1;
+                        self.stats.own_moves_seen += 1;
+                    }
                     InputOutcome::Ok => {
                         self.stats.ok += 1;
                         self.awaiting_move.push_back(step);
+                    }
+                    // A Resume's answer for an input lost with the old connection.
+                    InputOutcome::Rejected { reason } if tick == 0 && reason == NEVER_RECEIVED => {
+                        self.stats.unapplied += 1;
                     }
                     InputOutcome::Rejected { reason } => {
                         self.stats.rejected += 1;
@@ -226,6 +263,7 @@ impl BotState {
             ServerMsg::Resync { tick, snapshot } => {
                 self.stats.resyncs += 1;
                 self.tick = self.tick.max(tick);
+                self.snapshot_tick = tick;
                 match snapshot.entities.iter().find(|e| e.id == self.you) {
                     Some(me) => {
                         self.pos = (me.x, me.y);
@@ -379,10 +417,33 @@ struct Joined {
     you: EntityId,
     tick: u64,
     snapshot: Snapshot,
+    /// To resume with, should this connection break.
+    resume: String,
 }
 
 /// Connects, sends Join and waits for the Welcome.
 async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, (ErrorKind, String)> {
+    hello(address, ClientMsg::Join { token: token.to_string() }, encoding, JOIN_TIMEOUT).await
+}
+
+/// Connects again to the server a connection to broke from, sends Resume and waits for
+/// the Welcome.
+async fn resume(
+    address: &str,
+    token: &str,
+    awaiting: Vec<u32>,
+    encoding: Encoding,
+) -> Result<Joined, (ErrorKind, String)> {
+    hello(address, ClientMsg::Resume { token: token.to_string(), awaiting }, encoding, RESUME_WINDOW).await
+}
+
+/// Connects, sends `first` (Join or Resume) and waits for the Welcome, each step within `timeout`.
+async fn hello(
+    address: &str,
+    first: ClientMsg,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<Joined, (ErrorKind, String)> {
     // Server frames are small: tungstenite's default 128 KiB read buffer would cost
     // 1.3 GB over 10,000 bots and be zeroed on every read.
     let config = WebSocketConfig::default().read_buffer_size(2 * 1024).write_buffer_size(0);
@@ -397,7 +458,7 @@ async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, 
         }
         Ok::<_, tokio_tungstenite::tungstenite::Error>(request)
     };
-    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut ws = loop {
         let request = request().map_err(|e| (ErrorKind::ConnectFailed, format!("{address}: {e}")))?;
         let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
@@ -412,20 +473,20 @@ async fn join(address: &str, token: &str, encoding: Encoding) -> Result<Joined, 
             }
             Ok(Err(e)) => return Err((ErrorKind::ConnectFailed, format!("{address}: {e}"))),
             Err(_) => {
-                return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {JOIN_TIMEOUT:?}")));
+                return Err((ErrorKind::ConnectFailed, format!("{address}: no handshake within {timeout:?}")));
             }
         }
     };
-    if let Err(e) = ws.send(&ClientMsg::Join { token: token.to_string() }).await {
-        return Err((ErrorKind::ConnectFailed, format!("{address}: sending Join: {e}")));
+    if let Err(e) = ws.send(&first).await {
+        return Err((ErrorKind::ConnectFailed, format!("{address}: sending the first frame: {e}")));
     }
-    let first = match tokio::time::timeout(JOIN_TIMEOUT, next_inbound(&mut ws)).await {
+    let first = match tokio::time::timeout(timeout, next_inbound(&mut ws)).await {
         Ok(first) => first,
-        Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {JOIN_TIMEOUT:?}"))),
+        Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {timeout:?}"))),
     };
     match first {
-        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, .. }) => {
-            Ok(Joined { ws, world_id, you, tick, snapshot })
+        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, resume }) => {
+            Ok(Joined { ws, world_id, you, tick, snapshot, resume })
         }
         Inbound::Msg(ServerMsg::Error { code, message }) => Err((ErrorKind::JoinRefused, format!("{code} {message}"))),
         // The world moved before we got in: like a refusal, allocating again finds it.
@@ -478,7 +539,7 @@ pub(crate) async fn play(
     let welcomed_at = Instant::now();
     drop(permit);
     drop(settled);
-    let Joined { mut ws, world_id, you, tick, snapshot } = match joined {
+    let Joined { mut ws, world_id, you, tick, snapshot, resume: mut token } = match joined {
         Ok(joined) => joined,
         Err((kind, message)) => {
             outcome.error(kind, message);
@@ -501,8 +562,9 @@ pub(crate) async fn play(
     outcome.join_us = Some(micros(welcomed_at.saturating_duration_since(allocated_at)));
     phases.progress.bot_joined();
 
-    // The server we are on (a name, or an address after a Migrate) and since when.
+    // The server we are on (a name, or an address after a Migrate), its address, and since when.
     let mut server = alloc.server;
+    let mut address = alloc.address;
     let mut since = welcomed_at;
     let ended_early = loop {
         let exit = match run_inputs(phases, &mut ws, &mut state, ctx.input_period).await {
@@ -529,18 +591,18 @@ pub(crate) async fn play(
         let last_tick = state.tick();
         match exit {
             Exit::Stopped => break false,
-            Exit::Migrate { address, token } => {
+            Exit::Migrate { address: to, token: join_token } => {
                 leave(ws).await;
                 if stopping {
                     break false;
                 }
                 let followed = tokio::select! {
                     _ = phases.stop.cancelled() => None,
-                    joined = join(&address, &token, ctx.encoding) => Some(joined),
+                    joined = join(&to, &join_token, ctx.encoding) => Some(joined),
                 };
                 match followed {
                     None => break false,
-                    Some(Ok(Joined { ws: new_ws, world_id, you, tick, snapshot })) => {
+                    Some(Ok(Joined { ws: new_ws, world_id, you, tick, snapshot, resume })) => {
                         if !rejoined(&mut outcome, &mut state, &seat, &world_id, you, snapshot, tick) {
                             leave(new_ws).await;
                             break true;
@@ -550,17 +612,56 @@ pub(crate) async fn play(
                             last_tick_seen: last_tick,
                             welcome_tick: tick,
                             pause: left_at.elapsed(),
-                            server_before: std::mem::replace(&mut server, address),
+                            server_before: std::mem::replace(&mut server, to.clone()),
                             server_after: server.clone(),
                         };
                         outcome.migrations.push(migration);
-                        (ws, since) = (new_ws, Instant::now());
+                        (ws, since, token, address) = (new_ws, Instant::now(), resume, to);
                         continue;
                     }
                     // Not what a Migrate promised, but the world may still be found.
                     Some(Err((kind, message))) => {
-                        outcome.error(kind, format!("following Migrate to {address}: {message}"));
+                        outcome.error(kind, format!("following Migrate to {to}: {message}"));
                     }
+                }
+            }
+            // Broken without a close: the server may still hold our member, away.
+            Exit::Ended(ended @ Ended::Broken(_)) if !stopping => {
+                leave(ws).await;
+                let resumed = tokio::select! {
+                    _ = phases.stop.cancelled() => None,
+                    resumed = resume(&address, &token, state.awaiting(), ctx.encoding) => Some(resumed),
+                };
+                let failed = match resumed {
+                    None => format!("the run ended while resuming on {server}"),
+                    Some(Ok(Joined { ws: new_ws, world_id, you, tick, snapshot, resume })) => {
+                        if world_id != alloc.world_id {
+                            outcome.error(ErrorKind::WrongWorld, format!("resumed in world {world_id}"));
+                            leave(new_ws).await;
+                            break true;
+                        }
+                        if let Err(e) = state.resumed(you, snapshot, tick) {
+                            outcome.error(ErrorKind::Protocol, e);
+                            leave(new_ws).await;
+                            break true;
+                        }
+                        let resumption = Resumption {
+                            world_id,
+                            last_tick_seen: last_tick,
+                            welcome_tick: tick,
+                            outage: left_at.elapsed(),
+                            server: server.clone(),
+                        };
+                        outcome.resumptions.push(resumption);
+                        (ws, since, token) = (new_ws, Instant::now(), resume);
+                        continue;
+                    }
+                    Some(Err((_, message))) => format!("resume refused: {message}"),
+                };
+                outcome.error(ErrorKind::ConnectionLost, format!("{ended} (on {server}); {failed}"));
+                state.connection_lost();
+                if phases.stop.is_cancelled() {
+                    break true;
                 }
             }
             Exit::Ended(ended) if ended.should_rejoin() && !stopping => {
@@ -574,7 +675,7 @@ pub(crate) async fn play(
             }
         }
         // Lost (or a Migrate that led nowhere): find the world through the allocator.
-        let (joined, server_after) = match rejoin(&ctx, &seat, left_at).await {
+        let (joined, server_after, address_after) = match rejoin(&ctx, &seat, left_at).await {
             // The run ended meanwhile; the loss is already an error.
             None => break true,
             Some(Ok(rejoined)) => rejoined,
@@ -583,7 +684,7 @@ pub(crate) async fn play(
                 break true;
             }
         };
-        let Joined { ws: new_ws, world_id, you, tick, snapshot } = joined;
+        let Joined { ws: new_ws, world_id, you, tick, snapshot, resume } = joined;
         if !rejoined(&mut outcome, &mut state, &seat, &world_id, you, snapshot, tick) {
             leave(new_ws).await;
             break true;
@@ -597,7 +698,7 @@ pub(crate) async fn play(
             server_after: server.clone(),
         };
         outcome.recoveries.push(recovery);
-        (ws, since) = (new_ws, Instant::now());
+        (ws, since, token, address) = (new_ws, Instant::now(), resume, address_after);
     };
     let (stats, errors) = state.finish(ended_early);
     outcome.play = Some(stats);
@@ -634,13 +735,13 @@ fn rejoined(
 /// retrying (with a new allocation, as a token is for one server) when the connect or
 /// the join fails, until `reconnect_timeout` after `since`. The allocator may still
 /// name the dead server, or answer 429, until the control plane notices. `None` when the
-/// run stopped meanwhile; otherwise the Welcome and the server's name, or the error that
+/// run stopped meanwhile; otherwise the Welcome, the server's name and address, or the error that
 /// made the bot give up.
 async fn rejoin(
     ctx: &Ctx,
     seat: &AllocationRequest,
     since: Instant,
-) -> Option<Result<(Joined, String), (ErrorKind, String)>> {
+) -> Option<Result<(Joined, String, String), (ErrorKind, String)>> {
     let deadline = since + ctx.reconnect_timeout;
     let world = seat.world_id.as_deref().unwrap_or_default();
     let attempts = async {
@@ -657,7 +758,7 @@ async fn rejoin(
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             let failed =
                 match tokio::time::timeout(left, join(&response.address, &response.join_token, ctx.encoding)).await {
-                    Ok(Ok(joined)) => return Ok((joined, response.server)),
+                    Ok(Ok(joined)) => return Ok((joined, response.server, response.address)),
                     Ok(Err((kind @ (ErrorKind::ConnectFailed | ErrorKind::JoinRefused), message))) => {
                         (kind, format!("{}: {message}", response.server))
                     }
@@ -830,8 +931,12 @@ mod tests {
     }
 
     fn result(seq: u32, ok: bool) -> ServerMsg {
+        result_at(seq, ok, 1)
+    }
+
+    fn result_at(seq: u32, ok: bool, tick: u64) -> ServerMsg {
         let outcome = if ok { InputOutcome::Ok } else { InputOutcome::Rejected { reason: "wall".into() } };
-        ServerMsg::InputResult { seq, tick: 1, outcome }
+        ServerMsg::InputResult { seq, tick, outcome }
     }
 
     fn step_of(msg: &ClientMsg) -> (u32, i8, i8) {
@@ -972,7 +1077,7 @@ mod tests {
             bot.next_input(&mut rng, t0).unwrap();
         }
         // seq 1 applied and seen; 2 and 3 still unanswered when the world moves.
-        bot.on_message(result(1, true), t0);
+        bot.on_message(result_at(1, true, 41), t0);
         bot.on_message(
             ServerMsg::Delta { tick: 41, server_us: 0, changes: vec![Change::Moved { id: 7, x: 0, y: 1 }] },
             t0,
@@ -992,13 +1097,49 @@ mod tests {
         let (seq, dx, dy) = step_of(&bot.next_input(&mut rng, t0).unwrap());
         assert_eq!(seq, 4, "sequence numbers carry on");
         let target = (2 + i32::from(dx), i32::from(dy));
-        bot.on_message(result(seq, true), t0);
+        bot.on_message(result_at(seq, true, 42), t0);
         bot.on_message(moved(9, target.0 as u16, target.1 as u16), t0);
         let (stats, errors) = bot.finish(false);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!((stats.sent, stats.ok, stats.rejected, stats.missing, stats.unapplied), (4, 2, 0, 0, 2));
         assert_eq!(stats.sent, stats.ok + stats.rejected + stats.missing + stats.unapplied);
         assert_eq!((stats.own_moves_seen, stats.deltas), (2, 3));
+    }
+
+    #[test]
+    fn a_resumed_bot_keeps_its_inputs_and_takes_held_results_as_seen() {
+        let t0 = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut bot = BotState::new(8, snapshot(), 10).unwrap();
+        for _ in 0..4 {
+            bot.next_input(&mut rng, t0).unwrap();
+        }
+        // seq 1 accepted at tick 11, its move not yet seen, when the connection breaks.
+        bot.on_message(result_at(1, true, 11), t0);
+        let mut awaiting = bot.awaiting();
+        awaiting.sort_unstable();
+        assert_eq!(awaiting, [2, 3, 4]);
+        assert!(bot.resumed(7, snapshot(), 20).unwrap_err().contains("not as 8"));
+        // The server has us one step up-left of where we were, as of tick 20.
+        let mut world = snapshot();
+        world.entities[1] = Entity { id: 8, kind: EntityKind::Bot, name: "b8".into(), x: 2, y: 1 };
+        bot.resumed(8, world, 20).unwrap();
+        assert_eq!((bot.pos, bot.tick()), ((2, 1), 20));
+        // seq 2 applied while away (in the snapshot), seq 3 never reached the server,
+        // seq 4 applied later and seen in a Delta.
+        bot.on_message(result_at(2, true, 15), t0);
+        let never = InputOutcome::Rejected { reason: NEVER_RECEIVED.into() };
+        bot.on_message(ServerMsg::InputResult { seq: 3, tick: 0, outcome: never }, t0);
+        bot.on_message(result_at(4, true, 21), t0);
+        bot.on_message(
+            ServerMsg::Delta { tick: 22, server_us: 0, changes: vec![Change::Moved { id: 8, x: 1, y: 1 }] },
+            t0,
+        );
+        assert!(bot.awaiting().is_empty());
+        let (stats, errors) = bot.finish(false);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!((stats.sent, stats.ok, stats.rejected, stats.unapplied, stats.missing), (4, 3, 0, 1, 0));
+        assert_eq!(stats.own_moves_seen, 3);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::matchmaker::{Matchmaker, chain};
 use crate::progress::Progress;
 use crate::report::{BotOutcome, Collector, Placement};
-pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report};
+pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report, Resumption};
 pub use crate::resources::ProcessUse;
 
 /// How often [`wait_ready`] looks at the fleet.

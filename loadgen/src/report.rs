@@ -30,9 +30,11 @@ pub enum ErrorKind {
     /// The server closed the socket with a code that does not ask the bot to come back
     /// (or the socket broke while the bot was draining at the end of the run).
     DisconnectedEarly,
-    /// The socket broke, or the server closed it with 1001 (without a Migrate) or 4012,
-    /// during the run: the bot then looked for its world again ([`Report::recoveries`]
-    /// has it when it found it; an error of another kind says why it gave up).
+    /// The socket broke and the session could not be resumed on its server, or the
+    /// server closed it with 1001 (without a Migrate) or 4012, during the run: the bot
+    /// then looked for its world again ([`Report::recoveries`] has it when it found it;
+    /// an error of another kind says why it gave up). A break the bot resumed from is
+    /// no error ([`Report::resumptions`]).
     ConnectionLost,
     /// The bot only sends legal moves, so a rejection is a server bug.
     InputRejected,
@@ -150,6 +152,21 @@ impl Recovery {
     }
 }
 
+/// A bot's connection broke and it resumed its session on the same server (docs/protocol.md,
+/// "Resume"): the same entity, no new allocation. Not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumption {
+    pub world_id: String,
+    /// Highest tick the bot saw before the connection broke.
+    pub last_tick_seen: u64,
+    /// The tick of the Welcome that answered the Resume.
+    pub welcome_tick: u64,
+    /// From noticing the break to the Welcome.
+    pub outage: Duration,
+    /// The server resumed on: its name from the allocator, or its address after a Migrate.
+    pub server: String,
+}
+
 /// Where a bot's allocation placed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Placement {
@@ -178,6 +195,7 @@ pub(crate) struct BotOutcome {
     pub play: Option<PlayStats>,
     pub migrations: Vec<Migration>,
     pub recoveries: Vec<Recovery>,
+    pub resumptions: Vec<Resumption>,
     pub errors: Vec<(ErrorKind, String)>,
 }
 
@@ -196,6 +214,7 @@ impl BotOutcome {
             play: None,
             migrations: Vec::new(),
             recoveries: Vec::new(),
+            resumptions: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -257,6 +276,9 @@ pub struct Report {
     /// Every time a bot found its world again after losing its connection, as (bot,
     /// recovery), in bot order. Each loss is also a [`ErrorKind::ConnectionLost`] error.
     pub recoveries: Vec<(usize, Recovery)>,
+    /// Every time a bot resumed its session after its connection broke, as (bot,
+    /// resumption), in bot order. Not errors.
+    pub resumptions: Vec<(usize, Resumption)>,
     pub regions_used: BTreeMap<String, RegionUse>,
     pub errors: BTreeMap<ErrorKind, ErrorTally>,
     /// CPU and memory over the steady phase: the load generator, then each game server.
@@ -409,6 +431,14 @@ impl fmt::Display for Report {
                 self.max_ticks_lost()
             )?;
         }
+        if let Some(outage) = self.resumptions.iter().map(|(_, r)| r.outage).max() {
+            writeln!(
+                f,
+                "resumes       {} after broken connections; outage ms max {:.1}",
+                self.resumptions.len(),
+                outage.as_secs_f64() * 1000.0
+            )?;
+        }
         let regions: Vec<String> = self
             .regions_used
             .iter()
@@ -481,6 +511,7 @@ impl Collector {
             bots_with_all_own_moves: 0,
             migrations: Vec::new(),
             recoveries: Vec::new(),
+            resumptions: Vec::new(),
             regions_used: BTreeMap::new(),
             errors: BTreeMap::new(),
             processes: Vec::new(),
@@ -533,6 +564,7 @@ impl Collector {
         }
         r.migrations.extend(bot.migrations.into_iter().map(|m| (bot.bot, m)));
         r.recoveries.extend(bot.recoveries.into_iter().map(|m| (bot.bot, m)));
+        r.resumptions.extend(bot.resumptions.into_iter().map(|m| (bot.bot, m)));
         for (kind, message) in bot.errors {
             let tally = r.errors.entry(kind).or_default();
             tally.count += 1;

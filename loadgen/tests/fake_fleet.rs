@@ -18,11 +18,12 @@ use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::{AllocationRequest, AllocationResponse, ErrorBody, ErrorDetail};
 use gaia_api::gameserver::{GameServer, GameServerState};
-use gaia_api::protocol::{InputOutcome, decode_client, encode_server};
+use gaia_api::protocol::{InputOutcome, NEVER_RECEIVED, decode_client, encode_server};
 use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityId, EntityKind, ServerMsg, Snapshot};
 use gaia_loadgen::{Config, ErrorKind, RegionUse, run, wait_ready};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
@@ -47,11 +48,24 @@ enum Out {
     Close(u16),
     /// Drop the socket without a close frame, as a killed server would.
     Crash,
+    /// Drop the socket without a close frame, as a cut network would; the member stays
+    /// in the world, away, and may resume.
+    Cut,
 }
 
 struct Member {
     id: EntityId,
     out: mpsc::UnboundedSender<Out>,
+    /// While away (its connection cut): the results of inputs applied meanwhile.
+    away: Option<Vec<ServerMsg>>,
+    /// Every result sent, by seq, to send again when a Resume awaits one.
+    answered: HashMap<u32, ServerMsg>,
+}
+
+impl Member {
+    fn new(id: EntityId, out: mpsc::UnboundedSender<Out>) -> Self {
+        Self { id, out, away: None, answered: HashMap::new() }
+    }
 }
 
 struct World {
@@ -96,6 +110,17 @@ impl Fleet {
             let _ = member.out.send(Out::Msg(ServerMsg::Migrate { address, token: world_id.into() }));
             let _ = member.out.send(Out::Close(1001));
             world.snapshot.entities.retain(|e| e.id != member.id);
+        }
+    }
+
+    /// Cuts the connections of `world_id`'s members without a close; the world stays
+    /// where it is and holds their results for a Resume.
+    fn cut(&self, world_id: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let (_, world) = inner.worlds.get_mut(world_id).unwrap();
+        for member in &mut world.members {
+            let _ = member.out.send(Out::Cut);
+            member.away = Some(Vec::new());
         }
     }
 
@@ -212,26 +237,87 @@ fn tick(fleet: &Fleet) {
                 }
                 Action::Say { .. } => InputOutcome::Ok,
             };
-            if let Some(member) = world.members.iter().find(|m| m.id == id) {
-                let _ = member.out.send(Out::Msg(ServerMsg::InputResult { seq, tick, outcome }));
+            if let Some(member) = world.members.iter_mut().find(|m| m.id == id) {
+                let result = ServerMsg::InputResult { seq, tick, outcome };
+                member.answered.insert(seq, result.clone());
+                match &mut member.away {
+                    Some(held) => held.push(result),
+                    None => drop(member.out.send(Out::Msg(result))),
+                }
             }
         }
-        for member in &world.members {
+        for member in world.members.iter().filter(|m| m.away.is_none()) {
             let _ = member.out.send(Out::Msg(ServerMsg::Delta { tick, server_us: 0, changes: changes.clone() }));
         }
     }
 }
 
-async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
+/// Answers a Resume on server `server`: the member `resume:<id>` names, if it is away in a
+/// world on this server, gets its connection back; `None` (close with 4012) otherwise.
+fn resume(
+    fleet: &Fleet,
+    server: usize,
+    token: &str,
+    awaiting: &[u32],
+    out: mpsc::UnboundedSender<Out>,
+) -> Option<(String, EntityId)> {
+    let id: EntityId = token.strip_prefix("resume:")?.parse().ok()?;
+    let mut inner = fleet.inner.lock().unwrap();
+    let (world_id, (_, world)) = inner
+        .worlds
+        .iter_mut()
+        .find(|(_, (_, w))| w.server == server && w.members.iter().any(|m| m.id == id && m.away.is_some()))?;
+    let pending: Vec<u32> = world.inputs.iter().filter(|(who, ..)| *who == id).map(|(_, seq, _)| *seq).collect();
+    let member = world.members.iter_mut().find(|m| m.id == id)?;
+    let held = member.away.take().unwrap_or_default();
+    let welcome = ServerMsg::Welcome {
+        world_id: world_id.clone(),
+        you: id,
+        tick: world.tick,
+        snapshot: world.snapshot.clone(),
+        resume: token.into(),
+    };
+    out.send(Out::Msg(welcome)).unwrap();
+    let held_seqs: Vec<u32> = held
+        .iter()
+        .filter_map(|m| if let ServerMsg::InputResult { seq, .. } = m { Some(*seq) } else { None })
+        .collect();
+    for result in held {
+        out.send(Out::Msg(result)).unwrap();
+    }
+    for seq in awaiting.iter().filter(|seq| !held_seqs.contains(seq) && !pending.contains(seq)) {
+        let again = member.answered.get(seq).cloned().unwrap_or_else(|| ServerMsg::InputResult {
+            seq: *seq,
+            tick: 0,
+            outcome: InputOutcome::Rejected { reason: NEVER_RECEIVED.into() },
+        });
+        out.send(Out::Msg(again)).unwrap();
+    }
+    member.out = out;
+    Some((world_id.clone(), id))
+}
+
+async fn connection(fleet: Arc<Fleet>, server: usize, stream: TcpStream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
     let Some(Ok(Message::Binary(frame))) = ws.next().await else { return };
-    let Ok(ClientMsg::Join { token }) = decode_client(&frame) else { return };
+    let (out, outbox) = mpsc::unbounded_channel();
+    let token = match decode_client(&frame) {
+        Ok(ClientMsg::Join { token }) => token,
+        Ok(ClientMsg::Resume { token, awaiting }) => {
+            let Some((world_id, id)) = resume(&fleet, server, &token, &awaiting, out) else {
+                let _ = ws.close(Some(CloseFrame { code: 4012.into(), reason: "not here".into() })).await;
+                while ws.next().await.is_some() {}
+                return;
+            };
+            return serve(fleet, ws, outbox, world_id, id).await;
+        }
+        _ => return,
+    };
     if let Some((code, reason)) = fleet.reject {
         let _ = ws.close(Some(CloseFrame { code: code.into(), reason: reason.into() })).await;
         while ws.next().await.is_some() {}
         return;
     }
-    let (out, mut outbox) = mpsc::unbounded_channel();
     let (world_id, id) = {
         let mut inner = fleet.inner.lock().unwrap();
         let id = inner.next_entity;
@@ -244,12 +330,23 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
             you: id,
             tick: world.tick,
             snapshot: world.snapshot.clone(),
-            resume: String::new(),
+            resume: format!("resume:{id}"),
         };
         out.send(Out::Msg(welcome)).unwrap();
-        world.members.push(Member { id, out });
+        world.members.push(Member::new(id, out));
         (token, id)
     };
+    serve(fleet, ws, outbox, world_id, id).await;
+}
+
+/// A joined member's connection: what the world sends it, and its inputs.
+async fn serve(
+    fleet: Arc<Fleet>,
+    mut ws: WebSocketStream<TcpStream>,
+    mut outbox: mpsc::UnboundedReceiver<Out>,
+    world_id: String,
+    id: EntityId,
+) {
     loop {
         tokio::select! {
             out = outbox.recv() => match out {
@@ -262,7 +359,7 @@ async fn connection(fleet: Arc<Fleet>, stream: TcpStream) {
                     let _ = ws.close(Some(CloseFrame { code: code.into(), reason: "moved".into() })).await;
                     break;
                 }
-                Some(Out::Crash) => return,
+                Some(Out::Crash | Out::Cut) => return,
                 None => break,
             },
             frame = ws.next() => match frame {
@@ -315,11 +412,11 @@ async fn fake_fleet_handle(reject: Option<(u16, &'static str)>, no_capacity: usi
             tick(&ticker);
         }
     });
-    for game in games {
-        let server = fleet.clone();
+    for (server, game) in games.into_iter().enumerate() {
+        let fleet = fleet.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = game.accept().await {
-                tokio::spawn(connection(server.clone(), stream));
+                tokio::spawn(connection(fleet.clone(), server, stream));
             }
         });
     }
@@ -503,4 +600,29 @@ async fn a_world_unavailable_close_sends_bots_back_to_the_allocator() {
     assert_eq!(report.problems(), ["3 errors"], "{report}");
     assert_eq!(report.recoveries.len(), 3, "{report}");
     assert!(report.recoveries.iter().all(|(_, r)| r.ticks_lost() == 0 && r.outage < Duration::from_secs(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_resume_after_their_connections_are_cut() {
+    let (url, fleet) = fake_fleet_handle(None, 0).await;
+    let mut config = config(url);
+    (config.bots, config.duration) = (10, Duration::from_millis(1500));
+    let cut = fleet.clone();
+    let report = run_with(config, Duration::from_millis(700), move || cut.cut("world-0")).await;
+    assert!(report.is_clean(), "{report}");
+    // The five bots of world-0, each once, on the server they were on; nobody allocated again.
+    let bots: Vec<usize> = report.resumptions.iter().map(|(bot, _)| *bot).collect();
+    assert!(bots == [0, 1, 2, 3, 4] || bots == [5, 6, 7, 8, 9], "{bots:?}");
+    assert!(report.recoveries.is_empty() && report.migrations.is_empty(), "{report}");
+    for (bot, r) in &report.resumptions {
+        assert_eq!(r.world_id, "world-0", "bot {bot}");
+        assert!(r.welcome_tick >= r.last_tick_seen, "bot {bot}: {r:?}");
+    }
+    assert_eq!(report.allocations_ok, 10, "{report}");
+    // Every input has exactly one result (a second one is a protocol error, and is_clean
+    // holds), and every accepted move was seen in a Delta or in the resumed snapshot.
+    assert_eq!(report.inputs_missing, 0, "{report}");
+    assert_eq!(report.inputs_sent, report.inputs_ok + report.inputs_rejected + report.inputs_unapplied, "{report}");
+    assert_eq!(report.own_moves_seen, report.inputs_ok, "{report}");
+    assert!(report.to_string().contains("resumes       5 after broken connections"), "{report}");
 }
