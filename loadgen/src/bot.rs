@@ -333,14 +333,16 @@ struct Socket {
 }
 
 impl Socket {
-    async fn send(&mut self, msg: &ClientMsg) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    /// Sends `msg`; the size of its frame's payload.
+    async fn send(&mut self, msg: &ClientMsg) -> Result<usize, tokio_tungstenite::tungstenite::Error> {
         let frame = self.encoding.encode_client(msg);
+        let bytes = frame.len();
         let message = match self.encoding {
             Encoding::Bincode => Message::Binary(frame.into()),
             // serde_json writes UTF-8.
             Encoding::Json => Message::text(String::from_utf8(frame).unwrap_or_default()),
         };
-        self.ws.send(message).await
+        self.ws.send(message).await.map(|()| bytes)
     }
 }
 
@@ -378,7 +380,8 @@ impl fmt::Display for Ended {
 
 /// What came off the socket.
 enum Inbound {
-    Msg(ServerMsg),
+    /// A message, and the size of its frame's payload.
+    Msg(ServerMsg, usize),
     Undecodable(String),
     Closed(Ended),
 }
@@ -388,12 +391,12 @@ async fn next_inbound(ws: &mut Socket) -> Inbound {
     loop {
         return match ws.ws.next().await {
             Some(Ok(Message::Binary(frame))) if encoding == Encoding::Bincode => match encoding.decode_server(&frame) {
-                Ok(msg) => Inbound::Msg(msg),
+                Ok(msg) => Inbound::Msg(msg, frame.len()),
                 Err(e) => Inbound::Undecodable(e.to_string()),
             },
             Some(Ok(Message::Text(text))) if encoding == Encoding::Json => {
                 match encoding.decode_server(text.as_bytes()) {
-                    Ok(msg) => Inbound::Msg(msg),
+                    Ok(msg) => Inbound::Msg(msg, text.len()),
                     Err(e) => Inbound::Undecodable(e.to_string()),
                 }
             }
@@ -485,15 +488,17 @@ async fn hello(
         Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {timeout:?}"))),
     };
     match first {
-        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, resume }) => {
+        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, resume }, _) => {
             Ok(Joined { ws, world_id, you, tick, snapshot, resume })
         }
-        Inbound::Msg(ServerMsg::Error { code, message }) => Err((ErrorKind::JoinRefused, format!("{code} {message}"))),
+        Inbound::Msg(ServerMsg::Error { code, message }, _) => {
+            Err((ErrorKind::JoinRefused, format!("{code} {message}")))
+        }
         // The world moved before we got in: like a refusal, allocating again finds it.
-        Inbound::Msg(ServerMsg::Migrate { address, .. }) => {
+        Inbound::Msg(ServerMsg::Migrate { address, .. }, _) => {
             Err((ErrorKind::JoinRefused, format!("Migrate to {address} instead of a Welcome")))
         }
-        Inbound::Msg(other) => Err((ErrorKind::Protocol, format!("expected Welcome, got {}", kind_of(&other)))),
+        Inbound::Msg(other, _) => Err((ErrorKind::Protocol, format!("expected Welcome, got {}", kind_of(&other)))),
         Inbound::Undecodable(e) => Err((ErrorKind::UndecodableFrame, e)),
         Inbound::Closed(ended) => Err((ErrorKind::JoinRefused, ended.to_string())),
     }
@@ -795,7 +800,8 @@ enum Exit {
 
 fn handle(state: &mut BotState, inbound: Inbound, progress: &Progress) -> Option<Exit> {
     match inbound {
-        Inbound::Msg(msg) => {
+        Inbound::Msg(msg, bytes) => {
+            state.stats.bytes_in += bytes as u64;
             let now = Instant::now();
             let accepted = match &msg {
                 ServerMsg::InputResult { seq, outcome: InputOutcome::Ok, .. } => state.sent_at(*seq),
@@ -859,16 +865,18 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
             _ = &mut steady, if !steady_now && input_period.is_some() => {}
             _ = &mut due => {
                 if next_input.is_none() {
-                    if let Err(e) = ws.send(&ClientMsg::Ping { nonce: 0 }).await {
-                        return Exit::Ended(Ended::Broken(format!("sending ping: {e}")));
+                    match ws.send(&ClientMsg::Ping { nonce: 0 }).await {
+                        Ok(bytes) => state.stats.bytes_out += bytes as u64,
+                        Err(e) => return Exit::Ended(Ended::Broken(format!("sending ping: {e}"))),
                     }
                     due.as_mut().reset(Instant::now() + KEEPALIVE);
                     continue;
                 }
-                if let Some(input) = state.next_input(&mut rng, Instant::now())
-                    && let Err(e) = ws.send(&input).await
-                {
-                    return Exit::Ended(Ended::Broken(format!("sending input: {e}")));
+                if let Some(input) = state.next_input(&mut rng, Instant::now()) {
+                    match ws.send(&input).await {
+                        Ok(bytes) => state.stats.bytes_out += bytes as u64,
+                        Err(e) => return Exit::Ended(Ended::Broken(format!("sending input: {e}"))),
+                    }
                 }
                 if let (Some(period), Some(at)) = (input_period, next_input) {
                     // Falling behind (a slow machine) skips inputs rather than bursting.

@@ -473,6 +473,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let mut report = collector.finish(steady, shutdown.is_cancelled(), ctx.input_period);
     report.processes = processes;
+    report.encoding = config.encoding;
     Ok(report)
 }
 

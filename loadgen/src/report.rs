@@ -106,6 +106,9 @@ pub(crate) struct PlayStats {
     pub tick_latency_us: Vec<u32>,
     /// Snapshots received after falling behind.
     pub resyncs: u64,
+    /// WebSocket payload bytes after the Welcome: received, and sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// A bot followed a `Migrate` to its world's new server.
@@ -261,6 +264,14 @@ pub struct Report {
     pub deltas: u64,
     /// Deltas per connected bot per second.
     pub deltas_per_bot_s: f64,
+    /// The encoding the bots spoke.
+    pub encoding: gaia_api::protocol::Encoding,
+    /// WebSocket payload bytes after the Welcome, server to bots and bots to server.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The same per connected bot per second.
+    pub bytes_in_per_bot_s: f64,
+    pub bytes_out_per_bot_s: f64,
     pub own_moves_seen: u64,
     pub bots_with_deltas: u64,
     /// Bots that had at least one move accepted.
@@ -366,11 +377,12 @@ impl fmt::Display for Report {
         let interrupted = if self.interrupted { " (interrupted)" } else { "" };
         writeln!(
             f,
-            "gaia loadgen: {} bots, {} worlds, regions {}, {:.1} s steady{interrupted}",
+            "gaia loadgen: {} bots, {} worlds, regions {}, {:.1} s steady, {}{interrupted}",
             self.bots,
             self.worlds,
             self.regions.join(","),
-            self.steady.as_secs_f64()
+            self.steady.as_secs_f64(),
+            self.encoding.subprotocol()
         )?;
         writeln!(
             f,
@@ -413,6 +425,11 @@ impl fmt::Display for Report {
             "ticks         tick->client ms {}; resyncs after falling behind {}",
             Latency(&self.tick_latency),
             self.resyncs
+        )?;
+        writeln!(
+            f,
+            "traffic       {:.0} B per bot per s from the servers, {:.0} B per bot per s to them (WebSocket payloads)",
+            self.bytes_in_per_bot_s, self.bytes_out_per_bot_s
         )?;
         if let Some(pause) = self.max_pause() {
             writeln!(
@@ -504,6 +521,11 @@ impl Collector {
             resyncs: 0,
             deltas: 0,
             deltas_per_bot_s: 0.0,
+            encoding: gaia_api::protocol::Encoding::Bincode,
+            bytes_in: 0,
+            bytes_out: 0,
+            bytes_in_per_bot_s: 0.0,
+            bytes_out_per_bot_s: 0.0,
             own_moves_seen: 0,
             bots_with_deltas: 0,
             bots_with_inputs: 0,
@@ -561,6 +583,8 @@ impl Collector {
                 r.tick_latency.saturating_record(u64::from(us).max(1));
             }
             r.resyncs += play.resyncs;
+            r.bytes_in += play.bytes_in;
+            r.bytes_out += play.bytes_out;
         }
         r.migrations.extend(bot.migrations.into_iter().map(|m| (bot.bot, m)));
         r.recoveries.extend(bot.recoveries.into_iter().map(|m| (bot.bot, m)));
@@ -586,6 +610,8 @@ impl Collector {
         }
         if self.connected_s > 0.0 {
             r.deltas_per_bot_s = r.deltas as f64 / self.connected_s;
+            r.bytes_in_per_bot_s = r.bytes_in as f64 / self.connected_s;
+            r.bytes_out_per_bot_s = r.bytes_out as f64 / self.connected_s;
         }
         r.regions_used = self
             .used
@@ -623,6 +649,8 @@ mod tests {
             input_latency_us: vec![45_000; 10],
             tick_latency_us: vec![2_000; 10],
             resyncs: 0,
+            bytes_in: 2_500,
+            bytes_out: 100,
         });
         o
     }
@@ -643,12 +671,13 @@ mod tests {
         let r = report(bots, 2);
         assert!(r.is_clean(), "{r}");
         let expected = "\
-gaia loadgen: 2 bots, 2 worlds, regions eu-west,us-east, 1.0 s steady
+gaia loadgen: 2 bots, 2 worlds, regions eu-west,us-east, 1.0 s steady, gaia.v1.bincode
 allocations   2 ok, 0 failed, 2 retried (429); 20.0/s; latency ms p50 1.0 p90 1.1 p99 1.1 max 1.1
 join          2 joined; ms p50 3.0 p90 3.0 p99 3.0 max 3.0
 inputs        20 sent, 20 ok, 0 rejected, 0 missing; input->result ms p50 45.0 p90 45.0 p99 45.0 max 45.0
 deltas        20 received (10.0 per bot per s); bots with deltas 2/2; own moves seen 20/20; bots with a move accepted 2/2; bots with all own moves 2/2
 ticks         tick->client ms p50 2.0 p90 2.0 p99 2.0 max 2.0; resyncs after falling behind 0
+traffic       2500 B per bot per s from the servers, 100 B per bot per s to them (WebSocket payloads)
 worlds/servers per region: eu-west 1 worlds on 1 servers; us-east 1 worlds on 1 servers
 errors        none
 result        PASS";
