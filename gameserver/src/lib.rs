@@ -461,6 +461,7 @@ pub async fn run_world<W: World>(
             key: TokenKey::new(config.join_secret.as_bytes()),
             server: config.name.clone(),
             grace: config.resume_grace,
+            keep_results: config.idle_timeout,
         }),
     };
     let persistence = tiers.as_ref().map(|tiers| Persistence {

@@ -81,13 +81,17 @@ pub struct ResumeConfig {
     /// This server's name, which resume tokens carry.
     pub server: String,
     pub grace: Duration,
+    /// How long a member's results are kept to answer a resume's `awaiting` seqs: the
+    /// idle timeout, as frames can sit undelivered in a dead connection until the
+    /// server gives up on it.
+    pub keep_results: Duration,
 }
 
 /// A resume token is refused past this age; the grace, not this, bounds a resume.
 const RESUME_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Results kept per member, to answer a resume's `awaiting` seqs whose results were
-/// queued but may not have reached the client before its connection dropped.
-const RECENT_RESULTS: usize = 64;
+/// At most this many results are kept per member for a resume (see
+/// [`ResumeConfig::keep_results`]): more than 30 s at the default input rate limit (20/s).
+const RECENT_RESULTS_MAX: usize = 1024;
 
 impl Default for RoomConfig {
     fn default() -> Self {
@@ -272,8 +276,8 @@ struct Member {
     /// What it controls, as its Welcome said.
     you: u32,
     standing: Standing,
-    /// Its last results (seq, frame), for a resume.
-    recent: std::collections::VecDeque<(u32, Bytes)>,
+    /// Its results of the last `keep_results` (seq, tick, frame), for a resume.
+    recent: std::collections::VecDeque<(u32, u64, Bytes)>,
     /// Input results held until the Welcome or the resync, sent to the connection if
     /// the member goes first.
     farewell: Farewell,
@@ -751,6 +755,8 @@ struct Fanout<C> {
     /// Ticks per delta frame.
     send_every: u64,
     resume: Option<ResumeConfig>,
+    /// Ticks a result is kept for a resume (0 without resume).
+    keep_results_ticks: u64,
     /// The world's epoch: the newest among its joins' tokens, never below its
     /// checkpoint's. Checkpoints and resume tokens carry it.
     epoch: u64,
@@ -769,6 +775,10 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             max_behind_ticks: (config.max_behind.as_secs_f64() / tick).ceil() as u64,
             send_every: u64::from(config.send_every.max(1)),
             resume: config.resume.clone(),
+            keep_results_ticks: config
+                .resume
+                .as_ref()
+                .map_or(0, |r| (r.keep_results.as_secs_f64() / tick).ceil() as u64),
             epoch: 0,
         }
     }
@@ -856,8 +866,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             if waiting || m.farewell.held.iter().any(|(s, _)| *s == seq) {
                 continue;
             }
-            let frame = match m.recent.iter().find(|(s, _)| *s == seq) {
-                Some((_, frame)) => frame.clone(),
+            let frame = match m.recent.iter().find(|(s, ..)| *s == seq) {
+                Some((.., frame)) => frame.clone(),
                 None => {
                     let reason = gaia_api::protocol::NEVER_RECEIVED.to_string();
                     let msg: ServerMsg<(), ()> =
@@ -915,11 +925,13 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             let Some(m) = self.members.get_mut(&member) else { continue };
             let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
             let frame = Bytes::from(m.encoding.encode_server(&result));
-            if self.resume.is_some() {
-                if m.recent.len() == RECENT_RESULTS {
+            if self.keep_results_ticks > 0 {
+                while m.recent.front().is_some_and(|(_, at, _)| at + self.keep_results_ticks < tick)
+                    || m.recent.len() >= RECENT_RESULTS_MAX
+                {
                     m.recent.pop_front();
                 }
-                m.recent.push_back((seq, frame.clone()));
+                m.recent.push_back((seq, tick, frame.clone()));
             }
             match m.standing {
                 Standing::Live => deliver(m, frame, Some(seq), tick, metrics),

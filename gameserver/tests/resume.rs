@@ -125,3 +125,39 @@ async fn a_resume_past_the_grace_or_with_a_bad_token_is_refused() {
     let refused = welcome(&url, ClientMsg::Resume { token: join_token, awaiting: vec![] }).await.unwrap_err();
     assert_eq!(refused.0, close::BAD_TOKEN, "a join token is no resume token: {refused:?}");
 }
+
+#[tokio::test]
+async fn a_result_long_past_is_sent_again_not_called_never_received() {
+    let rate = std::num::NonZeroU32::new(10_000).unwrap();
+    let config = Config { client_frame_rate: rate, client_frame_burst: rate, ..Default::default() };
+    let (url, _stop) = server(config).await;
+    let (mut ws, you, resume) = welcome(&url, ClientMsg::Join { token: token("w1", "p") }).await.unwrap();
+    let (_other, _, _) = welcome(&url, ClientMsg::Join { token: token("w1", "keeps-the-world") }).await.unwrap();
+    // 200 inputs, all answered: far more results than a count-bounded ring would keep.
+    // Ten at a time, so that no tick queues more than the member's queue holds.
+    for batch in 0..20 {
+        for seq in batch * 10 + 1..=batch * 10 + 10 {
+            ws.feed(Message::Binary(encode_client(&say(seq)).into())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut answered = 0;
+        while answered < 10 {
+            if let ServerMsg::InputResult { .. } = recv(&mut ws).await.unwrap() {
+                answered += 1;
+            }
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // As if the first result had been lost on the way: it was applied, so it comes again.
+    let (mut ws, again, _) = welcome(&url, ClientMsg::Resume { token: resume, awaiting: vec![1] }).await.unwrap();
+    assert_eq!(again, you);
+    loop {
+        if let ServerMsg::InputResult { seq, tick, outcome } = recv(&mut ws).await.unwrap() {
+            assert_eq!((seq, outcome), (1, InputOutcome::Ok));
+            assert!(tick > 0, "the tick that applied it");
+            break;
+        }
+    }
+}
