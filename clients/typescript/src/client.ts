@@ -36,7 +36,7 @@ export const town: World<Action, Snapshot, Change> = { codec: townCodec, apply: 
 export interface ClientOptions {
   /** How often to ping; the server closes a client silent for 30 s (4010). Default 5 s. */
   pingIntervalMs?: number;
-  /** How long to wait for `Welcome` after the socket opens. Default 10 s. */
+  /** How long to wait for the socket to open, and then for `Welcome`. Default 10 s. */
   joinTimeoutMs?: number;
   /**
    * How long after a broken connection (1006) to keep trying to resume: the server's
@@ -244,7 +244,7 @@ export class GaiaClient<A = Action, V = Snapshot, C = Change> extends Emitter<Cl
         if (socket && socket === this.socket) this.socket = null;
         reject(failure);
       };
-      // Nothing sent yet, so a socket that does not open in time is given up like a refused one.
+      /** Fails with `failure` unless the next step comes within the join timeout. */
       const wait = (socket: SocketLike, failure: AttemptFailed) => {
         clearTimeout(timer);
         timer = setTimeout(() => {
@@ -256,6 +256,7 @@ export class GaiaClient<A = Action, V = Snapshot, C = Change> extends Emitter<Cl
         (socket) => {
           let welcomed = false;
           let sent: ClientMsg<A> | undefined;
+          // Nothing is sent before open, so a socket that does not open in time counts as refused.
           wait(socket, new AttemptFailed(false, { code: BROKEN, reason: `not open within ${this.joinTimeoutMs} ms`, wasClean: false }));
           socket.onerror = () => {}; // a close event follows, with the code
           socket.onopen = () => {
