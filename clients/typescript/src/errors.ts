@@ -38,9 +38,10 @@ export class InputRejected extends GaiaError {
 }
 
 /**
- * The connection ended before the input's result came.
+ * The session ended before the input's result came.
  * `applied` is `false` after a close frame from the server (the protocol promises every applied
- * input had its result before it), and `"unknown"` when the connection broke (1006) or we closed.
+ * input had its result before it) and for an input never sent; `"unknown"` for one sent before
+ * the connection broke (1006) and was not resumed, or before we closed.
  */
 export class InputLost extends GaiaError {
   override name = "InputLost";

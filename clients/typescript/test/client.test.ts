@@ -63,7 +63,7 @@ const snapshot: Snapshot = {
   walls: new Uint8Array([0]),
   entities: [{ id: 7, kind: "player", name: "p-1", x: 0, y: 0 }],
 };
-const welcome = (you = 7): ServerMsg<Snapshot, Change> => ({ type: "welcome", worldId: "w1", you, tick: 10, snapshot, resume: "r" });
+const welcome = (you = 7, resume = "r"): ServerMsg<Snapshot, Change> => ({ type: "welcome", worldId: "w1", you, tick: 10, snapshot, resume });
 const move: Action = { type: "move", dx: 1, dy: 0 };
 
 let sockets: FakeSocket[];
@@ -147,19 +147,33 @@ describe("GaiaClient", () => {
     expect((error as InputLost).applied).toBe(false);
     expect(closes).toEqual([4012]);
     await expect(c.send(move)).rejects.toThrow(/not connected/);
+    // A close frame ends the session: no resume.
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(1);
   });
 
-  it("after a broken connection (1006), or our own close, they may have been applied", async () => {
+  it("after our own close, or a broken connection it cannot resume, they may have been applied", async () => {
     const { c, s } = await joined();
-    const pending = c.send(move);
-    s.serverClose(1006, "", false);
-    await expect(pending).rejects.toMatchObject({ applied: "unknown", code: 1006 });
-
-    const again = await joined();
-    const mine = again.c.send(move);
-    again.c.close();
+    const mine = c.send(move);
+    c.close();
     await expect(mine).rejects.toMatchObject({ applied: "unknown" });
-    expect(again.s.closedWith).toBe(1000);
+    expect(s.closedWith).toBe(1000);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(1); // no reconnect after close()
+
+    // A server with resume off sends an empty token.
+    const c2 = client();
+    const welcomed = c2.connect("ws://a/ws", "tok");
+    await flush();
+    const s2 = sockets.at(-1)!;
+    s2.open();
+    s2.push(welcome(7, ""));
+    await welcomed;
+    const pending = c2.send(move);
+    s2.serverClose(1006, "", false);
+    await expect(pending).rejects.toMatchObject({ applied: "unknown", code: 1006 });
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(2);
   });
 
   it("follows Migrate: the new address and token, then the inputs without a result again", async () => {
@@ -226,6 +240,9 @@ describe("GaiaClient", () => {
     sockets[0]!.open();
     sockets[0]!.serverClose(4001, "token expired");
     await expect(welcomed).rejects.toMatchObject({ name: "ConnectError", code: 4001 });
+    // The server answered: a close after open is not retried.
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(sockets).toHaveLength(1);
   });
 
   it("rejects connect when no Welcome comes in time", async () => {
@@ -245,5 +262,186 @@ describe("GaiaClient", () => {
     s.onmessage?.({ data: '{"type":"delta"}' });
     expect(errors).toEqual(["DecodeError"]);
     expect(s.closedWith).toBe(4002);
+  });
+});
+
+/** What `ws` does on HTTP 503 (an `unexpected-response` error, then 1006), and a browser on any refused upgrade. */
+function refuseUpgrade(s: FakeSocket): void {
+  s.onerror?.({});
+  s.serverClose(1006, "", false);
+}
+
+function record(c: GaiaClient): string[] {
+  const events: string[] = [];
+  c.on("reconnecting", (r) => events.push(`reconnecting ${r.attempt} in ${r.delayMs}`));
+  c.on("welcome", (w) => events.push(`welcome ${w.you}`));
+  c.on("resumed", (w) => events.push(`resumed ${w.you}`));
+  c.on("close", (e) => events.push(`close ${e.code}`));
+  return events;
+}
+
+describe("GaiaClient resume (docs/protocol.md §4)", () => {
+  it("after 1006, resumes with the token and the seqs without a result; pending sends settle from what comes", async () => {
+    const { c, s } = await joined();
+    const events = record(c);
+    const answered = c.send(move); // 1: its result comes before the drop
+    const applied = c.send(move); // 2: applied while away
+    const lost = c.send({ type: "say", text: "lost" }); // 3: never reached the server
+    s.push({ type: "inputResult", seq: 1, tick: 11, outcome: { type: "ok" } });
+    s.serverClose(1006, "", false);
+    const whileAway = c.send({ type: "say", text: "later" }); // 4: held until the Welcome
+    expect(events).toEqual(["reconnecting 1 in 250"]);
+
+    // The first attempt is refused before open; the next waits longer.
+    await vi.advanceTimersByTimeAsync(250);
+    expect(sockets).toHaveLength(2);
+    refuseUpgrade(sockets[1]!);
+    await flush();
+    expect(events.at(-1)).toBe("reconnecting 2 in 500");
+    await vi.advanceTimersByTimeAsync(499);
+    expect(sockets).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(1);
+    const next = sockets[2]!;
+    expect(next.url).toBe("ws://a/ws");
+    expect(next.protocols).toEqual([JSON_ENCODING]);
+    next.open();
+    expect(next.sent).toEqual([{ type: "resume", token: "r", awaiting: [2, 3] }]);
+
+    next.push(welcome(7, "r2"));
+    expect(next.sent.slice(1)).toEqual([{ type: "input", seq: 4, action: { type: "say", text: "later" } }]);
+    expect(events.slice(-2)).toEqual(["welcome 7", "resumed 7"]);
+    next.push({ type: "inputResult", seq: 2, tick: 12, outcome: { type: "ok" } });
+    next.push({ type: "inputResult", seq: 3, tick: 0, outcome: { type: "rejected", reason: "never reached the server: send it again" } });
+    // "send it again": under the same seq, and its promise still waits.
+    expect(next.sent.at(-1)).toEqual({ type: "input", seq: 3, action: { type: "say", text: "lost" } });
+    next.push({ type: "inputResult", seq: 3, tick: 14, outcome: { type: "ok" } });
+    next.push({ type: "inputResult", seq: 4, tick: 14, outcome: { type: "ok" } });
+    next.push({ type: "inputResult", seq: 2, tick: 12, outcome: { type: "ok" } }); // a duplicate: ignored
+
+    await expect(answered).resolves.toEqual({ seq: 1, tick: 11 });
+    await expect(applied).resolves.toEqual({ seq: 2, tick: 12 });
+    await expect(lost).resolves.toEqual({ seq: 3, tick: 14 });
+    await expect(whileAway).resolves.toEqual({ seq: 4, tick: 14 });
+    expect(c.inFlight).toBe(0);
+    expect(c.you).toBe(7);
+    expect(events).not.toContain("close 1006");
+
+    // The next drop resumes with the newest token.
+    next.serverClose(1006, "", false);
+    await vi.advanceTimersByTimeAsync(250);
+    sockets[3]!.open();
+    expect(sockets[3]!.sent).toEqual([{ type: "resume", token: "r2", awaiting: [] }]);
+  });
+
+  it("a refused resume (4012) ends the session: sent inputs may have been applied, unsent ones were not", async () => {
+    const { c, s } = await joined();
+    const events = record(c);
+    const sent = c.send(move);
+    s.serverClose(1006, "", false);
+    const unsent = c.send(move);
+    await vi.advanceTimersByTimeAsync(250);
+    const next = sockets[1]!;
+    next.open();
+    next.serverClose(4012, "too late to resume: the member has left");
+    await expect(sent).rejects.toMatchObject({ name: "InputLost", applied: "unknown", code: 4012 });
+    await expect(unsent).rejects.toMatchObject({ name: "InputLost", applied: false, code: 4012 });
+    expect(events).toEqual(["reconnecting 1 in 250", "close 4012"]);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(2);
+    await expect(c.send(move)).rejects.toThrow(/not connected/);
+  });
+
+  it("gives up when the grace passes, with the inputs lost and close 1006", async () => {
+    sockets = [];
+    const c = new GaiaClient(undefined, {
+      resumeGraceMs: 1_000,
+      socket: async (url, protocols) => {
+        const s = new FakeSocket(url, protocols);
+        sockets.push(s);
+        return s;
+      },
+    });
+    const welcomed = c.connect("ws://a/ws", "tok");
+    await flush();
+    sockets[0]!.open();
+    sockets[0]!.push(welcome());
+    await welcomed;
+    const events = record(c);
+    const pending = c.send(move).catch((e: unknown) => e);
+    sockets[0]!.serverClose(1006, "", false);
+    // Attempts after 250 and 500 ms; a third, 1000 ms later, would start past the grace.
+    for (const pause of [250, 500]) {
+      await vi.advanceTimersByTimeAsync(pause);
+      refuseUpgrade(sockets.at(-1)!);
+      await flush();
+    }
+    expect(await pending).toMatchObject({ name: "InputLost", applied: "unknown", code: 1006 });
+    expect(events).toEqual(["reconnecting 1 in 250", "reconnecting 2 in 500", "close 1006"]);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(3);
+  });
+
+  it("close() while reconnecting stops at once: no more attempts", async () => {
+    const { c, s } = await joined();
+    const events = record(c);
+    const pending = c.send(move);
+    s.serverClose(1006, "", false);
+    c.close();
+    await expect(pending).rejects.toMatchObject({ name: "InputLost", applied: "unknown" });
+    expect(events).toEqual(["reconnecting 1 in 250", "close 1000"]);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(sockets).toHaveLength(1);
+  });
+});
+
+describe("GaiaClient connect retries (docs/protocol.md §2)", () => {
+  it("a connect refused before open (503) is tried again at growing pauses", async () => {
+    const c = client();
+    const welcomed = c.connect("ws://a/ws", "tok");
+    await flush();
+    refuseUpgrade(sockets[0]!);
+    await vi.advanceTimersByTimeAsync(499);
+    expect(sockets).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    refuseUpgrade(sockets[1]!);
+    await vi.advanceTimersByTimeAsync(1_000);
+    const third = sockets[2]!;
+    third.open();
+    expect(third.sent).toEqual([{ type: "join", token: "tok" }]);
+    third.push(welcome());
+    await expect(welcomed).resolves.toMatchObject({ you: 7 });
+  });
+
+  it("rejects with ConnectError after the last retry", async () => {
+    const c = client();
+    const closes: number[] = [];
+    c.on("close", (e) => closes.push(e.code));
+    const welcomed = c.connect("ws://a/ws", "tok");
+    const settled = welcomed.catch((e: unknown) => e);
+    await flush();
+    for (const pause of [500, 1_000, 2_000]) {
+      refuseUpgrade(sockets.at(-1)!);
+      await vi.advanceTimersByTimeAsync(pause);
+    }
+    refuseUpgrade(sockets.at(-1)!);
+    expect(await settled).toMatchObject({ name: "ConnectError", code: 1006, message: expect.stringMatching(/4 attempts/) });
+    expect(sockets).toHaveLength(4);
+    expect(closes).toEqual([1006]);
+  });
+
+  it("the connect after Migrate is retried too", async () => {
+    const { c, s } = await joined();
+    const pending = c.send(move);
+    s.push({ type: "migrate", address: "ws://b/ws", token: "tok2" });
+    await flush();
+    refuseUpgrade(sockets[1]!);
+    await vi.advanceTimersByTimeAsync(500);
+    const next = sockets[2]!;
+    expect(next.url).toBe("ws://b/ws");
+    next.open();
+    expect(next.sent).toEqual([{ type: "join", token: "tok2" }]);
+    next.push(welcome(9));
+    next.push({ type: "inputResult", seq: 1, tick: 30, outcome: { type: "ok" } });
+    await expect(pending).resolves.toMatchObject({ seq: 1, tick: 30 });
   });
 });
