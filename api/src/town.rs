@@ -64,6 +64,7 @@ impl Snapshot {
 pub struct Entity {
     pub id: EntityId,
     pub kind: EntityKind,
+    /// A player's name is its player id.
     pub name: String,
     pub x: u16,
     pub y: u16,

@@ -4,25 +4,17 @@ import type { GameServerState } from "./gameserver.js";
 
 export type AllocationRequest = {
   fleet: string,
-  /**
-   * Join this world: where it lives if a server holds it, else a new slot for it.
-   */
+  /** Join this world: where it lives if a server holds it, else a new slot for it. */
   worldId?: string | null,
-  /**
-   * Who will join; put into the join token. Generated when unset.
-   */
+  /** Who will join; put into the join token. Generated when unset. */
   playerId?: string | null,
-  /**
-   * Preferred regions, best first. Empty: any region of the fleet.
-   */
+  /** Preferred regions, best first. Empty: any region of the fleet. */
   regions?: Array<string>,
   selectors?: Array<Selector>,
   strategy?: Strategy,
   priorities?: Array<Priority>,
   metadata?: AllocationMetadata,
-  /**
-   * Repeating a request with the same key while its lease lives returns the same answer.
-   */
+  /** Repeating a request with the same key while its lease lives returns the same answer. */
   idempotencyKey?: string | null,
   /**
    * How long the caller will wait for capacity, in milliseconds, at most one minute
@@ -38,25 +30,15 @@ export type AllocationRequest = {
  * any server wins (Agones' semantics).
  */
 export type Selector = {
-  /**
-   * Every pair must be among the server's labels.
-   */
+  /** Every pair must be among the server's labels. */
   matchLabels?: { [key in string]: string },
-  /**
-   * Every expression must hold for the server's labels.
-   */
+  /** Every expression must hold for the server's labels. */
   matchExpressions?: Array<LabelExpression>,
-  /**
-   * Only servers in this state (Ready or Allocated); any allocatable state when unset.
-   */
+  /** Only servers in this state (Ready or Allocated); any allocatable state when unset. */
   gameServerState?: GameServerState | null,
-  /**
-   * Only servers with at least this many free world slots (1 when unset).
-   */
+  /** Only servers with at least this many free world slots (1 when unset). */
   minFreeWorlds?: number | null,
-  /**
-   * Only servers with at least this many free player slots.
-   */
+  /** Only servers with at least this many free player slots. */
   minFreePlayers?: number | null,
 };
 
@@ -66,9 +48,7 @@ export type Selector = {
 export type LabelExpression = {
   key: string,
   operator: Operator,
-  /**
-   * The values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
-   */
+  /** The values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`. */
   values?: Array<string>,
 };
 
@@ -105,13 +85,9 @@ export type AllocationResponse = {
   fleet: string,
   server: string,
   region: string,
-  /**
-   * WebSocket address to connect to.
-   */
+  /** WebSocket address to connect to. */
   address: string,
-  /**
-   * Present with `Join{token}` as the first frame.
-   */
+  /** Present with `Join{token}` as the first frame. */
   joinToken: string,
   /**
    * Set when this allocation took a new world slot; unset when it joined a world that
@@ -130,9 +106,7 @@ export type AllocationResponse = {
  */
 export type Lease = {
   id: string,
-  /**
-   * Unix time in milliseconds.
-   */
+  /** Unix time in milliseconds. */
   expiresAtMs: number,
 };
 
@@ -161,13 +135,9 @@ export type MoveResponse = {
   worldId: string,
   server: string,
   region: string,
-  /**
-   * WebSocket address of the new server.
-   */
+  /** WebSocket address of the new server. */
   address: string,
-  /**
-   * The world's new epoch; checkpoints written under an older one are stale.
-   */
+  /** The world's new epoch; checkpoints written under an older one are stale. */
   epoch: number,
 };
 
@@ -177,13 +147,9 @@ export type MoveResponse = {
 export type ErrorBody = { error: ErrorDetail };
 
 export type ErrorDetail = {
-  /**
-   * Stable machine-readable code, e.g. `bad_request`, `no_capacity`.
-   */
+  /** Stable machine-readable code, e.g. `bad_request`, `no_capacity`. */
   code: string,
   message: string,
-  /**
-   * The request field at fault, for 400s.
-   */
+  /** The request field at fault, for 400s. */
   field?: string,
 };

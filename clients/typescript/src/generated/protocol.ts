@@ -24,9 +24,7 @@ export type ServerMsg<V, C> =
       you: number,
       tick: number,
       snapshot: V,
-      /**
-       * A token to `Resume` with, should this connection drop.
-       */
+      /** A token to `Resume` with, should this connection drop. */
       resume: string,
     }
   | { "type": "delta", tick: number, serverUs: number, changes: Array<C> }

@@ -6,14 +6,19 @@ export type Action = { "type": "move", dx: number, dy: number } | { "type": "say
 export type Snapshot = {
   width: number,
   height: number,
-  /**
-   * Wall cells, row-major bitmap: bit `y * width + x`.
-   */
+  /** Wall cells, row-major bitmap: bit `y * width + x`. */
   walls: Array<number>,
   entities: Array<Entity>,
 };
 
-export type Entity = { id: number, kind: EntityKind, name: string, x: number, y: number };
+export type Entity = {
+  id: number,
+  kind: EntityKind,
+  /** A player's name is its player id. */
+  name: string,
+  x: number,
+  y: number,
+};
 
 export type EntityKind = "bot" | "player";
 
