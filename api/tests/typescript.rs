@@ -156,7 +156,9 @@ fn layout(ty: &str, indent: usize) -> String {
         }
         return variants.iter().map(|v| format!("\n{}| {}", pad(indent + 1), layout(v, indent + 2))).collect();
     }
-    let Some(inner) = ty.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else {
+    // One object literal, not an intersection like `{ "type": "joined" } & Entity`.
+    let object = ty.strip_prefix('{').and_then(|t| t.strip_suffix('}')).filter(|_| split(ty, '&').len() == 1);
+    let Some(inner) = object else {
         return flat(ty);
     };
     if fits(ty, indent) {
