@@ -4,6 +4,12 @@
 //! [`AllocationResponse`], or an [`ErrorBody`] with 400 (bad field), 404 (unknown
 //! fleet) or 429 (no capacity). Moving a world off its server answers a
 //! [`MoveResponse`]. See docs/architecture.md for the whole contract.
+//!
+//! The types also derive TypeScript declarations (clients/typescript/src/generated/, written
+//! by api/tests/typescript.rs), for matchmakers written in TypeScript. A request field serde
+//! fills in when it is missing is `#[ts(optional = nullable)]`: TypeScript may leave it out
+//! (`?`), and it may be `null` only when the Rust type is an `Option`. A response field that
+//! is skipped when `None` is `#[ts(optional)]`: present, or absent, never `null`.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +19,8 @@ use crate::fleet::SpecError;
 use crate::gameserver::GameServerState;
 
 /// Which server a new world goes to among the candidates that fit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 pub enum Strategy {
     /// Fill the fullest server that still has room, so empty ones can be scaled down.
     #[default]
@@ -23,17 +30,20 @@ pub enum Strategy {
 }
 
 /// A label requirement, as in Kubernetes' label selectors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelExpression {
     pub key: String,
     pub operator: Operator,
     /// The values for `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 pub enum Operator {
     /// The label is set to one of the values.
     In,
@@ -68,23 +78,29 @@ impl LabelExpression {
 
 /// Narrows the candidate servers. Selectors are tried in order; the first that matches
 /// any server wins (Agones' semantics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     /// Every pair must be among the server's labels.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub match_labels: BTreeMap<String, String>,
     /// Every expression must hold for the server's labels.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub match_expressions: Vec<LabelExpression>,
     /// Only servers in this state (Ready or Allocated); any allocatable state when unset.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub game_server_state: Option<GameServerState>,
     /// Only servers with at least this many free world slots (1 when unset).
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub min_free_worlds: Option<u32>,
     /// Only servers with at least this many free player slots.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub min_free_players: Option<u32>,
 }
 
@@ -98,7 +114,8 @@ impl Selector {
 
 /// A server count that orders candidates (Agones' Counter priorities, over the two
 /// counters every server has).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub enum PriorityKey {
     /// World slots in use.
@@ -107,7 +124,8 @@ pub enum PriorityKey {
     Players,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 pub enum Order {
     #[default]
     Ascending,
@@ -117,21 +135,26 @@ pub enum Order {
 /// Orders the servers that match a selector. Packed: breaks ties among the fullest
 /// servers. Distributed: orders all of them (then emptiest first). See `choose` in the
 /// registry crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Priority {
     pub key: PriorityKey,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub order: Order,
 }
 
 /// Set on the chosen server at allocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationMetadata {
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -149,35 +172,45 @@ impl AllocationMetadata {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllocationRequest {
     pub fleet: String,
     /// Join this world: where it lives if a server holds it, else a new slot for it.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub world_id: Option<String>,
     /// Who will join; put into the join token. Generated when unset.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub player_id: Option<String>,
     /// Preferred regions, best first. Empty: any region of the fleet.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub regions: Vec<String>,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub selectors: Vec<Selector>,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub strategy: Strategy,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub priorities: Vec<Priority>,
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub metadata: AllocationMetadata,
     /// Repeating a request with the same key while its lease lives returns the same answer.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub idempotency_key: Option<String>,
     /// How long the caller will wait for capacity, in milliseconds, at most one minute
     /// (`MAX_DEADLINE_MS`). With no free slot the allocator waits (for the autoscaler to
     /// add servers, or a lease to expire) until then, and answers 429 after. Unset or 0:
     /// answer at once.
     #[serde(default)]
+    #[ts(optional = nullable)]
     pub deadline_ms: Option<u64>,
 }
 
@@ -307,7 +340,8 @@ fn check_keys<'a>(field: &str, keys: impl IntoIterator<Item = &'a String>) -> Re
 }
 
 /// A slot held for a world until its first player joins or the lease expires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
     pub id: String,
@@ -315,7 +349,8 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationResponse {
     pub world_id: String,
@@ -339,7 +374,8 @@ pub struct AllocationResponse {
 
 /// Answer to `POST /v1/gameservers/{name}/worlds/{worldId}/move`: where the world lives
 /// now. The new server holds its slot under a lease until the world starts there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct MoveResponse {
     pub world_id: String,
@@ -353,14 +389,16 @@ pub struct MoveResponse {
 
 /// `POST /v1/allocations:batch`: a matchmaker's whole cycle in one call. The requests are
 /// answered in order, each on its own (one failing does not fail the rest).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchAllocationRequest {
     pub requests: Vec<AllocationRequest>,
 }
 
 /// One answer per request, in the same order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct BatchAllocationResponse {
     pub results: Vec<BatchResult>,
@@ -368,29 +406,35 @@ pub struct BatchAllocationResponse {
 
 /// Either the allocation or the error the single endpoint would have answered, with its
 /// HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct BatchResult {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub allocation: Option<AllocationResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub error: Option<ErrorDetail>,
 }
 
 /// Every error the HTTP APIs return has this shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `bad_request`, `no_capacity`.
     pub code: String,
     pub message: String,
     /// The request field at fault, for 400s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub field: Option<String>,
 }
 

@@ -12,7 +12,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle state of one game server (Agones names, same meaning).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema, ts_rs::TS,
+)]
+#[ts(export_to = "gameserver.ts")]
 pub enum GameServerState {
     /// Asked for by the controller; the process may not be running yet.
     Scheduled,

@@ -19,8 +19,9 @@ pub const MAX_SERVER_FRAME: usize = 1024 * 1024;
 /// Client to server. `A` is the world's action type (for the reference world,
 /// [`crate::town::Action`]). In JSON, an object tagged by `type` (the variant's name in
 /// camelCase) with camelCase fields, e.g. `{"type":"ping","nonce":1}`.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "protocol.ts")]
 pub enum ClientMsg<A> {
     /// First frame on a connection: the token from the allocator.
     Join {
@@ -47,8 +48,9 @@ pub enum ClientMsg<A> {
 /// Server to client. `V` is the world's view (a full snapshot a client can draw from)
 /// and `C` one change to it; for the reference world, [`crate::town::Snapshot`] and
 /// [`crate::town::Change`]. In JSON, tagged as [`ClientMsg`] is.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "protocol.ts")]
 pub enum ServerMsg<V, C> {
     /// Answer to `Join`: the whole world as of `tick`, and which entity is yours.
     Welcome {
@@ -98,8 +100,9 @@ pub enum ServerMsg<V, C> {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "protocol.ts")]
 pub enum InputOutcome {
     Ok,
     /// Refused; `reason` is meant for the player's eyes.

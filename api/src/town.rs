@@ -13,8 +13,9 @@ pub type EntityId = u32;
 pub type ClientMsg = crate::protocol::ClientMsg<Action>;
 pub type ServerMsg = crate::protocol::ServerMsg<Snapshot, Change>;
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "town.ts")]
 pub enum Action {
     /// One step to a neighbouring cell (dx, dy in -1..=1, not both 0).
     Move { dx: i8, dy: i8 },
@@ -22,8 +23,9 @@ pub enum Action {
     Say { text: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "town.ts")]
 pub struct Snapshot {
     pub width: u16,
     pub height: u16,
@@ -56,26 +58,30 @@ impl Snapshot {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[ts(export_to = "town.ts")]
 pub struct Entity {
     pub id: EntityId,
     pub kind: EntityKind,
+    /// A player's name is its player id.
     pub name: String,
     pub x: u16,
     pub y: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(rename_all = "camelCase")]
+#[ts(export_to = "town.ts")]
 pub enum EntityKind {
     Bot,
     Player,
 }
 
 /// In JSON, tagged by `type`; `joined` carries the entity's fields beside the tag.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, ts_rs::TS)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[ts(export_to = "town.ts")]
 pub enum Change {
     Joined(Entity),
     Moved {

@@ -1,7 +1,9 @@
 /**
  * Strict readers for `gaia.v1.json` values (docs/protocol.md §7): objects tagged by `type`,
  * camelCase fields, integers in range, no unknown or missing field. They mirror what the
- * server refuses, so a value that decodes here would also be accepted there.
+ * server refuses, so a value that decodes here would also be accepted there. The codecs
+ * name the generated wire type (src/generated/) they read, so a field name or a tag that
+ * is not the Rust type's does not compile.
  */
 import { DecodeError } from "./errors.js";
 import type { UInt } from "./bincode.js";
@@ -17,26 +19,42 @@ const RANGE: Record<UInt | "u8" | "i8", [number, number]> = {
   u64: [0, Number.MAX_SAFE_INTEGER],
 };
 
-/** Fields of one JSON object, read by name; `done()` refuses any field not read. */
-export class Fields {
+/** Every key of every member of the union `W`. */
+type Keys<W> = W extends unknown ? keyof W & string : never;
+
+/**
+ * The names of the union `U` (a union's `type` tags, or a unit enum's strings), in the order
+ * of the Rust variants (the bincode variant index): a compile error names any missing.
+ */
+export function tags<U extends string>() {
+  return <const T extends readonly U[]>(
+    names: T & ([Exclude<U, T[number]>] extends [never] ? unknown : { missing: Exclude<U, T[number]> }),
+  ): T => names;
+}
+
+/**
+ * Fields of one JSON object, read by name; `done()` refuses any field not read. `W` is the
+ * wire type read: only its fields' names (those of any of its variants) may be asked for.
+ */
+export class Fields<W = JsonObject> {
   private readonly seen = new Set<string>();
   constructor(
     private readonly obj: JsonObject,
     readonly path: string,
   ) {}
 
-  static of(value: unknown, path: string): Fields {
+  static of<W = JsonObject>(value: unknown, path: string): Fields<W> {
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new DecodeError(`expected an object, got ${describe(value)}`, path || "$");
     }
-    return new Fields(value as JsonObject, path);
+    return new Fields<W>(value as JsonObject, path);
   }
 
   at(key: string): string {
     return this.path ? `${this.path}.${key}` : key;
   }
 
-  get(key: string): unknown {
+  get(key: Keys<W>): unknown {
     if (!Object.prototype.hasOwnProperty.call(this.obj, key)) {
       throw new DecodeError(`missing field \`${key}\``, this.at(key));
     }
@@ -44,25 +62,30 @@ export class Fields {
     return this.obj[key];
   }
 
-  int(key: string, type: keyof typeof RANGE): number {
+  int(key: Keys<W>, type: keyof typeof RANGE): number {
     return int(this.get(key), type, this.at(key));
   }
 
-  string(key: string): string {
+  string(key: Keys<W>): string {
     const v = this.get(key);
     if (typeof v !== "string") throw new DecodeError(`expected a string, got ${describe(v)}`, this.at(key));
     return v;
   }
 
-  array(key: string): unknown[] {
+  array(key: Keys<W>): unknown[] {
     const v = this.get(key);
     if (!Array.isArray(v)) throw new DecodeError(`expected an array, got ${describe(v)}`, this.at(key));
     return v;
   }
 
+  /** These fields as those of `V`, the variant of `W` that the tag named. */
+  variant<V extends W>(): Fields<V> {
+    return this as unknown as Fields<V>;
+  }
+
   /** The `type` tag, which must be one of `names`. */
   tag<T extends string>(names: readonly T[], what: string): T {
-    const t = this.string("type");
+    const t = (this as Fields).string("type");
     if (!(names as readonly string[]).includes(t)) {
       throw new DecodeError(`unknown ${what} type \`${t}\``, this.at("type"));
     }

@@ -2,10 +2,16 @@
  * The envelope every world shares (docs/protocol.md §6-7): `ClientMsg` and `ServerMsg`,
  * generic over the world's action, view and change, in both encodings. A world plugs in
  * through `WorldCodec` (see `town.ts`). Start with `encodeClient` / `decodeServer`.
+ *
+ * The message types are generated from the Rust ones (src/generated/protocol.ts); the codecs
+ * here are written by hand, and type-checked against them.
  */
 import { Reader, Writer } from "./bincode.js";
 import { DecodeError, EncodeError } from "./errors.js";
-import { Fields, int, parse, type Json } from "./json.js";
+import type { ClientMsg, InputOutcome, ServerMsg } from "./generated/protocol.js";
+import { Fields, int, parse, tags, type Json } from "./json.js";
+
+export type { ClientMsg, InputOutcome, ServerMsg };
 
 export const PROTOCOL_VERSION = 1;
 /** A client frame is at most this many bytes (the WebSocket payload); larger ones close with 4011. */
@@ -30,26 +36,17 @@ export interface WorldCodec<A, V, C> {
   change: TypeCodec<C>;
 }
 
-export type ClientMsg<A> =
-  | { type: "join"; token: string }
-  | { type: "input"; seq: number; action: A }
-  | { type: "ping"; nonce: number }
-  | { type: "resume"; token: string; awaiting: number[] };
-
-export type InputOutcome = { type: "ok" } | { type: "rejected"; reason: string };
-
-export type ServerMsg<V, C> =
-  | { type: "welcome"; worldId: string; you: number; tick: number; snapshot: V; resume: string }
-  | { type: "delta"; tick: number; serverUs: number; changes: C[] }
-  | { type: "resync"; tick: number; snapshot: V }
-  | { type: "inputResult"; seq: number; tick: number; outcome: InputOutcome }
-  | { type: "migrate"; address: string; token: string }
-  | { type: "error"; code: number; message: string }
-  | { type: "pong"; nonce: number };
-
-const CLIENT_TYPES = ["join", "input", "ping", "resume"] as const;
-const SERVER_TYPES = ["welcome", "delta", "resync", "inputResult", "migrate", "error", "pong"] as const;
-const OUTCOME_TYPES = ["ok", "rejected"] as const;
+const CLIENT_TYPES = tags<ClientMsg<unknown>["type"]>()(["join", "input", "ping", "resume"]);
+const SERVER_TYPES = tags<ServerMsg<unknown, unknown>["type"]>()([
+  "welcome",
+  "delta",
+  "resync",
+  "inputResult",
+  "migrate",
+  "error",
+  "pong",
+]);
+const OUTCOME_TYPES = tags<InputOutcome["type"]>()(["ok", "rejected"]);
 
 // ---- bincode ----
 
@@ -164,7 +161,7 @@ function readServer<V, C>(world: WorldCodec<unknown, V, C>, r: Reader): ServerMs
 
 // ---- JSON ----
 
-function clientToJson<A>(world: WorldCodec<A, unknown, unknown>, m: ClientMsg<A>): Json {
+function clientToJson<A>(world: WorldCodec<A, unknown, unknown>, m: ClientMsg<A>): ClientMsg<Json> {
   switch (m.type) {
     case "join":
       return { type: "join", token: m.token };
@@ -178,7 +175,7 @@ function clientToJson<A>(world: WorldCodec<A, unknown, unknown>, m: ClientMsg<A>
 }
 
 function clientFromJson<A>(world: WorldCodec<A, unknown, unknown>, v: unknown): ClientMsg<A> {
-  const f = Fields.of(v, "");
+  const f = Fields.of<ClientMsg<unknown>>(v, "");
   let m: ClientMsg<A>;
   switch (f.tag(CLIENT_TYPES, "client message")) {
     case "join":
@@ -202,7 +199,7 @@ function clientFromJson<A>(world: WorldCodec<A, unknown, unknown>, v: unknown): 
   return m;
 }
 
-function serverToJson<V, C>(world: WorldCodec<unknown, V, C>, m: ServerMsg<V, C>): Json {
+function serverToJson<V, C>(world: WorldCodec<unknown, V, C>, m: ServerMsg<V, C>): ServerMsg<Json, Json> {
   switch (m.type) {
     case "welcome":
       return {
@@ -229,7 +226,7 @@ function serverToJson<V, C>(world: WorldCodec<unknown, V, C>, m: ServerMsg<V, C>
 }
 
 function outcomeFromJson(v: unknown, path: string): InputOutcome {
-  const f = Fields.of(v, path);
+  const f = Fields.of<InputOutcome>(v, path);
   const o: InputOutcome =
     f.tag(OUTCOME_TYPES, "outcome") === "ok" ? { type: "ok" } : { type: "rejected", reason: f.string("reason") };
   f.done();
@@ -237,7 +234,7 @@ function outcomeFromJson(v: unknown, path: string): InputOutcome {
 }
 
 function serverFromJson<V, C>(world: WorldCodec<unknown, V, C>, v: unknown): ServerMsg<V, C> {
-  const f = Fields.of(v, "");
+  const f = Fields.of<ServerMsg<unknown, unknown>>(v, "");
   let m: ServerMsg<V, C>;
   switch (f.tag(SERVER_TYPES, "server message")) {
     case "welcome":

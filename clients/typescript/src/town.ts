@@ -3,47 +3,34 @@
  * their codecs (`townCodec`, to pass to the envelope functions and to `GaiaClient`), and the
  * pure helpers a client needs: `applyChanges` keeps a snapshot current, `isWall` and
  * `legalMoves` say which `Move`s make sense.
+ *
+ * The types are the generated ones (src/generated/town.ts, the JSON form) but for two
+ * changes that make them easier to use: a snapshot's `walls` are a `Uint8Array`, and a
+ * `joined` change holds its entity in `entity` rather than beside its tag. The JSON codecs
+ * write and read the generated types themselves.
  */
 import type { Reader, Writer } from "./bincode.js";
 import { EncodeError, DecodeError } from "./errors.js";
-import { Fields, int, type Json } from "./json.js";
+import type * as wire from "./generated/town.js";
+import type { Action, Entity, EntityKind } from "./generated/town.js";
+import { Fields, int, tags } from "./json.js";
 import type { TypeCodec, WorldCodec } from "./protocol.js";
 
-export type Action = { type: "move"; dx: number; dy: number } | { type: "say"; text: string };
+export type { Action, Entity, EntityKind };
 
-export type EntityKind = "bot" | "player";
-
-export interface Entity {
-  id: number;
-  kind: EntityKind;
-  /** A player's name is its player id. */
-  name: string;
-  x: number;
-  y: number;
-}
-
-export interface Snapshot {
-  width: number;
-  height: number;
+export interface Snapshot extends Omit<wire.Snapshot, "walls"> {
   /** Row-major bitmap: cell (x, y) is a wall when bit `y * width + x` is set, bit 0 the lowest of byte 0. */
   walls: Uint8Array;
-  entities: Entity[];
 }
 
-export type Change =
-  | { type: "joined"; entity: Entity }
-  | { type: "moved"; id: number; x: number; y: number }
-  | { type: "left"; id: number }
-  | { type: "said"; id: number; text: string }
-  | { type: "greeted"; id: number; other: number }
-  | { type: "parted"; id: number; other: number };
+export type Change = Exclude<wire.Change, { type: "joined" }> | { type: "joined"; entity: Entity };
 
 /** A `Say` holds at most this many bytes of UTF-8. */
 export const MAX_SAY_BYTES = 200;
 
-const ACTION_TYPES = ["move", "say"] as const;
-const KINDS = ["bot", "player"] as const;
-const CHANGE_TYPES = ["joined", "moved", "left", "said", "greeted", "parted"] as const;
+const ACTION_TYPES = tags<Action["type"]>()(["move", "say"]);
+const KINDS = tags<EntityKind>()(["bot", "player"]);
+const CHANGE_TYPES = tags<Change["type"]>()(["joined", "moved", "left", "said", "greeted", "parted"]);
 
 const utf8 = new TextEncoder();
 
@@ -63,13 +50,13 @@ export const action: TypeCodec<Action> = {
       ? { type: "move", dx: r.i8(), dy: r.i8() }
       : { type: "say", text: r.string() };
   },
-  toJson(a) {
+  toJson(a): wire.Action {
     if (a.type === "say") checkSay(a.text);
     else for (const d of [a.dx, a.dy]) if (!Number.isInteger(d) || d < -128 || d > 127) throw new EncodeError(`${d} is not an i8`);
     return { ...a };
   },
   fromJson(v, path) {
-    const f = Fields.of(v, path);
+    const f = Fields.of<wire.Action>(v, path);
     const a: Action =
       f.tag(ACTION_TYPES, "action") === "move"
         ? { type: "move", dx: f.int("dx", "i8"), dy: f.int("dy", "i8") }
@@ -96,13 +83,13 @@ function readEntity(r: Reader): Entity {
   return { id: r.uint("u32"), kind: KINDS[r.variant("EntityKind", KINDS.length)]!, name: r.string(), x: r.uint("u16"), y: r.uint("u16") };
 }
 
-function entityJson(e: Entity): { [k: string]: Json } {
+function entityJson(e: Entity): wire.Entity {
   if (!KINDS.includes(e.kind)) throw new EncodeError(`unknown entity kind ${String(e.kind)}`);
   return { id: e.id, kind: e.kind, name: e.name, x: e.x, y: e.y };
 }
 
 /** Reads an entity's fields from `f`, which may hold others (`Joined` has `type` beside them). */
-function entityFields(f: Fields): Entity {
+function entityFields(f: Fields<wire.Entity>): Entity {
   const kind = f.string("kind");
   if (!(KINDS as readonly string[]).includes(kind)) throw new DecodeError(`unknown entity kind \`${kind}\``, f.at("kind"));
   return { id: f.int("id", "u32"), kind: kind as EntityKind, name: f.string("name"), x: f.int("x", "u16"), y: f.int("y", "u16") };
@@ -118,17 +105,17 @@ export const snapshot: TypeCodec<Snapshot> = {
   read(r) {
     return { width: r.uint("u16"), height: r.uint("u16"), walls: r.bytesField(), entities: r.list(readEntity) };
   },
-  toJson(s) {
+  toJson(s): wire.Snapshot {
     return { width: s.width, height: s.height, walls: Array.from(s.walls), entities: s.entities.map(entityJson) };
   },
   fromJson(v, path) {
-    const f = Fields.of(v, path);
+    const f = Fields.of<wire.Snapshot>(v, path);
     const s: Snapshot = {
       width: f.int("width", "u16"),
       height: f.int("height", "u16"),
       walls: Uint8Array.from(f.array("walls"), (b, i) => int(b, "u8", `${f.at("walls")}[${i}]`)),
       entities: f.array("entities").map((e, i) => {
-        const ef = Fields.of(e, `${f.at("entities")}[${i}]`);
+        const ef = Fields.of<wire.Entity>(e, `${f.at("entities")}[${i}]`);
         const entity = entityFields(ef);
         ef.done();
         return entity;
@@ -176,16 +163,16 @@ export const change: TypeCodec<Change> = {
         return { type, id: r.uint("u32"), other: r.uint("u32") };
     }
   },
-  toJson(c) {
+  toJson(c): wire.Change {
     return c.type === "joined" ? { type: c.type, ...entityJson(c.entity) } : { ...c };
   },
   fromJson(v, path) {
-    const f = Fields.of(v, path);
+    const f = Fields.of<wire.Change>(v, path);
     const type = f.tag(CHANGE_TYPES, "change");
     let c: Change;
     switch (type) {
       case "joined":
-        c = { type, entity: entityFields(f) };
+        c = { type, entity: entityFields(f.variant<Extract<wire.Change, { type: "joined" }>>()) };
         break;
       case "moved":
         c = { type, id: f.int("id", "u32"), x: f.int("x", "u16"), y: f.int("y", "u16") };
