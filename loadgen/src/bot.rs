@@ -38,8 +38,10 @@ use crate::{Ctx, Phases, Settled};
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// How long a bot waits for the TCP + WebSocket handshake, and then for its Welcome.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the steady phase: how long a bot keeps reading for in-flight results and deltas.
-const DRAIN: Duration = Duration::from_millis(500);
+/// After the steady phase: how long a bot keeps reading for in-flight results and the
+/// deltas showing its accepted moves, at most (it stops as soon as nothing is owed). An
+/// overloaded machine can take seconds; a result later than this counts as missing.
+const DRAIN: Duration = Duration::from_secs(5);
 /// How often a bot that sends no inputs (yet) pings, to stay under the idle timeout.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long a bot waits for the server to answer its close frame.
@@ -142,6 +144,11 @@ impl BotState {
         self.stats.own_moves_seen += self.awaiting_move.len() as u64;
         self.awaiting_move.clear();
         Ok(())
+    }
+
+    /// Whether every input sent has its result and every accepted move was seen.
+    pub(crate) fn owes_nothing(&self) -> bool {
+        self.awaiting_result.is_empty() && self.awaiting_move.is_empty()
     }
 
     /// The seqs of inputs sent that have had no result: what a Resume awaits.
@@ -889,11 +896,11 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
     }
 }
 
-/// Keeps reading for [`DRAIN`] so in-flight results and deltas arrive; `None` when it
-/// read for all of it.
+/// Keeps reading, for at most [`DRAIN`], until every in-flight result and accepted move
+/// has arrived; `None` when the connection is still there.
 async fn drain(ws: &mut Socket, state: &mut BotState, progress: &Progress) -> Option<Exit> {
     let until = Instant::now() + DRAIN;
-    loop {
+    while !state.owes_nothing() {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => return None,
             inbound = next_inbound(ws) => {
@@ -903,6 +910,7 @@ async fn drain(ws: &mut Socket, state: &mut BotState, progress: &Progress) -> Op
             }
         }
     }
+    None
 }
 
 pub(crate) fn micros(d: Duration) -> u64 {
