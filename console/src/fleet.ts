@@ -75,7 +75,7 @@ export class FleetPage {
         h("p", { class: "autoscaler" }),
         h("table", { class: "servers" }, h("thead", {}, h("tr", {}, ...COLUMNS.map((c) => h("th", {}, c)))), h("tbody")),
         h("p", { class: "gone" }),
-        h("details", { class: "decisions" }, h("summary", {}, "autoscaler decisions"), h("ol")),
+        h("details", { class: "decisions", open: "" }, h("summary", {}, "last autoscaler decisions"), h("ol")),
       ),
     );
     regions.forEach((region, i) => {

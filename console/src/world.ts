@@ -176,7 +176,6 @@ export class WorldPage {
     const newest = this.tracks.newestUs;
     if (newest !== undefined) this.playback = advancePlayback(this.playback, newest, elapsedMs);
     const drawn: WorldReport["drawn"] = [];
-    g.font = `${Math.max(10, cell)}px system-ui, sans-serif`;
     g.textAlign = "center";
     for (const e of s.entities) {
       const at = (this.playback !== undefined && this.tracks.at(e.id, this.playback)) || { x: e.x, y: e.y };
@@ -195,9 +194,13 @@ export class WorldPage {
     g.arc(cx, cy, cell * 0.42, 0, Math.PI * 2);
     g.fillStyle = e.id === this.report.you ? "#999" : e.kind === "bot" ? "#2a6f97" : "#c1121f";
     g.fill();
+    g.fillStyle = "#333";
+    g.font = `${Math.max(9, Math.round(cell * 0.7))}px system-ui, sans-serif`;
+    g.fillText(e.name.length > 8 ? e.name.slice(0, 6) : e.name, cx, cy + cell * 1.15);
     const bubble = this.bubbles.get(e.id);
     if (bubble && bubble.until > now) {
       const label = bubble.text.length > 40 ? `${bubble.text.slice(0, 39)}…` : bubble.text;
+      g.font = `${Math.max(10, cell)}px system-ui, sans-serif`;
       const w = g.measureText(label).width + 8;
       g.fillStyle = "rgba(255,255,255,0.9)";
       g.fillRect(cx - w / 2, cy - cell * 2.1, w, cell * 1.3);
