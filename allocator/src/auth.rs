@@ -9,9 +9,11 @@
 //!   controller hands to the game server it starts as `GAIA_SDK_TOKEN`. A game server's
 //!   token opens its own `/v1/gameservers/{name}/...` calls and the read of its own
 //!   record, nothing else: another server's valid token is 403, anything else 401.
+//! - An operator's call on a server (`POST /v1/gameservers/{name}/drain`, from the web
+//!   console or a script) takes either: a matchmaker token, or that server's own SDK token.
 //!
-//! No matchmaker token configured: matchmaker endpoints are open; no SDK secret: SDK
-//! endpoints are open ([`Auth::warn_if_open`] says so once at start). `/livez`,
+//! No matchmaker token configured: matchmaker endpoints and operator calls are open; no
+//! SDK secret: SDK endpoints are open ([`Auth::warn_if_open`] says so once at start). `/livez`,
 //! `/readyz`, `/metrics` and `/openapi.json` are always open.
 //!
 //! Start with [`guard`], the pure rule (which path needs which token), then
@@ -45,6 +47,9 @@ pub(crate) enum Guard<'a> {
     MatchmakerOrServer(Cow<'a, str>),
     /// An SDK call on server `name` (`call` is its metric label): its own SDK token.
     Server { name: Cow<'a, str>, call: &'static str },
+    /// An operator's call on server `name` (drain), also one of the server's own SDK
+    /// calls: a matchmaker token, or that server's SDK token.
+    Operator { name: Cow<'a, str>, call: &'static str },
 }
 
 impl Guard<'_> {
@@ -53,7 +58,7 @@ impl Guard<'_> {
         match self {
             Self::Open => "open",
             Self::Matchmaker | Self::MatchmakerOrServer(_) => "matchmaker",
-            Self::Server { .. } => "sdk",
+            Self::Server { .. } | Self::Operator { .. } => "sdk",
         }
     }
 }
@@ -69,6 +74,7 @@ pub(crate) fn guard(path: &str) -> Guard<'_> {
     };
     match server.split_once('/') {
         None => Guard::MatchmakerOrServer(decode(server)),
+        Some((name, "drain")) => Guard::Operator { name: decode(name), call: "drain" },
         Some((name, tail)) => Guard::Server { name: decode(name), call: sdk_call(tail) },
     }
 }
@@ -134,7 +140,9 @@ impl Auth {
     /// One warning per open kind of endpoint; called once when the API starts.
     pub(crate) fn warn_if_open(&self) {
         if self.matchmakers.is_empty() {
-            tracing::warn!("no matchmaker token configured: allocations and fleet reads are not authenticated");
+            tracing::warn!(
+                "no matchmaker token configured: allocations, fleet reads and operator drains are not authenticated"
+            );
         }
         if self.sdk.is_none() {
             tracing::warn!("no SDK secret configured: game-server SDK calls are not authenticated");
@@ -152,13 +160,17 @@ impl Auth {
     pub(crate) fn check(&self, guard: &Guard<'_>, token: Option<&str>) -> Result<(), ApiError> {
         match guard {
             Guard::Open => Ok(()),
-            Guard::Matchmaker | Guard::MatchmakerOrServer(_) if self.matchmakers.is_empty() => Ok(()),
+            Guard::Matchmaker | Guard::MatchmakerOrServer(_) | Guard::Operator { .. }
+                if self.matchmakers.is_empty() =>
+            {
+                Ok(())
+            }
             Guard::Server { .. } if self.sdk.is_none() => Ok(()),
             Guard::Matchmaker => {
                 let token = token.ok_or(ApiError::Unauthorized(MISSING))?;
                 self.is_matchmaker(token).then_some(()).ok_or(ApiError::Unauthorized(BAD))
             }
-            Guard::MatchmakerOrServer(name) => {
+            Guard::MatchmakerOrServer(name) | Guard::Operator { name, .. } => {
                 let token = token.ok_or(ApiError::Unauthorized(MISSING))?;
                 if self.is_matchmaker(token) {
                     return Ok(());
@@ -198,7 +210,7 @@ fn refuse(s: &AppState, path: &str, guard: &Guard<'_>, error: ApiError) -> Respo
     let result = error.metric_label();
     s.metrics.refused.get_or_create(&RefusedLabels { endpoint: guard.endpoint(), result }).inc();
     match guard {
-        Guard::Server { call, .. } => {
+        Guard::Server { call, .. } | Guard::Operator { call, .. } => {
             s.metrics.sdk_calls.get_or_create(&SdkLabels { call, result }).inc();
         }
         Guard::Matchmaker if path.starts_with("/v1/allocations") => {
@@ -235,6 +247,10 @@ mod tests {
             ("/v1/gameservers/gs-1", Guard::MatchmakerOrServer("gs-1".into())),
             ("/v1/gameservers/gs-1/register", server("gs-1", "register")),
             ("/v1/gameservers/gs-1/ready", server("gs-1", "ready")),
+            ("/v1/gameservers/gs-1/drain", Guard::Operator { name: "gs-1".into(), call: "drain" }),
+            ("/v1/events", Guard::Matchmaker),
+            ("/", Guard::Open),
+            ("/assets/index.js", Guard::Open),
             ("/v1/gameservers/gs-1/labels", server("gs-1", "set_label")),
             ("/v1/gameservers/gs-1/players", server("gs-1", "set_players")),
             ("/v1/gameservers/gs-1/watch", server("gs-1", "watch")),
@@ -304,6 +320,15 @@ mod tests {
         assert_eq!(check(&read, Some(&own)), Ok(()));
         assert_eq!(check(&read, Some(&other)), Err("forbidden"));
         assert_eq!(check(&Guard::Matchmaker, Some(&own)), Err("unauthorized"), "a server lists nothing");
+        // Draining: a matchmaker (an operator), or the server itself.
+        let drain = Guard::Operator { name: "gs-1".into(), call: "drain" };
+        assert_eq!(check(&drain, Some("mm")), Ok(()));
+        assert_eq!(check(&drain, Some(&own)), Ok(()));
+        assert_eq!(check(&drain, Some(&other)), Err("forbidden"));
+        assert_eq!(check(&drain, Some("wrong")), Err("unauthorized"));
+        assert_eq!(check(&drain, None), Err("unauthorized"));
+        let open = Auth::new(&[], Some("sdk-secret"));
+        assert_eq!(open.check(&drain, None).ok(), Some(()), "no matchmaker token: operator calls are open");
         let err = auth.check(&server("gs-1", "ready"), Some(&other)).unwrap_err();
         assert_eq!(err.to_string(), "this token may not act on game server \"gs-1\"");
     }

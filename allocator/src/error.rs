@@ -26,6 +26,9 @@ pub enum ApiError {
     /// A valid token that may not act on this game server (403).
     #[error("this token may not act on game server {server:?}")]
     Forbidden { server: String },
+    /// Too many long-lived responses (event streams) open at once (503).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<SpecError> for ApiError {
@@ -45,6 +48,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
             Self::NoAutoscaler(_) => "autoscaler_not_found",
+            Self::Busy(_) => "unavailable",
         }
     }
 
@@ -55,7 +59,7 @@ impl ApiError {
             Self::Registry(NotFound(_) | FleetNotFound(_) | WorldNotFound { .. }) => StatusCode::NOT_FOUND,
             Self::Registry(AlreadyExists(_) | Conflict(_) | IllegalTransition(_)) => StatusCode::CONFLICT,
             Self::Registry(NoCapacity(_)) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Registry(Unavailable(_)) | Self::NoAddress(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Registry(Unavailable(_)) | Self::NoAddress(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,

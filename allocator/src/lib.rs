@@ -3,7 +3,9 @@
 //! One axum router serves matchmakers (`POST /v1/allocations`), game servers' SDK calls
 //! (`/v1/gameservers/{name}/...`, including drain, moving a world and watching the own
 //! record), reads of the fleet (`GET /v1/gameservers`) and the operational endpoints
-//! (`/livez`, `/readyz`, `/metrics`). Every handler is a thin shell over the [`Registry`];
+//! (`/livez`, `/readyz`, `/metrics`), the fleet's live feed (`GET /v1/events`,
+//! [`events`](crate::events)) and the web console that shows it (`/`,
+//! [`console`](crate::console)). Every handler is a thin shell over the [`Registry`];
 //! errors become status codes in one place, [`ApiError`]. Bearer tokens guard the
 //! matchmaker and SDK endpoints ([`auth`](crate::auth), docs/architecture.md); [`run`]
 //! serves HTTPS instead of HTTP when given a certificate ([`TlsFiles`]).
@@ -11,7 +13,9 @@
 
 mod allocate;
 mod auth;
+mod console;
 mod error;
+pub mod events;
 mod json;
 pub mod metrics;
 pub mod openapi;
@@ -101,6 +105,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// `GET /openapi.json`'s body: [`openapi::document`] for this configuration.
     openapi: Bytes,
+    /// Permits for `GET /v1/events` streams ([`events::MAX_STREAMS`]).
+    event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -124,6 +130,7 @@ impl AppState {
             autoscalers: None,
             shutdown: CancellationToken::new(),
             openapi: openapi.into(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
         }
     }
 
@@ -146,7 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/reserve", post(|s, p| to_state(s, p, GameServerState::Reserved, "reserve")))
         .route("/allocate", post(|s, p| to_state(s, p, GameServerState::Allocated, "allocate")))
         .route("/shutdown", post(|s, p| to_state(s, p, GameServerState::Shutdown, "shutdown")))
-        .route("/drain", post(|s, p| to_state(s, p, GameServerState::Draining, "drain")))
+        .route("/drain", post(drain))
         .route("/health", post(health))
         .route("/labels", put(set_label))
         .route("/players", put(set_players))
@@ -158,11 +165,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/allocations", post(allocate::allocate))
         // A matchmaker's whole cycle: up to MAX_BATCH requests of a few hundred bytes.
         .route("/v1/allocations:batch", post(allocate::batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
+        .route("/v1/events", get(events::events))
         .route("/v1/fleets/{fleet}/autoscaler", get(autoscaler_status))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)
         .route("/openapi.json", get(openapi_json))
+        .route("/", get(console::index))
+        .route("/assets/{file}", get(console::asset))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
@@ -328,6 +338,29 @@ async fn to_state(
     }
     .await;
     sdk_call(&s, call, result).map(Json)
+}
+
+/// Drains a game server: it takes no new world, moves its worlds to other servers (their
+/// players follow `Migrate`), then shuts down. An operator's call (a matchmaker token), or
+/// the server's own (its SDK token, as on SIGTERM).
+#[utoipa::path(
+    post,
+    path = "/v1/gameservers/{name}/drain",
+    tag = "gameservers",
+    params(("name" = String, Path, description = "Game-server name")),
+    responses(
+        (status = 200, description = "The server, now `Draining`", body = GameServer),
+        (status = 400, description = "`bad_request`: `name` is not a name", body = ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "`forbidden`: another game server's SDK token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such server", body = ErrorBody),
+        (status = 409, description = "`illegal_transition`: the server cannot drain from its state (it is terminal)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the registry cannot be reached", body = ErrorBody),
+    ),
+    security(("matchmaker" = []), ("sdk" = [])),
+)]
+async fn drain(s: State<AppState>, name: PathParams<String>) -> Result<Json<GameServer>, ApiError> {
+    to_state(s, name, GameServerState::Draining, "drain").await
 }
 
 async fn health(State(s): State<AppState>, PathParams(name): PathParams<String>) -> Result<StatusCode, ApiError> {

@@ -1,4 +1,5 @@
-//! The OpenAPI description of the matchmaker-facing API, served at `GET /openapi.json`.
+//! The OpenAPI description of the matchmaker- and operator-facing API, served at
+//! `GET /openapi.json`.
 //!
 //! utoipa generates the schemas from the request and response types themselves, and the
 //! statuses from the handlers' `#[utoipa::path]` attributes. [`document`] then states on
@@ -21,7 +22,9 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "Gaia Fleet allocator",
         description = "Allocations for matchmakers: a world slot on a ready game server, in the preferred \
-            region, with an address and a join token. See docs/architecture.md.\n\n\
+            region, with an address and a join token; and for operators, the fleet (its servers, their live \
+            changes as Server-Sent Events, the autoscaler's decisions) and draining a server. See \
+            docs/architecture.md.\n\n\
             Integer fields take JSON integers only: `2`, not `2.0` or `2e0` (JSON Schema's `integer` \
             admits those; this server answers 400). Unknown fields are refused (400), as are the values \
             the schemas exclude. Every error has the `ErrorBody` shape."
@@ -31,7 +34,9 @@ use utoipa::{Modify, OpenApi};
         crate::allocate::batch,
         crate::autoscaler_status,
         crate::list_servers,
-        crate::get_server
+        crate::get_server,
+        crate::drain,
+        crate::events::events
     ),
     components(responses(Unauthorized)),
     modifiers(&BearerAuth),

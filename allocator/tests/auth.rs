@@ -220,6 +220,43 @@ async fn a_game_server_may_change_only_its_own_record() {
     }
 }
 
+/// An operator drains a server with a matchmaker token (the web console does); the server
+/// itself still may, with its own token; nobody else.
+#[tokio::test]
+async fn operators_drain_with_a_matchmaker_token() {
+    let app = router(state(&config(&["mm"], Some(SDK_SECRET))));
+    for name in ["gs-1", "gs-2", "gs-3"] {
+        ready_server(&app, name, Some(&sdk_token(name))).await;
+    }
+    let drain = |name: &str| format!("/v1/gameservers/{name}/drain");
+    for (token, status, code) in [
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some("wrong"), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some(sdk_token("gs-2").as_str()), StatusCode::FORBIDDEN, "forbidden"),
+    ] {
+        let a = call(&app, Method::POST, &drain("gs-1"), token, "").await;
+        assert_eq!((a.status, a.error().0.as_str()), (status, code), "{token:?}");
+    }
+    let a = call(&app, Method::GET, "/v1/gameservers/gs-1", Some("mm"), "").await;
+    assert_eq!(a.body["state"], "Ready", "refused drains changed nothing");
+
+    let a = call(&app, Method::POST, &drain("gs-1"), Some("mm"), "").await;
+    assert_eq!((a.status, a.body["state"].as_str()), (StatusCode::OK, Some("Draining")), "{}", a.body);
+    let a = call(&app, Method::POST, &drain("gs-2"), Some(&sdk_token("gs-2")), "").await;
+    assert_eq!((a.status, a.body["state"].as_str()), (StatusCode::OK, Some("Draining")), "{}", a.body);
+    // A matchmaker token drives nothing else of a server's.
+    let a = call(&app, Method::POST, "/v1/gameservers/gs-3/shutdown", Some("mm"), "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = call(&app, Method::POST, &drain("nobody"), Some("mm"), "").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    // No matchmaker token configured: drains are open, as allocations are.
+    let open = router(state(&config(&[], Some(SDK_SECRET))));
+    ready_server(&open, "gs-1", Some(&sdk_token("gs-1"))).await;
+    let a = call(&open, Method::POST, &drain("gs-1"), None, "").await;
+    assert_eq!((a.status, a.body["state"].as_str()), (StatusCode::OK, Some("Draining")), "{}", a.body);
+}
+
 #[tokio::test]
 async fn the_watch_stream_needs_the_server_s_token() {
     let app = router(state(&config(&[], Some(SDK_SECRET))));

@@ -359,6 +359,8 @@ fn statuses() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
         ("get", "/v1/gameservers", vec!["200", "400", "401", "503"]),
         ("get", "/v1/gameservers/{name}", vec!["200", "400", "401", "403", "404", "503"]),
         ("get", "/v1/fleets/{fleet}/autoscaler", vec!["200", "400", "401", "404"]),
+        ("post", "/v1/gameservers/{name}/drain", vec!["200", "400", "401", "403", "404", "409", "503"]),
+        ("get", "/v1/events", vec!["200", "401", "503"]),
     ]
 }
 
@@ -399,6 +401,7 @@ async fn every_endpoint_lists_every_status_it_answers() {
         assert_eq!(operation["security"][0], json!({"matchmaker": []}), "{method} {path}");
     }
     assert_eq!(doc["paths"]["/v1/gameservers/{name}"]["get"]["security"][1], json!({"sdk": []}));
+    assert_eq!(doc["paths"]["/v1/gameservers/{name}/drain"]["post"]["security"][1], json!({"sdk": []}));
     assert_eq!(doc["components"]["securitySchemes"]["matchmaker"]["scheme"], "bearer");
 }
 

@@ -141,6 +141,17 @@ pub struct GameServer {
     pub health: crate::fleet::HealthSpec,
 }
 
+/// One world placed on a server, as the registry holds it (`Registry::worlds`; the
+/// console's `GET /v1/events` lists them). Leased worlds (allocated, no player yet)
+/// included.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostedWorld {
+    pub world_id: String,
+    /// The server holding it.
+    pub server: String,
+}
+
 impl GameServer {
     /// A freshly scheduled server with nothing in it.
     pub fn scheduled(

@@ -65,7 +65,7 @@ async fn a_locked_down_fleet_serves_its_servers_and_its_matchmakers() {
     let drain = anonymous.post(format!("{}/v1/gameservers/{a}/drain", fleet.url));
     let resp = drain.try_clone().unwrap().bearer_auth(sdk_token(b)).send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::FORBIDDEN);
-    let resp = drain.try_clone().unwrap().bearer_auth(MATCHMAKER).send().await.unwrap();
+    let resp = drain.try_clone().unwrap().bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     // The loadgen's matchmaker sends its token, over HTTPS.
@@ -88,6 +88,11 @@ async fn a_locked_down_fleet_serves_its_servers_and_its_matchmakers() {
         gaia_loadgen::Config { allocator_token: None, ready_timeout: Duration::from_millis(500), ..loadgen };
     let err = gaia_loadgen::wait_ready(&without_token).await.unwrap_err();
     assert!(format!("{err:#}").contains("401"), "{err:#}");
+
+    // An operator (the web console) drains a server with the matchmaker token.
+    let resp = drain.try_clone().unwrap().bearer_auth(MATCHMAKER).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["state"], "Draining");
 
     fleet.stop().await;
 }

@@ -350,6 +350,9 @@ impl Registry for Flaky {
     async fn get(&self, name: &str) -> gaia_registry::Result<GameServer> {
         self.inner.get(name).await
     }
+    async fn worlds(&self, fleet: Option<&str>) -> gaia_registry::Result<Vec<gaia_api::gameserver::HostedWorld>> {
+        self.inner.worlds(fleet).await
+    }
     async fn list(&self, fleet: Option<&str>) -> gaia_registry::Result<Vec<GameServer>> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {

@@ -17,7 +17,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 use gaia_api::allocation::{AllocationRequest, Lease};
-use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_api::gameserver::{GameServer, GameServerState, HostedWorld, RegisterRequest};
 
 pub use self::redis::RedisRegistry;
 pub use choose::{OpenIndex, choose};
@@ -141,6 +141,10 @@ pub trait Registry: Send + Sync + 'static {
 
     /// All servers, or those of one fleet, sorted by name.
     async fn list(&self, fleet: Option<&str>) -> Result<Vec<GameServer>>;
+
+    /// The worlds placed in `fleet` (every fleet: `None`), leased ones included, sorted by
+    /// world id: which server holds which world (the records only count them).
+    async fn worlds(&self, fleet: Option<&str>) -> Result<Vec<HostedWorld>>;
 
     /// Forgets a server (the controller removed its process). Its worlds are freed.
     async fn remove(&self, name: &str) -> Result<()>;

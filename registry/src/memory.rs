@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use gaia_api::allocation::{AllocationRequest, Lease};
-use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_api::gameserver::{GameServer, GameServerState, HostedWorld, RegisterRequest};
 use gaia_api::token::unix_ms;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -582,6 +582,25 @@ impl Registry for MemoryRegistry {
             .collect();
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(servers)
+    }
+
+    async fn worlds(&self, fleet: Option<&str>) -> Result<Vec<HostedWorld>> {
+        let fleets: Vec<Arc<Mutex<Fleet>>> = match fleet {
+            Some(name) => self.fleet(name).into_iter().collect(),
+            None => self.fleets.iter().map(|f| Arc::clone(f.value())).collect(),
+        };
+        let mut worlds: Vec<HostedWorld> = fleets
+            .iter()
+            .flat_map(|f| {
+                let f = f.lock();
+                f.worlds
+                    .iter()
+                    .map(|(id, w)| HostedWorld { world_id: id.clone(), server: w.server.clone() })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        worlds.sort();
+        Ok(worlds)
     }
 
     async fn remove(&self, name: &str) -> Result<()> {

@@ -46,7 +46,7 @@ use ::redis::{AsyncCommands, Client, RedisError, Script};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use gaia_api::allocation::{AllocationRequest, Lease};
-use gaia_api::gameserver::{GameServer, GameServerState, IllegalTransition, RegisterRequest};
+use gaia_api::gameserver::{GameServer, GameServerState, HostedWorld, IllegalTransition, RegisterRequest};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -349,6 +349,22 @@ impl Registry for RedisRegistry {
         }
         servers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(servers)
+    }
+
+    async fn worlds(&self, fleet: Option<&str>) -> Result<Vec<HostedWorld>> {
+        let fleets = match fleet {
+            Some(name) => vec![name.to_string()],
+            None => self.fleets().await?,
+        };
+        let mut conn = self.conn.clone();
+        let mut worlds = Vec::new();
+        for fleet in fleets {
+            let placed: Vec<(String, String)> =
+                conn.hgetall(format!("{}worlds", self.fleet_key(&fleet))).await.map_err(unavailable)?;
+            worlds.extend(placed.into_iter().map(|(world_id, server)| HostedWorld { world_id, server }));
+        }
+        worlds.sort();
+        Ok(worlds)
     }
 
     async fn remove(&self, name: &str) -> Result<()> {

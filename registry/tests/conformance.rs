@@ -22,7 +22,7 @@ use gaia_api::allocation::{
     AllocationMetadata, AllocationRequest, LabelExpression, Operator, Order, Priority, PriorityKey, Selector, Strategy,
 };
 use gaia_api::fleet::HealthSpec;
-use gaia_api::gameserver::{GameServer, GameServerState, RegisterRequest};
+use gaia_api::gameserver::{GameServer, GameServerState, HostedWorld, RegisterRequest};
 use gaia_api::token::unix_ms;
 use gaia_registry::{Registry, RegistryConfig, RegistryError, RegistryEvent, choose};
 use rand::rngs::SmallRng;
@@ -105,6 +105,7 @@ conformance!(
     move_world_prefers_the_same_region_and_bumps_the_epoch,
     move_world_off_a_draining_server_and_its_errors,
     move_world_drops_idempotent_answers_that_point_at_the_old_server,
+    worlds_says_which_server_holds_each_world,
     // Timers, on real short timeouts.
     unconfirmed_lease_expires_and_the_slot_returns => short_leases,
     world_started_confirms_the_lease_so_it_never_expires => short_leases,
@@ -559,6 +560,30 @@ async fn move_world_prefers_the_same_region_and_bumps_the_epoch(reg: Arc<dyn Reg
     assert_eq!(moved_again.server.name, "b-us");
     assert!(moved_again.epoch > moved.epoch);
     assert_eq!(reg.get("c-eu").await.unwrap().worlds, 1);
+}
+
+async fn worlds_says_which_server_holds_each_world(reg: Arc<dyn Registry>) {
+    let hosted = |pairs: &[(&str, &str)]| -> Vec<HostedWorld> {
+        pairs.iter().map(|(w, s)| HostedWorld { world_id: w.to_string(), server: s.to_string() }).collect()
+    };
+    assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), vec![]);
+    ready(&reg, "a-eu", "eu", 2).await;
+    ready(&reg, "b-us", "us", 2).await;
+    let w2 = reg.allocate(&AllocationRequest { regions: vec!["us".into()], ..join("w2") }).await.unwrap();
+    let w1 = reg.allocate(&AllocationRequest { regions: vec!["eu".into()], ..join("w1") }).await.unwrap();
+    reg.world_started(&w1.server.name, "w1", w1.epoch).await.unwrap();
+    // Leased (w2) and started (w1) alike, sorted by world id.
+    assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "a-eu"), ("w2", "b-us")]));
+    assert_eq!(reg.worlds(None).await.unwrap(), hosted(&[("w1", "a-eu"), ("w2", "b-us")]));
+    assert_eq!(reg.worlds(Some("elsewhere")).await.unwrap(), vec![]);
+
+    reg.move_world("a-eu", "w1").await.unwrap();
+    assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "b-us"), ("w2", "b-us")]));
+    reg.world_ended(&w2.server.name, "w2").await.unwrap();
+    assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "b-us")]));
+    // A server gone frees its worlds.
+    reg.transition("b-us", Unhealthy).await.unwrap();
+    assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), vec![]);
 }
 
 async fn move_world_off_a_draining_server_and_its_errors(reg: Arc<dyn Registry>) {
