@@ -523,9 +523,20 @@ async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], s.openapi)
 }
 
+/// `/metrics`: the fleet gauges are read from the registry now (one `list`), so they are
+/// as fresh as the scrape; when the registry fails they keep their last values.
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    let servers = s.registry.list(None).await;
     let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
+    let encoded = {
+        let _guard = s.metrics.fleets_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &servers {
+            Ok(servers) => s.metrics.observe_fleets(servers),
+            Err(e) => tracing::warn!(error = %e, "registry unavailable: the fleet metrics keep their last values"),
+        }
+        prometheus_client::encoding::text::encode(&mut text, &s.prometheus)
+    };
+    if let Err(e) = encoded {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()

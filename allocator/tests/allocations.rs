@@ -206,6 +206,36 @@ async fn allocations_are_counted_by_result_and_region() {
     assert!(text.contains(r#"gaia_allocator_allocation_duration_seconds_count{result="ok"} 1"#), "{text}");
 }
 
+#[tokio::test]
+async fn the_fleet_gauges_follow_the_registry_at_each_scrape() {
+    let app = App::new();
+    app.ready("s1", "eu", 2).await;
+    app.ready("s2", "eu", 2).await;
+    app.register("s3", "us", 3).await;
+    call(&app.router, Method::POST, "/v1/allocations", r#"{"fleet":"town","regions":["eu"]}"#).await;
+    let text = app.metrics().await;
+    // s1 or s2 took the world: one Allocated, one Ready, each with 2 slots.
+    for line in [
+        r#"gaia_fleet_servers{fleet="town",region="eu",state="Allocated"} 1"#,
+        r#"gaia_fleet_servers{fleet="town",region="eu",state="Ready"} 1"#,
+        r#"gaia_fleet_servers{fleet="town",region="eu",state="Unhealthy"} 0"#,
+        r#"gaia_fleet_servers{fleet="town",region="us",state="Scheduled"} 1"#,
+        r#"gaia_fleet_world_slots{fleet="town",region="eu",state="Allocated"} 2"#,
+        r#"gaia_fleet_worlds{fleet="town",region="eu",state="Allocated"} 1"#,
+        r#"gaia_fleet_worlds{fleet="town",region="eu",state="Ready"} 0"#,
+        r#"gaia_fleet_world_slots{fleet="town",region="us",state="Scheduled"} 3"#,
+        r#"gaia_fleet_player_slots{fleet="town",region="eu",state="Ready"} 100"#,
+        r#"gaia_fleet_players{fleet="town",region="eu",state="Allocated"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    // A server that goes is gone from the next scrape.
+    app.registry.remove("s3").await.unwrap();
+    let text = app.metrics().await;
+    assert!(!text.contains(r#"region="us""#), "{text}");
+    assert!(text.contains(r#"gaia_fleet_servers{fleet="town",region="eu",state="Ready"} 1"#), "{text}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_sweeper_counts_expired_leases() {
     let app = App::new();

@@ -26,7 +26,7 @@ mod webhook;
 
 pub use core::{Autoscaler, Change, REGION_LABEL, WebhookAnswers, WebhookCall};
 pub use error::AutoscalerError;
-pub use metrics::{DecisionLabels, ErrorLabels, Metrics, RegionLabels};
+pub use metrics::{DecisionLabels, ErrorLabels, FleetLabels, Metrics, RegionLabels};
 pub use policy::{Decision, Leaf, Reason, RegionStatus, Resolved, Signals, clamp, decide, initial_desired, resolve};
 pub use shell::{Settings, Statuses, run};
 pub use signals::{RateMeter, StartTimes, WAIT_LIMIT, Waiting};

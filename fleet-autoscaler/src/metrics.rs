@@ -14,6 +14,11 @@ pub struct RegionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FleetLabels {
+    pub fleet: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub fleet: String,
     pub region: String,
@@ -49,6 +54,9 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Failed webhook calls, by error kind (the region keeps its replicas).
     pub webhook_errors: Family<ErrorLabels, Counter>,
+    /// When the fleet was last recomputed from a good registry read (Unix seconds): an
+    /// autoscaler that stops deciding shows as this falling behind the clock.
+    pub last_success: Family<FleetLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -92,6 +100,11 @@ impl Metrics {
         );
         registry.register("errors", "Failed registry reads, by error kind", metrics.errors.clone());
         registry.register("webhook_errors", "Failed webhook calls, by error kind", metrics.webhook_errors.clone());
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the fleet was last recomputed from a good registry read (Unix seconds), by fleet",
+            metrics.last_success.clone(),
+        );
         metrics
     }
 
@@ -118,6 +131,11 @@ impl Metrics {
     pub(crate) fn decision(&self, fleet: &str, region: &str, direction: &'static str, reason: &'static str) {
         let labels = DecisionLabels { fleet: fleet.to_string(), region: region.to_string(), direction, reason };
         self.scale_decisions.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn succeeded(&self, fleet: &str, at: chrono::DateTime<chrono::Utc>) {
+        let seconds = at.timestamp_millis() as f64 / 1000.0;
+        self.last_success.get_or_create(&FleetLabels { fleet: fleet.to_string() }).set(seconds);
     }
 
     pub(crate) fn error(&self, error: &'static str) {

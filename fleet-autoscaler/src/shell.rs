@@ -178,10 +178,11 @@ async fn recompute(
         }
         modified
     });
-    if let Some(metrics) = metrics
-        && let Some(status) = scaler.status(fleet)
-    {
-        metrics.observe(&status);
+    if let Some(metrics) = metrics {
+        metrics.succeeded(fleet, wall);
+        if let Some(status) = scaler.status(fleet) {
+            metrics.observe(&status);
+        }
     }
     for change in changes {
         log(&change, metrics);

@@ -393,11 +393,16 @@ async fn registry_errors_are_retried_at_the_next_sync() {
     assert!((3..=5).contains(&lists), "one read per sync and one per event burst, not a hot loop: {lists}");
     let labels = gaia_fleet_autoscaler::ErrorLabels { error: "registry_unavailable" };
     assert_eq!(fx.metrics.errors.get_or_create(&labels).get(), lists as u64);
+    let town = gaia_fleet_autoscaler::FleetLabels { fleet: "town".into() };
+    assert_eq!(fx.metrics.last_success.get_or_create(&town).get(), 0.0, "no good read yet");
 
     flaky.fail.store(false, Ordering::SeqCst);
     let start = Instant::now();
     assert_eq!(fx.next_eu_change().await, 2);
     assert!(start.elapsed() <= Duration::from_secs(1), "retried at the next sync");
+    let now = chrono::Utc::now().timestamp() as f64;
+    let last = fx.metrics.last_success.get_or_create(&town).get();
+    assert!((now - 5.0..=now + 1.0).contains(&last), "last success {last}, now {now}");
     fx.stop().await;
 }
 

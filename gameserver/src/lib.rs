@@ -436,6 +436,7 @@ pub async fn run_world<W: World>(
     let address = address(listener.local_addr()?, config.advertise_host.as_deref());
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut prometheus));
+    metrics::register_info(&mut prometheus, &config.name, &config.fleet, &config.region);
     // Everything that serves stops on this: at once on shutdown, after the worlds moved
     // on a drain.
     let shutdown = stop.shutdown.child_token();

@@ -8,7 +8,24 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+/// Registers `gaia_gameserver_info{server, fleet, region} 1`: the other metrics of this
+/// page carry no fleet, so dashboards and rules join on it
+/// (`* on (job, instance) group_left (fleet, region) gaia_gameserver_info`).
+pub fn register_info(registry: &mut Registry, server: &str, fleet: &str, region: &str) {
+    let labels = vec![
+        ("server".to_string(), server.to_string()),
+        ("fleet".to_string(), fleet.to_string()),
+        ("region".to_string(), region.to_string()),
+    ];
+    registry.sub_registry_with_prefix("gaia").register(
+        "gameserver",
+        "This game server's name, fleet and region",
+        Info::new(labels),
+    );
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {

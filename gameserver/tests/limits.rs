@@ -640,3 +640,12 @@ async fn a_slow_world_does_not_delay_the_others() {
     assert!(on_time >= 5, "only {on_time} of the slow world's frames arrived before shutdown: {slow_ticks:?}");
     tokio::time::timeout(Duration::from_secs(10), s.done).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn metrics_name_the_server_its_fleet_and_its_region() {
+    let s = Server::town(Config { fleet: "zombies".into(), region: "eu-west".into(), ..Default::default() }).await;
+    let text = s.metrics().await;
+    let info = format!(r#"gaia_gameserver_info{{server="{NAME}",fleet="zombies",region="eu-west"}}"#);
+    assert_eq!(metric(&text, &info), 1.0, "{text}");
+    s.stop().await;
+}
