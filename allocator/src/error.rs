@@ -26,6 +26,9 @@ pub enum ApiError {
     /// A valid token that may not act on this game server (403).
     #[error("this token may not act on game server {server:?}")]
     Forbidden { server: String },
+    /// The fleet has no such world placed on a server (404).
+    #[error("fleet {fleet:?} has no world {world:?} running")]
+    WorldNotRunning { fleet: String, world: String },
     /// Too many long-lived responses (event streams) open at once (503).
     #[error("{0}")]
     Busy(String),
@@ -49,6 +52,7 @@ impl ApiError {
             Self::Forbidden { .. } => "forbidden",
             Self::NoAutoscaler(_) => "autoscaler_not_found",
             Self::Busy(_) => "unavailable",
+            Self::WorldNotRunning { .. } => "world_not_running",
         }
     }
 
@@ -63,7 +67,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::NoAutoscaler(_) => StatusCode::NOT_FOUND,
+            Self::NoAutoscaler(_) | Self::WorldNotRunning { .. } => StatusCode::NOT_FOUND,
         }
     }
 }

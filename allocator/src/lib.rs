@@ -20,6 +20,7 @@ mod json;
 pub mod metrics;
 pub mod openapi;
 mod params;
+mod spectate;
 mod tls;
 
 use std::convert::Infallible;
@@ -167,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/allocations:batch", post(allocate::batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
         .route("/v1/events", get(events::events))
         .route("/v1/fleets/{fleet}/autoscaler", get(autoscaler_status))
+        .route("/v1/fleets/{fleet}/worlds/{world}/spectate", post(spectate::spectate))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)

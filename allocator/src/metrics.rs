@@ -76,6 +76,8 @@ pub struct Metrics {
     pub waiting: Gauge,
     /// Leases that ran out before a player joined, their slots given back.
     pub lease_expiries: Counter,
+    /// Spectate tokens asked for, by result.
+    pub spectates: Family<ResultLabels, Counter>,
     pub fleets: FleetMetrics,
     /// Held while the fleet gauges are replaced and encoded, so that no scrape sees a
     /// half-set fleet.
@@ -92,6 +94,7 @@ impl Metrics {
             refused: Family::default(),
             waiting: Gauge::default(),
             lease_expiries: Counter::default(),
+            spectates: Family::default(),
             fleets: FleetMetrics::default(),
             fleets_lock: std::sync::Mutex::new(()),
         };
@@ -113,6 +116,7 @@ impl Metrics {
             "Allocation requests waiting for capacity until their deadline",
             metrics.waiting.clone(),
         );
+        allocator.register("spectates", "Spectate tokens asked for, by result", metrics.spectates.clone());
         allocator.register(
             "lease_expiries",
             "Allocation leases that expired before a player joined",

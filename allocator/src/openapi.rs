@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::allocate::allocate,
         crate::allocate::batch,
+        crate::spectate::spectate,
         crate::autoscaler_status,
         crate::list_servers,
         crate::get_server,
@@ -83,7 +84,7 @@ pub fn document(matchmaker_tokens: bool) -> Value {
 /// (RFC 7396: `null` removes a keyword). `(schema, property, patch)`.
 fn property_rules() -> Vec<(&'static str, &'static str, Value)> {
     let name = name_schema();
-    let id = json!({"minLength": 1, "maxLength": MAX_ID_LEN, "pattern": ID_PATTERN});
+    let id = id_schema();
     let list = json!({"maxItems": MAX_LIST_LEN});
     let key = json!({"minLength": 1, "maxLength": MAX_KEY_LEN});
     let settable_key = json!({"minLength": 1, "maxLength": MAX_KEY_LEN, "not": {"pattern": reserved_key_pattern()}});
@@ -113,6 +114,14 @@ fn property_rules() -> Vec<(&'static str, &'static str, Value)> {
 
 /// Path and query parameters that are names (fleets, servers).
 const NAME_PARAMETERS: [&str; 2] = ["fleet", "name"];
+
+/// Path parameters that are ids (worlds).
+const ID_PARAMETERS: [&str; 1] = ["worldId"];
+
+/// What `gaia_api::allocation::check_id` accepts.
+fn id_schema() -> Value {
+    json!({"minLength": 1, "maxLength": MAX_ID_LEN, "pattern": ID_PATTERN})
+}
 
 /// What `gaia_api::fleet::check_name` accepts.
 fn name_schema() -> Value {
@@ -161,6 +170,8 @@ fn apply_rules(doc: &mut Value) -> Vec<String> {
             let name = parameter["name"].as_str().unwrap_or_default().to_string();
             if NAME_PARAMETERS.contains(&name.as_str()) {
                 merge(&mut parameter["schema"], name_schema());
+            } else if ID_PARAMETERS.contains(&name.as_str()) {
+                merge(&mut parameter["schema"], id_schema());
             } else {
                 missed.push(format!("{path} parameter {name:?}"));
             }

@@ -232,7 +232,9 @@ pub const MAX_LIST_LEN: usize = 16;
 /// Most requests in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-fn check_id(field: &str, id: &str) -> Result<(), SpecError> {
+/// Checks an id (world, player, idempotency key) as the API accepts it; the error names
+/// `field`.
+pub fn check_id(field: &str, id: &str) -> Result<(), SpecError> {
     let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
     if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(ok_char) {
         return Err(SpecError {
@@ -385,6 +387,26 @@ pub struct MoveResponse {
     pub address: String,
     /// The world's new epoch; checkpoints written under an older one are stale.
     pub epoch: u64,
+}
+
+/// Answer to `POST /v1/fleets/{fleet}/worlds/{worldId}/spectate`: a read-only seat in a
+/// running world. Connect to `address` and send `Join{token}` as with a join token: the
+/// connection gets the world's Welcome (`you` 0) and its deltas, takes no player slot, and
+/// each of its inputs is refused (`spectators cannot act`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[ts(export_to = "allocation.ts")]
+#[serde(rename_all = "camelCase")]
+pub struct SpectateResponse {
+    pub world_id: String,
+    pub fleet: String,
+    pub server: String,
+    pub region: String,
+    /// WebSocket address to connect to.
+    pub address: String,
+    /// A spectate token: present with `Join{token}` as the first frame.
+    pub token: String,
+    /// Unix time in milliseconds after which the server refuses the token.
+    pub expires_at_ms: u64,
 }
 
 /// `POST /v1/allocations:batch`: a matchmaker's whole cycle in one call. The requests are

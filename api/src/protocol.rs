@@ -115,6 +115,10 @@ pub enum InputOutcome {
 /// server never received: the input was not applied, so the client may send it again.
 pub const NEVER_RECEIVED: &str = "never reached the server: send it again";
 
+/// The reason of the `Rejected` result (tick 0) every input of a spectator gets: a
+/// connection that joined with a spectate token watches, it does not act.
+pub const SPECTATORS_CANNOT_ACT: &str = "spectators cannot act";
+
 /// Now, in microseconds since the Unix epoch: the clock of `Delta::server_us`.
 pub fn unix_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)

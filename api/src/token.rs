@@ -109,32 +109,89 @@ pub struct ResumeClaims {
 
 const RESUME_TOKEN_PREFIX: &[u8] = b"gaia-resume-v1:";
 
+/// What a spectate token carries: a read-only seat in a running world on `server`. The
+/// connection gets the world's Welcome and deltas but is not a member of the world: it
+/// takes no player slot, counts toward no player count, and its inputs are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpectateClaims {
+    pub world_id: String,
+    pub server: String,
+    pub expires_at_ms: u64,
+}
+
+const SPECTATE_TOKEN_PREFIX: &[u8] = b"gaia-spectate-v1:";
+
+/// The claims of a token kind signed under a MAC prefix of its own.
+trait Prefixed: Serialize + serde::de::DeserializeOwned {
+    const PREFIX: &'static [u8];
+    fn server(&self) -> &str;
+    fn expires_at_ms(&self) -> u64;
+}
+
+impl Prefixed for ResumeClaims {
+    const PREFIX: &'static [u8] = RESUME_TOKEN_PREFIX;
+    fn server(&self) -> &str {
+        &self.server
+    }
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+}
+
+impl Prefixed for SpectateClaims {
+    const PREFIX: &'static [u8] = SPECTATE_TOKEN_PREFIX;
+    fn server(&self) -> &str {
+        &self.server
+    }
+    fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+}
+
 impl TokenKey {
-    fn resume_mac(&self, payload: &str) -> Hmac<Sha256> {
-        let mut mac = self.mac(RESUME_TOKEN_PREFIX);
+    fn prefixed_mac(&self, prefix: &[u8], payload: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac(prefix);
         mac.update(payload.as_bytes());
         mac
     }
 
-    pub fn sign_resume(&self, claims: &ResumeClaims) -> String {
+    fn sign_prefixed<C: Prefixed>(&self, claims: &C) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(self.resume_mac(&payload).finalize().into_bytes()))
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(self.prefixed_mac(C::PREFIX, &payload).finalize().into_bytes()))
+    }
+
+    fn verify_prefixed<C: Prefixed>(&self, token: &str, server: &str, now_ms: u64) -> Result<C, TokenError> {
+        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        self.prefixed_mac(C::PREFIX, payload).verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: C = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        if claims.expires_at_ms() <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        if claims.server() != server {
+            return Err(TokenError::WrongServer);
+        }
+        Ok(claims)
+    }
+
+    pub fn sign_resume(&self, claims: &ResumeClaims) -> String {
+        self.sign_prefixed(claims)
     }
 
     /// Checks a resume token's signature, expiry and server.
     pub fn verify_resume(&self, token: &str, server: &str, now_ms: u64) -> Result<ResumeClaims, TokenError> {
-        let (payload, signature) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
-        self.resume_mac(payload).verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
-        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
-        let claims: ResumeClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        if claims.expires_at_ms <= now_ms {
-            return Err(TokenError::Expired);
-        }
-        if claims.server != server {
-            return Err(TokenError::WrongServer);
-        }
-        Ok(claims)
+        self.verify_prefixed(token, server, now_ms)
+    }
+
+    pub fn sign_spectate(&self, claims: &SpectateClaims) -> String {
+        self.sign_prefixed(claims)
+    }
+
+    /// Checks a spectate token's signature, expiry and server.
+    pub fn verify_spectate(&self, token: &str, server: &str, now_ms: u64) -> Result<SpectateClaims, TokenError> {
+        self.verify_prefixed(token, server, now_ms)
     }
 }
 
@@ -201,6 +258,24 @@ mod tests {
             JoinClaims { world_id: "w".into(), server: "s".into(), player_id: "p".into(), expires_at_ms: 10, epoch: 3 };
         assert_eq!(key.verify_resume(&key.sign(&join), "s", 5), Err(TokenError::BadSignature));
         assert_eq!(TokenKey::new("other").verify_resume(&token, "s", 5), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn spectate_tokens_pass_for_no_other_kind() {
+        let key = TokenKey::new("k");
+        let spectate = SpectateClaims { world_id: "w".into(), server: "s".into(), expires_at_ms: 10 };
+        let token = key.sign_spectate(&spectate);
+        assert_eq!(key.verify_spectate(&token, "s", 5), Ok(spectate));
+        assert_eq!(key.verify_spectate(&token, "s", 10), Err(TokenError::Expired));
+        assert_eq!(key.verify_spectate(&token, "t", 5), Err(TokenError::WrongServer));
+        assert_eq!(key.verify(&token, "s", 5), Err(TokenError::BadSignature));
+        assert_eq!(key.verify_resume(&token, "s", 5), Err(TokenError::BadSignature));
+        let join =
+            JoinClaims { world_id: "w".into(), server: "s".into(), player_id: "p".into(), expires_at_ms: 10, epoch: 3 };
+        assert_eq!(key.verify_spectate(&key.sign(&join), "s", 5), Err(TokenError::BadSignature));
+        let resume = ResumeClaims { world_id: "w".into(), server: "s".into(), member: 7, epoch: 3, expires_at_ms: 10 };
+        assert_eq!(key.verify_spectate(&key.sign_resume(&resume), "s", 5), Err(TokenError::BadSignature));
+        assert_eq!(TokenKey::new("other").verify_spectate(&token, "s", 5), Err(TokenError::BadSignature));
     }
 
     use super::*;

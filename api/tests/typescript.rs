@@ -83,6 +83,7 @@ fn modules() -> BTreeMap<PathBuf, (&'static str, Module)> {
         allocation::BatchAllocationResponse,
         allocation::BatchResult,
         allocation::MoveResponse,
+        allocation::SpectateResponse,
         allocation::ErrorBody,
         allocation::ErrorDetail,
     );

@@ -1,13 +1,9 @@
-// How the world view gets into a world: an address and a token for an ordinary `Join`.
-//
-// The console is meant to watch as a spectator (`POST /v1/worlds/{worldId}/spectate`:
-// read-only, not a member, its inputs refused). Until the control plane has that endpoint,
-// it joins as a player through the matchmaker's `POST /v1/allocations` with the world's id:
-// it then shows as one more member of the world, and still never sends an input.
-// To switch, set SPECTATE to true: nothing else changes.
+// How the world view gets into a world: a spectate token from the control plane
+// (`POST /v1/fleets/{fleet}/worlds/{worldId}/spectate`). The connection watches: the Welcome
+// names no entity of its own (`you` 0), it is no member of the world and no player on its
+// server, and the server would refuse its inputs (it sends none).
+import type { SpectateResponse } from "@gaia-fleet/client";
 import { api } from "./api.js";
-
-export const SPECTATE = false;
 
 export interface Seat {
   address: string;
@@ -15,14 +11,7 @@ export interface Seat {
 }
 
 export async function seat(fleet: string, worldId: string): Promise<Seat> {
-  if (SPECTATE) {
-    const s = await api<{ address: string; token: string }>("POST", `/v1/worlds/${encodeURIComponent(worldId)}/spectate`);
-    return { address: s.address, token: s.token };
-  }
-  const a = await api<{ address: string; joinToken: string }>("POST", "/v1/allocations", {
-    fleet,
-    worldId,
-    playerId: `console-${Math.random().toString(36).slice(2, 10)}`,
-  });
-  return { address: a.address, token: a.joinToken };
+  const path = `/v1/fleets/${encodeURIComponent(fleet)}/worlds/${encodeURIComponent(worldId)}/spectate`;
+  const s = await api<SpectateResponse>("POST", path);
+  return { address: s.address, token: s.token };
 }

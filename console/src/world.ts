@@ -1,8 +1,9 @@
 // The world page (`#/world/{fleet}/{worldId}`): the town's map on a canvas with its bots and
 // players moving smoothly (the client's `Tracks` and `advancePlayback`, from the deltas'
 // server times), what they say as they say it, the tick and the members. It joins through
-// `seat` (join.ts) with GaiaClient and never sends an input; it follows the world when it
-// moves (`Migrate`), as any client does.
+// `seat` (join.ts, a spectate token) with GaiaClient and never sends an input. A spectator is
+// not moved with its world (`Migrate` is for players): when its connection closes for any
+// reason it asks for a seat again, at growing pauses, and so finds the world on its new server.
 import { GaiaClient, Tracks, advancePlayback, isWall, type Change, type Entity, type Snapshot } from "@gaia-fleet/client";
 import { h, text } from "./dom.js";
 import type { Feed } from "./feed.js";
@@ -13,7 +14,7 @@ export interface WorldReport {
   worldId: string;
   /** Connected and welcomed. */
   joined: boolean;
-  /** `you` of the last Welcome: the console's own member while it joins as a player. */
+  /** `you` of the last Welcome: 0, as the console watches and controls no entity. */
   you: number | undefined;
   tick: number;
   address: string;
@@ -23,12 +24,15 @@ export interface WorldReport {
   drawn: Array<{ id: number; name: string; kind: string; x: number; y: number }>;
   /** Conversation lines shown, oldest first. */
   said: string[];
+  /** Times the page found its world again on another server, after its connection closed. */
   migrations: number;
   error: string | undefined;
 }
 
 const MAX_LINES = 60;
 const BUBBLE_MS = 4000;
+/** Pauses before asking for a seat again; the last repeats. */
+const RETRY_MS = [250, 500, 1000, 2000, 5000];
 
 export class WorldPage {
   readonly report: WorldReport;
@@ -39,6 +43,9 @@ export class WorldPage {
   private lastFrame = performance.now();
   private raf = 0;
   private stopped = false;
+  /** Seats asked for since the last Welcome. */
+  private tries = 0;
+  private retry: ReturnType<typeof setTimeout> | undefined;
   private readonly bubbles = new Map<number, { text: string; until: number }>();
   private readonly canvas = h("canvas", { class: "map" });
   private readonly info = h("p", { class: "info" });
@@ -65,7 +72,9 @@ export class WorldPage {
       ),
     );
     this.client.on("welcome", (w) => {
+      this.tries = 0;
       this.report.joined = true;
+      this.report.error = undefined;
       this.report.you = w.you;
       this.report.tick = w.tick;
       this.snapshot = w.snapshot;
@@ -83,15 +92,11 @@ export class WorldPage {
       this.report.tick = r.tick;
       this.renderMembers();
     });
-    this.client.on("migrate", ({ address }) => {
-      this.report.migrations++;
-      this.report.address = address;
-      this.line(`the world moves to ${address}`);
-    });
     this.client.on("close", ({ code, reason }) => {
       this.report.joined = false;
       this.report.error = `closed ${code}${reason ? `: ${reason}` : ""}`;
       this.line(`disconnected (${this.report.error})`);
+      this.again();
     });
     this.unsubscribe = feed.subscribe(() => this.renderInfo());
     void this.join();
@@ -100,23 +105,41 @@ export class WorldPage {
 
   stop(): void {
     this.stopped = true;
+    clearTimeout(this.retry);
     this.unsubscribe();
     cancelAnimationFrame(this.raf);
     this.client.close();
   }
 
   private async join(): Promise<void> {
+    this.tries++;
     try {
       const { address, token } = await seat(this.fleet, this.report.worldId);
       if (this.stopped) return;
+      const moved = this.report.address !== "" && this.report.address !== address;
       this.report.address = address;
       // JSON: frames are readable in the browser's developer tools.
       await this.client.connect(address, token, { encoding: "gaia.v1.json" });
+      if (moved) {
+        this.report.migrations++;
+        this.line(`the world is on ${address} now`);
+      }
     } catch (e) {
       this.report.error = (e as Error).message;
-      this.line(`cannot join: ${this.report.error}`);
+      this.line(`cannot watch: ${this.report.error}`);
+      this.again();
     }
     this.renderInfo();
+  }
+
+  /** Asks for a seat again after a pause (once at a time). */
+  private again(): void {
+    if (this.stopped || this.retry !== undefined) return;
+    const ms = RETRY_MS[Math.min(this.tries, RETRY_MS.length) - 1] ?? RETRY_MS[0]!;
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      void this.join();
+    }, ms);
   }
 
   private renderInfo(): void {
@@ -129,7 +152,7 @@ export class WorldPage {
   private renderMembers(): void {
     const entities = [...(this.snapshot?.entities ?? [])].sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name));
     this.members.replaceChildren(
-      ...entities.map((e) => h("li", { class: e.kind }, `${e.name}${e.id === this.report.you ? " (this console)" : ""} · ${e.kind}`)),
+      ...entities.map((e) => h("li", { class: e.kind }, `${e.name} · ${e.kind}`)),
     );
   }
 
@@ -192,7 +215,7 @@ export class WorldPage {
     const cy = (at.y + 0.5) * cell;
     g.beginPath();
     g.arc(cx, cy, cell * 0.42, 0, Math.PI * 2);
-    g.fillStyle = e.id === this.report.you ? "#999" : e.kind === "bot" ? "#2a6f97" : "#c1121f";
+    g.fillStyle = e.kind === "bot" ? "#2a6f97" : "#c1121f";
     g.fill();
     g.fillStyle = "#333";
     g.font = `${Math.max(9, Math.round(cell * 0.7))}px system-ui, sans-serif`;

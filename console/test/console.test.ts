@@ -113,6 +113,8 @@ describe.skipIf(missing !== undefined)("the console in Chromium, against gaia ru
       const world = await tab.evaluate(() => gaia().world()!);
       expect(world.tick).toBeGreaterThan(0);
       expect(world.error).toBeUndefined();
+      // A spectator: no entity of its own, so every entity drawn is the world's.
+      expect(world.you).toBe(0);
       await expect(tab.locator(".members li").count()).resolves.toBe((await tab.evaluate(() => gaia().world()!.drawn.length)));
       if (screenshots) {
         // A picture with a conversation in it, if the bots meet soon (not a condition of the test).
@@ -146,7 +148,7 @@ describe.skipIf(missing !== undefined)("the console in Chromium, against gaia ru
         [drained, hosted] as const,
         { timeout: 30_000 },
       );
-      // The world page followed its world to the new server.
+      // The world page found its world again on the new server (a spectator is let go, not moved).
       await tab.waitForFunction(() => gaia().world()!.migrations >= 1 && gaia().world()!.joined, undefined, { timeout: 30_000 });
       const moved = await fleetState(operator);
       const to = moved.worlds.find((w) => w.worldId === watched.worldId)!.server;

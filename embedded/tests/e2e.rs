@@ -225,3 +225,57 @@ async fn wrong_and_expired_tokens_are_refused_with_a_reason() {
     assert_eq!(servers.iter().map(|s| s.worlds).sum::<u32>(), 1);
     fleet.shutdown.cancel();
 }
+
+/// The console's path: a spectate token from the allocator for a running world. The
+/// spectator watches (Welcome with no entity of its own, the player's moves), its input is
+/// refused, and the server's player count, as the SDK reports it, stays the player's.
+#[tokio::test]
+async fn a_spectator_watches_a_world_and_is_not_counted_as_a_player() {
+    let fleet = fleet().await;
+    let http = reqwest::Client::new();
+    let alloc = allocate(&http, &fleet.url, json!({"fleet": "town", "regions": ["eu-west"]})).await;
+    let mut alice = join(&alloc).await;
+
+    let url = format!("{}/v1/fleets/town/worlds/{}/spectate", fleet.url, alloc.world_id);
+    let resp = http.post(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seat: gaia_api::allocation::SpectateResponse = resp.json().await.unwrap();
+    assert_eq!((seat.server.as_str(), seat.address.as_str()), (alloc.server.as_str(), alloc.address.as_str()));
+    let (mut eve, _) = connect_async(&seat.address).await.unwrap();
+    send(&mut eve, &ClientMsg::Join { token: seat.token }).await;
+    let snapshot = match recv(&mut eve).await {
+        Ok(ServerMsg::Welcome { you: 0, snapshot, .. }) => snapshot,
+        other => panic!("expected a Welcome with no entity, got {other:?}"),
+    };
+    assert_eq!(snapshot.entities.len(), alice.snapshot.entities.len(), "the spectator adds no entity");
+
+    send(&mut eve, &ClientMsg::Input { seq: 1, action: Action::Say { text: "hello?".into() } }).await;
+    let (dx, dy) = legal_move(&alice.snapshot, alice.you);
+    send(&mut alice.ws, &ClientMsg::Input { seq: 1, action: Action::Move { dx, dy } }).await;
+    let (mut refused, mut saw_move) = (false, false);
+    while !(refused && saw_move) {
+        match recv(&mut eve).await.unwrap() {
+            ServerMsg::InputResult { seq: 1, tick: 0, outcome: InputOutcome::Rejected { reason } } => {
+                assert_eq!(reason, gaia_api::protocol::SPECTATORS_CANNOT_ACT);
+                refused = true;
+            }
+            ServerMsg::InputResult { .. } => panic!("a spectator's input reached the world"),
+            ServerMsg::Delta { changes, .. } => {
+                saw_move |= changes.iter().any(|c| matches!(c, Change::Moved { id, .. } if *id == alice.you));
+            }
+            _ => {}
+        }
+    }
+
+    // The count reaches the record at the SDK's report period (2 s by default): once it
+    // shows Alice, two more periods would have shown the spectator too.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fleet.registry.get(&alloc.server).await.unwrap().players == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the player count never reached the record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let record = fleet.registry.get(&alloc.server).await.unwrap();
+    assert_eq!((record.players, record.worlds), (1, 1));
+    fleet.shutdown.cancel();
+}

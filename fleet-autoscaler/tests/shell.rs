@@ -353,6 +353,13 @@ impl Registry for Flaky {
     async fn worlds(&self, fleet: Option<&str>) -> gaia_registry::Result<Vec<gaia_api::gameserver::HostedWorld>> {
         self.inner.worlds(fleet).await
     }
+    async fn world(
+        &self,
+        fleet: &str,
+        world_id: &str,
+    ) -> gaia_registry::Result<Option<gaia_api::gameserver::HostedWorld>> {
+        self.inner.world(fleet, world_id).await
+    }
     async fn list(&self, fleet: Option<&str>) -> gaia_registry::Result<Vec<GameServer>> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {

@@ -3,7 +3,9 @@
 //! Until it joins, a connection holds a place among the unjoined ([`crate::unjoined`]),
 //! not a player slot. The first frame must be `Join{token}` within `join_timeout`; the
 //! token must be signed by the allocator for this server and unexpired; then the
-//! connection takes a player slot. After that it forwards inputs to its world and writes
+//! connection takes a player slot. A spectate token (see [`crate::room`]) instead makes
+//! a read-only connection: it takes no slot and is no player, and each of its inputs is
+//! answered `Rejected` ([`SPECTATORS_CANNOT_ACT`]) at once, never reaching the world. After that it forwards inputs to its world and writes
 //! the frames the world queues for it, all that are queued in one flush. Frames are rate
 //! limited per connection: an input over the limit is answered `Rejected` at once (tick
 //! 0, so before results of earlier inputs that wait for their tick), a ping over it still
@@ -25,8 +27,10 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{ClientMsg, Encoding, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, ServerMsg, close};
-use gaia_api::token::{TokenKey, unix_ms};
+use gaia_api::protocol::{
+    ClientMsg, Encoding, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, SPECTATORS_CANNOT_ACT, ServerMsg, close,
+};
+use gaia_api::token::{TokenError, TokenKey, unix_ms};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -217,10 +221,19 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
         Ok(Inbound::Frame(frame)) => frame,
     };
     let now = unix_ms(SystemTime::now());
-    let bad_token = |e: gaia_api::token::TokenError| Closing::new(close::BAD_TOKEN, "bad_token", e.to_string());
+    let bad_token = |e: TokenError| Closing::new(close::BAD_TOKEN, "bad_token", e.to_string());
     let first = match decode::<W::Action>(socket.encoding, &frame) {
+        // A spectate token is not a join token: its signature is the tell.
         Ok(ClientMsg::Join { token }) => match ctx.key.verify(&token, &ctx.server_name, now) {
             Ok(claims) => First::Join(claims),
+            Err(TokenError::BadSignature) => match ctx.key.verify_spectate(&token, &ctx.server_name, now) {
+                Ok(claims) => {
+                    drop(unjoined);
+                    return spectate(socket, ctx, claims).await;
+                }
+                Err(TokenError::BadSignature) => return Some(bad_token(TokenError::BadSignature)),
+                Err(e) => return Some(bad_token(e)),
+            },
             Err(e) => return Some(bad_token(e)),
         },
         Ok(ClientMsg::Resume { token, awaiting }) => match ctx.key.verify_resume(&token, &ctx.server_name, now) {
@@ -253,21 +266,58 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
     };
     let world = match joined {
         Ok(world) => world,
-        Err(e @ JoinError::WorldFull(_)) => return Some(Closing::new(close::WORLD_FULL, "world_full", e.to_string())),
-        Err(e @ JoinError::ServerFull(_)) => {
-            return Some(Closing::new(close::SERVER_FULL, "server_full", e.to_string()));
-        }
-        Err(e @ JoinError::Unavailable(_)) => {
-            return Some(Closing::new(close::WORLD_UNAVAILABLE, "world_unavailable", e.to_string()));
-        }
-        Err(JoinError::ShuttingDown) => return Some(going_away()),
+        Err(e) => return Some(refused(e)),
     };
     ctx.players.fetch_add(1, Ordering::Relaxed);
-    let end = play(socket, ctx, &world, &world_id, &mut frames).await;
-    // Leaving drops the member's inputs the world has not applied yet, unanswered; the
-    // world queues nothing after it. A connection that broke parks the member instead,
-    // for a resume.
-    let closing = match end {
+    let end = play(socket, ctx, &world, &world_id, false, &mut frames).await;
+    let closing = part(socket, ctx, world, &mut frames, end).await;
+    ctx.players.fetch_sub(1, Ordering::Relaxed);
+    closing
+}
+
+/// A refused join, resume or spectate as the close that says why.
+fn refused(e: JoinError) -> Closing {
+    let reason = e.to_string();
+    match e {
+        JoinError::WorldFull(_) => Closing::new(close::WORLD_FULL, "world_full", reason),
+        JoinError::SpectatorsFull(_) => Closing::new(close::WORLD_FULL, "spectators_full", reason),
+        JoinError::ServerFull(_) => Closing::new(close::SERVER_FULL, "server_full", reason),
+        JoinError::Unavailable(_) => Closing::new(close::WORLD_UNAVAILABLE, "world_unavailable", reason),
+        JoinError::ShuttingDown => going_away(),
+    }
+}
+
+/// A read-only connection: no player slot, no player count; only a world running here.
+async fn spectate<W: World>(
+    socket: &mut Socket,
+    ctx: &Ctx<W>,
+    claims: gaia_api::token::SpectateClaims,
+) -> Option<Closing> {
+    let (out, mut frames) = mpsc::channel(ctx.member_queue);
+    let member = ctx.rooms.next_member();
+    let world = match ctx.rooms.spectate(&claims.world_id, member, socket.encoding, out).await {
+        Ok(world) => world,
+        Err(e) => return Some(refused(e)),
+    };
+    tracing::debug!(world = %claims.world_id, "spectator watching");
+    ctx.metrics.spectators.inc();
+    let end = play(socket, ctx, &world, &claims.world_id, true, &mut frames).await;
+    let closing = part(socket, ctx, world, &mut frames, end).await;
+    ctx.metrics.spectators.dec();
+    closing
+}
+
+/// Takes the connection out of its world as `end` says. Leaving drops the member's
+/// inputs the world has not applied yet, unanswered; the world queues nothing after it.
+/// A connection that broke parks the member instead, for a resume.
+async fn part<W: World>(
+    socket: &mut Socket,
+    ctx: &Ctx<W>,
+    world: WorldHandle<W::Action>,
+    frames: &mut mpsc::Receiver<Outbound>,
+    end: End,
+) -> Option<Closing> {
+    match end {
         End::Gone => {
             world.park().await;
             None
@@ -277,11 +327,9 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
             echo_close(socket).await;
             None
         }
-        End::Close(closing) => goodbye(socket, ctx, &mut frames, world.leave().await, Some(closing)).await,
-        End::LetGo(closing) => goodbye(socket, ctx, &mut frames, world.leave().await, closing).await,
-    };
-    ctx.players.fetch_sub(1, Ordering::Relaxed);
-    closing
+        End::Close(closing) => goodbye(socket, ctx, frames, world.leave().await, Some(closing)).await,
+        End::LetGo(closing) => goodbye(socket, ctx, frames, world.leave().await, closing).await,
+    }
 }
 
 /// What the first frame asked for, its token checked.
@@ -366,6 +414,7 @@ async fn play<W: World>(
     ctx: &Ctx<W>,
     world: &WorldHandle<W::Action>,
     world_id: &str,
+    spectator: bool,
     frames: &mut mpsc::Receiver<Outbound>,
 ) -> End {
     let quota = governor::Quota::per_second(ctx.frame_rate).allow_burst(ctx.frame_burst);
@@ -449,6 +498,13 @@ async fn play<W: World>(
                         return End::Close(Closing::new(close::ALREADY_JOINED, "already_joined", reason));
                     }
                     // Refused by the connection, never seen by the world: answered at once.
+                    ClientMsg::Input { seq, .. } if spectator => {
+                        ctx.metrics.count_input_result("spectator");
+                        let outcome = InputOutcome::Rejected { reason: SPECTATORS_CANNOT_ACT.into() };
+                        if !send_now(socket, &ctx.metrics, ServerMsg::InputResult { seq, tick: 0, outcome }).await {
+                            return End::Gone;
+                        }
+                    }
                     ClientMsg::Input { seq, .. } if refused => {
                         ctx.metrics.count_input_result("rate_limited");
                         let reason = format!("slow down: at most {} inputs per second", ctx.frame_rate);

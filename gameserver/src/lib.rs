@@ -88,6 +88,9 @@ pub struct Config {
     pub player_capacity: u32,
     #[arg(long, env = "GAIA_WORLD_PLAYER_CAPACITY", default_value_t = 30)]
     pub world_player_capacity: u32,
+    /// Spectators (read-only connections, no player slot) one world takes besides its players.
+    #[arg(long, env = "GAIA_WORLD_SPECTATOR_CAPACITY", default_value_t = 16)]
+    pub world_spectator_capacity: u32,
     #[arg(long, env = "GAIA_HEALTH_PERIOD_SECONDS", default_value_t = 2)]
     pub health_period_seconds: u32,
     /// World ticks per second: inputs are applied and answered at each tick.
@@ -170,6 +173,7 @@ impl Default for Config {
             world_capacity: 10,
             player_capacity: 300,
             world_player_capacity: 30,
+            world_spectator_capacity: 16,
             health_period_seconds: 2,
             tick_hz: 20,
             delta_hz: 10,
@@ -454,6 +458,7 @@ pub async fn run_world<W: World>(
         tick: Duration::from_secs(1) / config.tick_hz,
         send_every: config.tick_hz / config.delta_hz,
         max_players: config.world_player_capacity as usize,
+        max_spectators: config.world_spectator_capacity as usize,
         max_worlds: config.world_capacity as usize,
         empty_grace: config.empty_world_grace,
         member_queue: config.client_queue.max(2),

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Worlds running here.
     pub worlds: Gauge,
+    /// Connections watching a world with a spectate token (not players).
+    pub spectators: Gauge,
     pub frames_received: Counter,
     pub bytes_received: Counter,
     pub frames_sent: Counter,
@@ -75,6 +77,7 @@ impl Metrics {
         let metrics = Self {
             connections: Gauge::default(),
             worlds: Gauge::default(),
+            spectators: Gauge::default(),
             frames_received: Counter::default(),
             bytes_received: Counter::default(),
             frames_sent: Counter::default(),
@@ -96,6 +99,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("gaia_gameserver");
         r.register("connections", "Open WebSocket connections", metrics.connections.clone());
         r.register("worlds", "Worlds running on this server", metrics.worlds.clone());
+        r.register("spectators", "Connections watching a world, not playing in it", metrics.spectators.clone());
         r.register("frames_received", "WebSocket frames received", metrics.frames_received.clone());
         r.register("bytes_received", "WebSocket payload bytes received", metrics.bytes_received.clone());
         r.register("frames_sent", "WebSocket frames queued to clients", metrics.frames_sent.clone());

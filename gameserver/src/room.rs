@@ -17,7 +17,12 @@
 //! longer than `max_behind`, or with too many held results, is dropped (its connection
 //! closes with `TOO_SLOW`). So a slow reader can neither grow memory nor stall the world.
 //!
-//! A world with no members for `empty_grace` ends and gives its slot back. On shutdown
+//! Spectators ([`Rooms::spectate`]) watch a running world: they get its Welcome (`you`
+//! 0: no entity) and deltas like members, but the world's engine never hears of them, so
+//! they are no player, count toward no player limit (`max_spectators` of their own), and
+//! do not keep a world alive. Their connection refuses their inputs itself.
+//!
+//! A world with no players for `empty_grace` ends and gives its slot back. On shutdown
 //! each world runs one last tick with the inputs already queued, sends the results, and
 //! then lets its members go (their connections close with `GOING_AWAY`).
 //!
@@ -60,6 +65,8 @@ pub struct RoomConfig {
     pub send_every: u32,
     /// Players one world holds.
     pub max_players: usize,
+    /// Spectators one world holds, besides its players.
+    pub max_spectators: usize,
     /// Worlds this server hosts at once.
     pub max_worlds: usize,
     /// How long a world with nobody in it lives on before it ends.
@@ -99,6 +106,7 @@ impl Default for RoomConfig {
             tick: Duration::from_millis(50),
             send_every: 2,
             max_players: 30,
+            max_spectators: 16,
             max_worlds: 10,
             empty_grace: Duration::from_secs(5),
             member_queue: 64,
@@ -151,6 +159,8 @@ pub struct Migration {
 pub enum JoinError {
     #[error("world is full ({0} players)")]
     WorldFull(usize),
+    #[error("world has its maximum of {0} spectators")]
+    SpectatorsFull(usize),
     #[error("server hosts its maximum of {0} worlds")]
     ServerFull(usize),
     #[error("server is shutting down")]
@@ -206,6 +216,14 @@ enum Cmd<A> {
         encoding: Encoding,
         farewell: Farewell,
         awaiting: Vec<u32>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    /// A read-only connection starts watching (see [`Rooms::spectate`]).
+    Spectate {
+        member: MemberId,
+        out: mpsc::Sender<Outbound>,
+        encoding: Encoding,
+        farewell: Farewell,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     Input {
@@ -281,6 +299,8 @@ struct Member {
     /// Input results held until the Welcome or the resync, sent to the connection if
     /// the member goes first.
     farewell: Farewell,
+    /// Watches only: not in the world's engine, never moved, never parked.
+    spectator: bool,
 }
 
 /// An accepted join, waiting for the tick that adds it.
@@ -400,6 +420,32 @@ impl<W: World> Rooms<W> {
         let (farewell, leftovers) = Farewell::channel();
         let cmd = Cmd::Resume { member, epoch, out, encoding, farewell, awaiting, reply };
         tx.send(cmd).await.map_err(|_| gone())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(WorldHandle { member, tx, leftovers }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(gone()),
+        }
+    }
+
+    /// Watches `world_id` without joining it: the world sends its Welcome (`you` 0, no
+    /// resume token) and deltas into `out`, and never hears of the spectator otherwise.
+    /// Only a world already running here can be watched: else [`JoinError::Unavailable`].
+    /// The handle's `input` must not be used: a spectator's connection refuses its inputs.
+    pub async fn spectate(
+        &self,
+        world_id: &str,
+        member: MemberId,
+        encoding: Encoding,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<WorldHandle<W::Action>, JoinError> {
+        if self.shutdown.is_cancelled() {
+            return Err(JoinError::ShuttingDown);
+        }
+        let gone = || JoinError::Unavailable(format!("world {world_id} is not running on this server"));
+        let tx = self.rooms.lock().get(world_id).map(|room| room.tx.clone()).ok_or_else(gone)?;
+        let (reply, answer) = oneshot::channel();
+        let (farewell, leftovers) = Farewell::channel();
+        tx.send(Cmd::Spectate { member, out, encoding, farewell, reply }).await.map_err(|_| gone())?;
         match answer.await {
             Ok(Ok(())) => Ok(WorldHandle { member, tx, leftovers }),
             Ok(Err(e)) => Err(e),
@@ -689,8 +735,8 @@ impl<W: World> Rooms<W> {
             reason: format!("world moved to {}", destination.server),
             label: "migrated",
         };
-        for member in fanout.members.values() {
-            // A member behind holds results of applied inputs that never reached it;
+        for member in fanout.members.values().filter(|m| !m.spectator) {
+            // Spectators are let go (1001) and look the world up again. A member behind holds results of applied inputs that never reached it;
             // `Migrate` promises they all did, so it is let go instead (1001, when its
             // queue is dropped) and finds its world through the allocator, as is one
             // whose queue cannot take the Migrate.
@@ -750,6 +796,7 @@ struct Fanout<C> {
     /// Members let go this tick, for the next tick's `Leave`.
     dropped: Vec<MemberId>,
     max_players: usize,
+    max_spectators: usize,
     queue: usize,
     max_behind_ticks: u64,
     /// Ticks per delta frame.
@@ -771,6 +818,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             changes: Vec::new(),
             dropped: Vec::new(),
             max_players: config.max_players,
+            max_spectators: config.max_spectators,
             queue: config.member_queue,
             max_behind_ticks: (config.max_behind.as_secs_f64() / tick).ceil() as u64,
             send_every: u64::from(config.send_every.max(1)),
@@ -783,8 +831,18 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         }
     }
 
+    /// Whether the world has no players (spectators do not count).
     fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.joining.is_empty()
+        self.joining.is_empty() && self.members.values().all(|m| m.spectator)
+    }
+
+    /// Players in the world and on their way in.
+    fn players(&self) -> usize {
+        self.joining.len() + self.members.values().filter(|m| !m.spectator).count()
+    }
+
+    fn spectators(&self) -> usize {
+        self.members.values().filter(|m| m.spectator).count()
     }
 
     /// Lets every member go with `closing`.
@@ -807,7 +865,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                     let reason = "the same player joined this world on another connection";
                     self.let_go(older, Some(Closing::new(close::REPLACED, "replaced", reason)), pending);
                 }
-                if self.members.len() + self.joining.len() >= self.max_players {
+                if self.players() >= self.max_players {
                     let _ = reply.send(Err(JoinError::WorldFull(self.max_players)));
                 } else if reply.send(Ok(())).is_ok() {
                     self.joining.insert(member, Joining { out, player: name.clone(), encoding, farewell });
@@ -816,7 +874,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             }
             Cmd::Leave { member } => self.let_go(member, None, pending),
             Cmd::Park { member } => match (self.members.get_mut(&member), &self.resume) {
-                (Some(m), Some(resume)) => {
+                (Some(m), Some(resume)) if !m.spectator => {
                     m.standing = Standing::Away { until: tokio::time::Instant::now() + resume.grace }
                 }
                 _ => self.let_go(member, None, pending),
@@ -824,6 +882,18 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             Cmd::Resume { member, out, encoding, farewell, awaiting, reply, .. } => {
                 let answer = self.resume(member, out, encoding, farewell, &awaiting, pending);
                 let _ = reply.send(answer);
+            }
+            Cmd::Spectate { member, out, encoding, farewell, reply } => {
+                if self.spectators() >= self.max_spectators {
+                    let _ = reply.send(Err(JoinError::SpectatorsFull(self.max_spectators)));
+                } else if reply.send(Ok(())).is_ok() {
+                    // Welcomed with the next delta frame; no entity, so no tick to wait for.
+                    let standing = Standing::Welcoming { you: 0 };
+                    let recent = std::collections::VecDeque::new();
+                    let player = String::new();
+                    let m = Member { out, player, encoding, you: 0, standing, recent, farewell, spectator: true };
+                    self.members.insert(member, m);
+                }
             }
             Cmd::Input { member, seq, action } => pending.push(Event::Input { member, seq, action }),
         }
@@ -843,7 +913,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         awaiting: &[u32],
         pending: &[Event<A>],
     ) -> Result<(), JoinError> {
-        let Some(m) = self.members.get_mut(&member) else {
+        let Some(m) = self.members.get_mut(&member).filter(|m| !m.spectator) else {
             return Err(JoinError::Unavailable("too late to resume: the member has left".into()));
         };
         if m.encoding != encoding {
@@ -885,7 +955,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         if player.is_empty() {
             return None;
         }
-        let joined = self.members.iter().find(|(_, m)| m.player == player).map(|(&id, _)| id);
+        let joined = self.members.iter().find(|(_, m)| !m.spectator && m.player == player).map(|(&id, _)| id);
         joined.or_else(|| self.joining.iter().find(|(_, j)| j.player == player).map(|(&id, _)| id))
     }
 
@@ -917,7 +987,9 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             if let Some(Joining { out, player, encoding, farewell }) = self.joining.remove(&member) {
                 let standing = Standing::Welcoming { you };
                 let recent = std::collections::VecDeque::new();
-                self.members.insert(member, Member { out, player, encoding, you, standing, recent, farewell });
+                let spectator = false;
+                self.members
+                    .insert(member, Member { out, player, encoding, you, standing, recent, farewell, spectator });
             }
         }
         for (member, seq, outcome) in out.results {
@@ -975,7 +1047,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 // The snapshot holds everything up to this tick, so no delta this time.
                 Standing::Welcoming { you } => {
                     let snapshot = view.get_or_insert_with(|| engine.world().view());
-                    let resume = resume.as_ref().map_or_else(String::new, |r| {
+                    let resume = resume.as_ref().filter(|_| !m.spectator).map_or_else(String::new, |r| {
                         let expires_at_ms = unix_ms(std::time::SystemTime::now() + RESUME_TOKEN_TTL);
                         let (world_id, server) = (world_id.to_string(), r.server.clone());
                         r.key.sign_resume(&ResumeClaims { world_id, server, member: id, epoch, expires_at_ms })

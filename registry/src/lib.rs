@@ -146,6 +146,9 @@ pub trait Registry: Send + Sync + 'static {
     /// world id: which server holds which world (the records only count them).
     async fn worlds(&self, fleet: Option<&str>) -> Result<Vec<HostedWorld>>;
 
+    /// Where `world_id` of `fleet` is placed (leased or started), if anywhere.
+    async fn world(&self, fleet: &str, world_id: &str) -> Result<Option<HostedWorld>>;
+
     /// Forgets a server (the controller removed its process). Its worlds are freed.
     async fn remove(&self, name: &str) -> Result<()>;
 

@@ -603,6 +603,12 @@ impl Registry for MemoryRegistry {
         Ok(worlds)
     }
 
+    async fn world(&self, fleet: &str, world_id: &str) -> Result<Option<HostedWorld>> {
+        let Some(fleet) = self.fleet(fleet) else { return Ok(None) };
+        let fleet = fleet.lock();
+        Ok(fleet.worlds.get(world_id).map(|w| HostedWorld { world_id: world_id.into(), server: w.server.clone() }))
+    }
+
     async fn remove(&self, name: &str) -> Result<()> {
         self.with_server(name, |fleet, events| {
             if let Some(entry) = fleet.remove_server(name) {

@@ -367,6 +367,13 @@ impl Registry for RedisRegistry {
         Ok(worlds)
     }
 
+    async fn world(&self, fleet: &str, world_id: &str) -> Result<Option<HostedWorld>> {
+        let mut conn = self.conn.clone();
+        let server: Option<String> =
+            conn.hget(format!("{}worlds", self.fleet_key(fleet)), world_id).await.map_err(unavailable)?;
+        Ok(server.map(|server| HostedWorld { world_id: world_id.into(), server }))
+    }
+
     async fn remove(&self, name: &str) -> Result<()> {
         self.run_on(&self.scripts.remove, name, &[]).await?;
         self.forget_names(&[name.to_string()]).await

@@ -576,14 +576,20 @@ async fn worlds_says_which_server_holds_each_world(reg: Arc<dyn Registry>) {
     assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "a-eu"), ("w2", "b-us")]));
     assert_eq!(reg.worlds(None).await.unwrap(), hosted(&[("w1", "a-eu"), ("w2", "b-us")]));
     assert_eq!(reg.worlds(Some("elsewhere")).await.unwrap(), vec![]);
+    // One world, looked up alone.
+    assert_eq!(reg.world(FLEET, "w2").await.unwrap(), hosted(&[("w2", "b-us")]).pop());
+    assert_eq!(reg.world(FLEET, "w3").await.unwrap(), None);
+    assert_eq!(reg.world("elsewhere", "w1").await.unwrap(), None);
 
     reg.move_world("a-eu", "w1").await.unwrap();
     assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "b-us"), ("w2", "b-us")]));
+    assert_eq!(reg.world(FLEET, "w1").await.unwrap(), hosted(&[("w1", "b-us")]).pop());
     reg.world_ended(&w2.server.name, "w2").await.unwrap();
     assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), hosted(&[("w1", "b-us")]));
     // A server gone frees its worlds.
     reg.transition("b-us", Unhealthy).await.unwrap();
     assert_eq!(reg.worlds(Some(FLEET)).await.unwrap(), vec![]);
+    assert_eq!(reg.world(FLEET, "w1").await.unwrap(), None);
 }
 
 async fn move_world_off_a_draining_server_and_its_errors(reg: Arc<dyn Registry>) {

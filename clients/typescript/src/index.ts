@@ -11,7 +11,7 @@ export type { Json } from "./json.js";
 export * from "./protocol.js";
 export * from "./town.js";
 export * from "./client.js";
-export { NEVER_REACHED } from "./inputs.js";
+export { NEVER_REACHED, SPECTATORS_CANNOT_ACT } from "./inputs.js";
 export { Emitter } from "./emitter.js";
 export { defaultSocket, type SocketFactory, type SocketLike } from "./socket.js";
 export * from "./interpolation.js";

@@ -15,6 +15,9 @@ export interface Accepted {
 /** The result a resume gives an awaited input the server never got (docs/protocol.md §4). */
 export const NEVER_REACHED = "never reached the server: send it again";
 
+/** The result every input of a spectator gets (a spectate token; docs/protocol.md §4, "Spectators"). */
+export const SPECTATORS_CANNOT_ACT = "spectators cannot act";
+
 interface Entry<A> {
   action: A;
   resolve(accepted: Accepted): void;

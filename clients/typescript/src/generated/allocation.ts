@@ -142,6 +142,25 @@ export type MoveResponse = {
 };
 
 /**
+ * Answer to `POST /v1/fleets/{fleet}/worlds/{worldId}/spectate`: a read-only seat in a
+ * running world. Connect to `address` and send `Join{token}` as with a join token: the
+ * connection gets the world's Welcome (`you` 0) and its deltas, takes no player slot, and
+ * each of its inputs is refused (`spectators cannot act`).
+ */
+export type SpectateResponse = {
+  worldId: string,
+  fleet: string,
+  server: string,
+  region: string,
+  /** WebSocket address to connect to. */
+  address: string,
+  /** A spectate token: present with `Join{token}` as the first frame. */
+  token: string,
+  /** Unix time in milliseconds after which the server refuses the token. */
+  expiresAtMs: number,
+};
+
+/**
  * Every error the HTTP APIs return has this shape.
  */
 export type ErrorBody = { error: ErrorDetail };
