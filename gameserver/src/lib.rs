@@ -156,6 +156,9 @@ pub struct Config {
     /// go to find it through the allocator.
     #[arg(long, env = "GAIA_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// The worlds' operations: the model server and the limits (docs/agents.md).
+    #[command(flatten)]
+    pub ops: gaia_ops::OpsConfig,
 }
 
 impl Default for Config {
@@ -194,6 +197,7 @@ impl Default for Config {
             durable_every: Duration::from_secs(30),
             load_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            ops: gaia_ops::OpsConfig::default(),
         }
     }
 }
@@ -488,6 +492,8 @@ pub async fn run_world<W: World>(
         token_ttl: Duration::from_secs(30),
         timeout: config.drain_timeout,
     });
+    let ops_metrics = Arc::new(gaia_ops::Metrics::new(&mut prometheus));
+    let ops = Arc::new(config.ops.runner(ops_metrics).map_err(|e| Error::Config(format!("operations: {e}")))?);
     let rooms = Rooms::new(
         room_config.clone(),
         new_world,
@@ -496,6 +502,7 @@ pub async fn run_world<W: World>(
         shutdown.clone(),
         persistence,
         migration,
+        ops,
     );
     let ctx = Arc::new(Ctx {
         server_name: config.name.clone(),

@@ -64,6 +64,9 @@ pub struct Metrics {
     pub restored: Counter,
     /// Worlds stopped because a store refused their checkpoint: they have a newer owner.
     pub fenced: Counter,
+    /// Operation outcomes dropped because their operation was not in flight (a second
+    /// outcome, or one from before the world restarted).
+    pub stray_outcomes: Counter,
     /// Worlds moved off this server while it drained, by result (`moved`, `failed`).
     pub migrations: Family<ResultLabels, Counter>,
     /// Set at each scrape: CPU seconds this process has used, all threads.
@@ -92,6 +95,7 @@ impl Metrics {
             tick_seconds: Histogram::new(exponential_buckets(1e-5, 1.25, 50)),
             restored: Counter::default(),
             fenced: Counter::default(),
+            stray_outcomes: Counter::default(),
             migrations: Family::default(),
             process_cpu_seconds: Gauge::default(),
             process_resident_bytes: Gauge::default(),
@@ -112,6 +116,11 @@ impl Metrics {
         r.register("tick_duration_seconds", "Time to run and fan out one world tick", metrics.tick_seconds.clone());
         r.register("worlds_restored", "Worlds restored from a checkpoint", metrics.restored.clone());
         r.register("worlds_fenced", "Worlds stopped because they have a newer owner", metrics.fenced.clone());
+        r.register(
+            "stray_outcomes",
+            "Operation outcomes dropped: their operation was not in flight",
+            metrics.stray_outcomes.clone(),
+        );
         r.register("migrations", "Worlds moved off this server while draining, by result", metrics.migrations.clone());
         r.register("process_cpu_seconds", "CPU seconds used by this process", metrics.process_cpu_seconds.clone());
         r.register("process_resident_bytes", "Resident memory of this process", metrics.process_resident_bytes.clone());

@@ -33,6 +33,13 @@
 //! its members are told to allocate again. On [`Rooms::drain`] each world runs its last
 //! tick, writes its checkpoint to every tier, asks the control plane for a new server
 //! ([`Migration`]) and sends each member `Migrate{address, token}`.
+//!
+//! Operations: the operations a tick starts go to the server's [`Runner`]; each outcome
+//! comes back on the world's own channel and is applied at the next tick, among the
+//! inputs, in the order outcomes arrive. A world that starts (restored, or moved here)
+//! runs again the operations its state has in flight, or completes those that may not be
+//! repeated as interrupted ([`Engine::recover`]). The operations its last tick starts
+//! are not run here: they are in its checkpoint, for the world's next server.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +50,7 @@ use bytes::Bytes;
 use gaia_api::protocol::{Encoding, InputOutcome, ServerMsg, close};
 use gaia_api::token::{JoinClaims, ResumeClaims, TokenKey, unix_ms};
 use gaia_checkpoint::{Checkpoint, Tiers};
+use gaia_ops::{Completed, Operation, Runner};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -281,6 +289,8 @@ pub struct Rooms<W: World> {
     draining: CancellationToken,
     persistence: Option<Persistence>,
     migration: Option<Migration>,
+    /// Runs the worlds' operations.
+    ops: Arc<Runner>,
     tasks: TaskTracker,
 }
 
@@ -328,7 +338,9 @@ impl<W: World> Rooms<W> {
     /// `new_world` makes the world for an id; `events` receives each world's start and
     /// end, for the SDK.
     /// `persistence` and `migration` are optional: without them worlds live and die
-    /// with this process, and a drain lets members go as a shutdown does.
+    /// with this process, and a drain lets members go as a shutdown does. `ops` runs the
+    /// worlds' operations.
+    #[allow(clippy::too_many_arguments)] // each is one part of the runtime, named at its one caller
     pub fn new(
         config: RoomConfig,
         new_world: NewWorld<W>,
@@ -337,6 +349,7 @@ impl<W: World> Rooms<W> {
         shutdown: CancellationToken,
         persistence: Option<Persistence>,
         migration: Option<Migration>,
+        ops: Arc<Runner>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
@@ -349,6 +362,7 @@ impl<W: World> Rooms<W> {
             draining: CancellationToken::new(),
             persistence,
             migration,
+            ops,
             tasks: TaskTracker::new(),
         })
     }
@@ -503,7 +517,11 @@ impl<W: World> Rooms<W> {
         let mut started = false;
         let mut fanout = Fanout::<W::Change>::new(&self.config);
         fanout.epoch = floor;
-        let mut pending: Vec<Event<W::Action>> = Vec::new();
+        // The world's operations: what it had in flight, run again (or interrupted).
+        let (done, mut outcomes) = mpsc::unbounded_channel::<Completed>();
+        let (again, interrupted) = engine.recover();
+        self.run_operations(again, &done);
+        let mut pending: Vec<Event<W::Action>> = interrupted;
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut empty_since = tokio::time::Instant::now();
@@ -550,11 +568,13 @@ impl<W: World> Rooms<W> {
                     }
                     None => break,
                 },
+                Some(completed) = outcomes.recv() => pending.push(Event::Done(completed)),
                 _ = ticker.tick() => {
                     dirty |= !pending.is_empty();
                     let started_at = std::time::Instant::now();
-                    let changed = self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
-                    dirty |= changed;
+                    let (changed, started) = self.tick(&world_id, &mut engine, &mut fanout, std::mem::take(&mut pending));
+                    dirty |= changed || !started.is_empty();
+                    self.run_operations(started, &done);
                     if let Some(p) = &self.persistence
                         && engine.tick().is_multiple_of(p.every_ticks)
                     {
@@ -659,6 +679,13 @@ impl<W: World> Rooms<W> {
             tracing::warn!(world = %world_id, epoch = floor, tick = after, "no checkpoint could be restored; the world starts afresh");
         }
         Ok((Engine::new((self.new_world)(world_id), after), floor))
+    }
+
+    /// Starts `started` on the runner, their outcomes to `done`.
+    fn run_operations(&self, started: Vec<Operation>, done: &mpsc::UnboundedSender<Completed>) {
+        for op in started {
+            self.ops.start(op, done.clone());
+        }
     }
 
     /// Hands the world's state to the checkpoint writer; never waits on a store.
@@ -771,18 +798,22 @@ impl<W: World> Rooms<W> {
         false
     }
 
-    /// One tick, fanned out; whether the world changed.
+    /// One tick, fanned out: whether the world changed, and the operations it started.
     fn tick(
         &self,
         world_id: &str,
         engine: &mut Engine<W>,
         fanout: &mut Fanout<W::Change>,
         events: Vec<Event<W::Action>>,
-    ) -> bool {
-        let out = engine.step(events);
+    ) -> (bool, Vec<Operation>) {
+        let mut out = engine.step(events);
         let changed = !out.changes.is_empty();
+        if out.stray > 0 {
+            self.metrics.stray_outcomes.inc_by(out.stray as u64);
+        }
+        let started = std::mem::take(&mut out.started);
         fanout.send(world_id, engine, out, &self.metrics);
-        changed
+        (changed, started)
     }
 }
 

@@ -13,12 +13,24 @@
 //! left. A world that takes its randomness from a seed (`rand`'s `SeedableRng`) replays
 //! exactly: same seed, same events, same deltas.
 //!
+//! A world that needs the outside (a model call, an HTTP call) starts an operation
+//! ([`gaia_ops::Operation`]) and hands it out through [`World::take_operations`]; the
+//! runtime runs it off the tick path and, at a later tick, applies its outcome with
+//! [`World::complete`], in the order outcomes arrive, among the inputs. The world keeps
+//! the operations it has in flight in its own state (a checkpoint holds them), and says
+//! which they are in [`World::in_flight`]: after a restore or a move the runtime runs
+//! those again, or, if repeating one could do harm, completes it as
+//! [`gaia_ops::OpError::Interrupted`]. Each started operation gets exactly one outcome
+//! per life of the world; none is applied twice. Worlds without operations implement
+//! none of the three.
+//!
 //! docs/worlds.md walks through a small example; [`crate::town::Town`] is the reference
 //! world.
 
 use std::fmt::Debug;
 
 use bincode::{Decode, Encode};
+use gaia_ops::{OpId, Operation, Outcome};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -67,6 +79,24 @@ pub trait World: Send + 'static {
     fn restore(bytes: &[u8]) -> Result<Self, RestoreError>
     where
         Self: Sized;
+
+    /// The operations the world started since the last call, to run. Called after each
+    /// tick. Ids must be unique among the world's operations in flight.
+    fn take_operations(&mut self) -> Vec<Operation> {
+        Vec::new()
+    }
+
+    /// The outcome of operation `id`, which the world started and has in flight: called
+    /// once per operation, at a tick after it started.
+    fn complete(&mut self, id: OpId, outcome: Outcome, delta: &mut Vec<Self::Change>) {
+        let _ = (id, outcome, delta);
+    }
+
+    /// The operations started and not completed, as the world's state holds them (so a
+    /// restored world still knows them): the runtime runs them again after a restore.
+    fn in_flight(&self) -> Vec<Operation> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,6 +19,7 @@
 //!
 //! Start with [`Request`], then [`Runner::start`].
 
+mod config;
 pub mod fake;
 pub mod http;
 mod metrics;
@@ -28,6 +29,7 @@ mod request;
 mod runner;
 pub mod wire;
 
+pub use config::OpsConfig;
 pub use metrics::Metrics;
 pub use provider::{Provider, ProviderError};
 pub use request::{

@@ -44,7 +44,6 @@ impl Default for LaneConfig {
 }
 
 struct Lane {
-    kind: Kind,
     provider: Arc<dyn Provider>,
     slots: Semaphore,
     /// Operations started and not finished: running, waiting, or between retries.
@@ -66,10 +65,18 @@ pub struct RunnerBuilder {
 impl RunnerBuilder {
     /// `provider` runs the requests of `kind`. A kind without a provider is
     /// [`OpError::Unsupported`].
-    pub fn lane(mut self, kind: Kind, provider: Arc<dyn Provider>, config: LaneConfig) -> Self {
+    pub fn lane(self, kind: Kind, provider: Arc<dyn Provider>, config: LaneConfig) -> Self {
+        self.shared_lane(&[kind], provider, config)
+    }
+
+    /// One lane for several kinds: they share its provider, limit and queue (a model
+    /// server's chat and embeddings).
+    pub fn shared_lane(mut self, kinds: &[Kind], provider: Arc<dyn Provider>, config: LaneConfig) -> Self {
         let slots = Semaphore::new(config.concurrency.max(1));
-        let lane = Lane { kind, provider, slots, admitted: AtomicUsize::new(0), config };
-        self.lanes[kind.index()] = Some(Arc::new(lane));
+        let lane = Arc::new(Lane { provider, slots, admitted: AtomicUsize::new(0), config });
+        for kind in kinds {
+            self.lanes[kind.index()] = Some(Arc::clone(&lane));
+        }
         self
     }
 
@@ -108,7 +115,7 @@ impl Runner {
         self.tasks.spawn(async move {
             let started = tokio::time::Instant::now();
             let timeout = Duration::from_millis(op.timeout_ms);
-            let outcome = match tokio::time::timeout(timeout, lane.run(&op.request, &metrics)).await {
+            let outcome = match tokio::time::timeout(timeout, lane.run(kind, &op.request, &metrics)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(OpError::TimedOut { after_ms: op.timeout_ms }),
             };
@@ -163,8 +170,8 @@ impl Drop for Running {
 impl Lane {
     /// Every attempt the request may get, each waiting for a slot (none is held during
     /// the pauses between them).
-    async fn run(&self, request: &Request, metrics: &Metrics) -> Outcome {
-        let labels = KindLabels { kind: self.kind.label() };
+    async fn run(&self, kind: Kind, request: &Request, metrics: &Metrics) -> Outcome {
+        let labels = KindLabels { kind: kind.label() };
         let attempt = || async {
             // The semaphore is never closed.
             let _slot = self.slots.acquire().await.map_err(|_| ProviderError::permanent("lane closed"))?;
@@ -186,7 +193,7 @@ impl Lane {
             .when(|e: &ProviderError| e.retryable && safe)
             .notify(|e, pause| {
                 metrics.retries.get_or_create(&labels).inc();
-                tracing::debug!(kind = self.kind.label(), error = %e, ?pause, "operation failed; retrying");
+                tracing::debug!(kind = kind.label(), error = %e, ?pause, "operation failed; retrying");
             })
             .await;
         response.map_err(|e| OpError::Failed { reason: e.message })
