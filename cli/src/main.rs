@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 mod allocator;
 mod auth;
+mod fake_llm;
 mod kubernetes;
 mod simulate;
 use auth::{ApiAuthArgs, SdkTokenArgs, TlsArgs};
@@ -50,7 +51,7 @@ enum Command {
     /// Run the whole fleet on this machine (embedded mode).
     Run(RunArgs),
     /// Run one game server (the controller starts these).
-    Gameserver(GameserverArgs),
+    Gameserver(Box<GameserverArgs>),
     /// Allocate worlds and drive bots in them, then print a report.
     Loadgen(LoadgenArgs),
     /// Print the SDK token (GAIA_SDK_TOKEN) of a game server, for one started by hand.
@@ -67,6 +68,9 @@ enum Command {
     Controller(kubernetes::ControllerArgs),
     /// Kubernetes: scale the Fleets of one namespace by their FleetAutoscalers.
     FleetAutoscaler(kubernetes::AutoscalerArgs),
+    /// Serve a fake OpenAI-compatible model (chat completions, embeddings) with a chosen
+    /// latency and failure rate, for agents without a model (docs/agents.md).
+    FakeLlm(fake_llm::FakeLlmArgs),
     /// Kubernetes: write the CRDs (Fleet, FleetAutoscaler, GameServer) and their
     /// kustomization, generated from the Rust types.
     Crdgen(kubernetes::CrdgenArgs),
@@ -286,6 +290,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             gaia_embedded::run(config, listener, shutdown).await?;
         }
         Command::Gameserver(args) => {
+            let args = *args;
             if args.exit_with_parent {
                 exit_with_parent()?;
             }
@@ -295,6 +300,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Loadgen(args) => return loadgen(args, shutdown).await,
         Command::SdkToken(args) => println!("{}", auth::sdk_token(&args)?),
+        Command::FakeLlm(args) => fake_llm::run(args, shutdown).await?,
         Command::Allocator(args) => allocator::run(args, shutdown).await?,
         Command::BenchAllocations(args) => {
             let config = gaia_loadgen::allocations::BenchConfig {

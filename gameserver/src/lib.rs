@@ -13,6 +13,7 @@
 //!   [`Stop::drain`] (or the control plane marking the server Draining) first moves
 //!   every world to another server.
 
+pub mod agent;
 pub mod conn;
 pub mod engine;
 pub mod farewell;
@@ -102,6 +103,10 @@ pub struct Config {
     /// Server-side bots in every world.
     #[arg(long, env = "GAIA_BOTS_PER_WORLD", default_value_t = 5)]
     pub bots_per_world: u16,
+    /// How many of each world's bots think through the model (GAIA_LLM_URL): the first
+    /// ones. Unset: all of them when there is a model, none without.
+    #[arg(long, env = "GAIA_AGENTS_PER_WORLD")]
+    pub agents_per_world: Option<u16>,
     /// How long an empty world lives on before it ends and frees its slot.
     #[arg(long, env = "GAIA_EMPTY_WORLD_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub empty_world_grace: Duration,
@@ -181,6 +186,7 @@ impl Default for Config {
             tick_hz: 20,
             delta_hz: 10,
             bots_per_world: 5,
+            agents_per_world: None,
             empty_world_grace: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
             resume_grace: Duration::from_secs(10),
@@ -395,7 +401,15 @@ async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoRespon
 
 /// Runs a game server of the reference world ([`Town`]); see [`run_world`].
 pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -> Result<(), Error> {
-    let town = TownConfig { bots: config.bots_per_world, ..TownConfig::default() };
+    let model = config.ops.llm_url.is_some();
+    let agents = config.agents_per_world.unwrap_or(if model { config.bots_per_world } else { 0 });
+    if agents > 0 && !model {
+        tracing::warn!(
+            agents,
+            "GAIA_AGENTS_PER_WORLD without GAIA_LLM_URL: the agents' model calls fail, and they say their scripted lines"
+        );
+    }
+    let town = TownConfig { bots: config.bots_per_world, agents, ..TownConfig::default() };
     let new_world: NewWorld<Town> = Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)));
     run_world(config, listener, new_world, stop).await
 }

@@ -3,7 +3,12 @@
 //!
 //! Implements [`World`]. Deterministic: the map comes from the seed, and each tick's
 //! randomness from (seed, tick), so a restored world goes on exactly as the original
-//! would have.
+//! would have (given the same outcomes of its operations).
+//!
+//! The first `agents` bots think through a language model ([`crate::agent`]): their
+//! conversation lines are chat completions (the conversation waits for each), they answer
+//! a player who speaks next to them, and they remember a summary of each conversation.
+//! The others, and every bot when no model is configured, say the scripted lines.
 
 use std::collections::HashMap;
 
@@ -12,6 +17,9 @@ use gaia_api::town::{Action, Change, Entity, EntityId, EntityKind, Snapshot};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use gaia_ops::{OpId, Operation, Outcome, Response};
+
+use crate::agent::{self, Memory, Mind, Purpose};
 use crate::world::{MemberId, RestoreError, World};
 
 /// Longest `Say` text accepted, in bytes.
@@ -36,11 +44,13 @@ pub struct TownConfig {
     pub bots: u16,
     /// Share of cells that are walls, in percent.
     pub wall_percent: u8,
+    /// How many of the bots are agents that think through a model (the first ones).
+    pub agents: u16,
 }
 
 impl Default for TownConfig {
     fn default() -> Self {
-        Self { width: 48, height: 32, bots: 5, wall_percent: 8 }
+        Self { width: 48, height: 32, bots: 5, wall_percent: 8, agents: 0 }
     }
 }
 
@@ -60,9 +70,13 @@ struct Conversation {
     b: EntityId,
     started: u64,
     lines_said: u8,
+    /// What was said so far: (speaker, text).
+    transcript: Vec<(EntityId, String)>,
+    /// An agent's line is being thought of: the conversation waits for it.
+    waiting: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Town {
     config: TownConfig,
     seed: u64,
@@ -73,6 +87,11 @@ pub struct Town {
     bots: Vec<Bot>,
     conversations: Vec<Conversation>,
     players: HashMap<MemberId, EntityId>,
+    /// The agents' minds, by bot.
+    minds: Vec<Mind>,
+    next_op: OpId,
+    /// Operations started since the runtime last took them.
+    started: Vec<Operation>,
 }
 
 impl Town {
@@ -94,13 +113,127 @@ impl Town {
             bots: Vec::new(),
             conversations: Vec::new(),
             players: HashMap::new(),
+            minds: Vec::new(),
+            next_op: 0,
+            started: Vec::new(),
         };
         for i in 0..config.bots {
             let name = format!("{}-{i}", BOT_NAMES[usize::from(i) % BOT_NAMES.len()]);
             let id = town.spawn(EntityKind::Bot, name, &mut rng).id;
             town.bots.push(Bot { id, path: Vec::new(), quiet_until: 0 });
+            if i < config.agents {
+                town.minds.push(Mind::new(id, usize::from(i)));
+            }
         }
         town
+    }
+
+    /// The agents' memories, oldest first, by bot; for tests and tools.
+    pub fn memories(&self) -> Vec<(EntityId, Vec<&str>)> {
+        self.minds.iter().map(|m| (m.bot, m.memories.iter().map(|x| x.text.as_str()).collect())).collect()
+    }
+
+    fn mind(&mut self, bot: EntityId) -> Option<&mut Mind> {
+        self.minds.iter_mut().find(|m| m.bot == bot)
+    }
+
+    /// Has agent `bot` think: starts `request` for `purpose` if the agent is free.
+    fn think(&mut self, bot: EntityId, request: impl FnOnce(&Mind) -> gaia_ops::Request, purpose: Purpose) -> bool {
+        let id = self.next_op + 1;
+        let Some(mind) = self.minds.iter_mut().find(|m| m.bot == bot).filter(|m| m.is_free()) else { return false };
+        let request = request(mind);
+        let op = mind.think(id, request, purpose);
+        self.next_op = id;
+        self.started.push(op);
+        true
+    }
+
+    /// The transcript with speakers named.
+    fn named(&self, transcript: &[(EntityId, String)]) -> Vec<(String, String)> {
+        transcript.iter().map(|(id, text)| (self.name(*id).to_string(), text.clone())).collect()
+    }
+
+    /// The next line of conversation `i`: an agent's is thought of (the conversation waits
+    /// for it), a scripted bot's said at once.
+    fn next_line(&mut self, i: usize, delta: &mut Vec<Change>) {
+        let c = &self.conversations[i];
+        let (speaker, listener) = if c.lines_said.is_multiple_of(2) { (c.a, c.b) } else { (c.b, c.a) };
+        let (me, other) = (self.name(speaker).to_string(), self.name(listener).to_string());
+        let transcript = self.named(&c.transcript);
+        if self.think(speaker, |m| m.line(&me, &other, &transcript), Purpose::Line { with: listener }) {
+            self.conversations[i].waiting = true;
+        } else if self.mind(speaker).is_none() {
+            let text = LINES[usize::from(self.conversations[i].lines_said) % LINES.len()].replace("{}", &other);
+            self.say_line(i, speaker, text, delta);
+        }
+        // An agent busy with something else says its line at a later turn.
+    }
+
+    fn say_line(&mut self, i: usize, speaker: EntityId, text: String, delta: &mut Vec<Change>) {
+        let c = &mut self.conversations[i];
+        c.transcript.push((speaker, text.clone()));
+        c.lines_said += 1;
+        c.waiting = false;
+        delta.push(Change::Said { id: speaker, text });
+    }
+
+    /// An agent's thought came back (or failed): what it does with it.
+    fn conclude(&mut self, bot: EntityId, purpose: Purpose, outcome: Outcome, delta: &mut Vec<Change>) {
+        if let Purpose::Remember { text } = purpose {
+            if let (Ok(Response::Embedding { vector }), Some(mind)) = (outcome, self.mind(bot)) {
+                mind.remember(Memory { text, embedding: vector });
+            }
+            return;
+        }
+        let answer = match outcome {
+            Ok(Response::Chat { content }) => agent::one_line(&content, MAX_SAY),
+            _ => None,
+        };
+        match purpose {
+            Purpose::Line { with } => {
+                let pair = |c: &Conversation| (c.a, c.b) == (bot, with) || (c.a, c.b) == (with, bot);
+                let Some(i) = self.conversations.iter().position(pair) else { return };
+                let scripted = LINES[usize::from(self.conversations[i].lines_said) % LINES.len()];
+                let text = answer.unwrap_or_else(|| scripted.replace("{}", self.name(with)));
+                self.say_line(i, bot, text, delta);
+            }
+            Purpose::Reply { .. } => {
+                if let Some(text) = answer {
+                    delta.push(Change::Said { id: bot, text });
+                }
+            }
+            Purpose::Summary { .. } => {
+                if let Some(text) = answer {
+                    self.think(bot, |_| agent::embed(&text), Purpose::Remember { text: text.clone() });
+                }
+            }
+            Purpose::Remember { .. } => {}
+        }
+    }
+
+    /// After a conversation, each agent in it thinks of a summary to remember.
+    fn summarize(&mut self, c: &Conversation) {
+        let transcript = self.named(&c.transcript);
+        for (me, other) in [(c.a, c.b), (c.b, c.a)] {
+            let (my_name, other_name) = (self.name(me).to_string(), self.name(other).to_string());
+            self.think(me, |m| m.summary(&my_name, &other_name, &transcript), Purpose::Summary { with: other });
+        }
+    }
+
+    /// A player said `text`: the nearest free agent within two cells answers.
+    fn hear(&mut self, player: EntityId, text: &str) {
+        let Some((x, y)) = self.position(player) else { return };
+        let near = self
+            .minds
+            .iter()
+            .filter(|m| m.is_free() && !self.talking(m.bot))
+            .filter_map(|m| self.position(m.bot).map(|(bx, by)| (bx.abs_diff(x).max(by.abs_diff(y)), m.bot)))
+            .filter(|(distance, _)| *distance <= 2)
+            .min();
+        if let Some((_, bot)) = near {
+            let (me, them) = (self.name(bot).to_string(), self.name(player).to_string());
+            self.think(bot, |m| m.reply(&me, &them, text), Purpose::Reply { to: player });
+        }
     }
 
     pub fn players(&self) -> usize {
@@ -225,20 +358,19 @@ impl Town {
     fn converse(&mut self, tick: u64, delta: &mut Vec<Change>) {
         let mut i = 0;
         while i < self.conversations.len() {
-            let c = self.conversations[i].clone();
-            if (tick - c.started).is_multiple_of(LINE_TICKS) {
-                if usize::from(c.lines_said) == LINES.len() {
-                    delta.push(Change::Parted { id: c.a, other: c.b });
-                    for bot in self.bots.iter_mut().filter(|b| b.id == c.a || b.id == c.b) {
+            let c = &self.conversations[i];
+            if (tick - c.started).is_multiple_of(LINE_TICKS) && !c.waiting {
+                if usize::from(c.lines_said) >= LINES.len() {
+                    let (a, b) = (c.a, c.b);
+                    delta.push(Change::Parted { id: a, other: b });
+                    for bot in self.bots.iter_mut().filter(|bot| bot.id == a || bot.id == b) {
                         bot.quiet_until = tick + COOLDOWN_TICKS;
                     }
-                    self.conversations.remove(i);
+                    let ended = self.conversations.remove(i);
+                    self.summarize(&ended);
                     continue;
                 }
-                let (speaker, listener) = if c.lines_said.is_multiple_of(2) { (c.a, c.b) } else { (c.b, c.a) };
-                let text = LINES[usize::from(c.lines_said)].replace("{}", self.name(listener));
-                delta.push(Change::Said { id: speaker, text });
-                self.conversations[i].lines_said += 1;
+                self.next_line(i, delta);
             }
             i += 1;
         }
@@ -257,13 +389,17 @@ impl Town {
             if let Some(other) = partner {
                 let (a, b) = (me.id, other.id);
                 delta.push(Change::Greeted { id: a, other: b });
-                // The first line is said at once, the rest every LINE_TICKS.
-                self.conversations.push(Conversation { a, b, started: tick, lines_said: 0 });
-                let text = LINES[0].replace("{}", self.name(b));
-                delta.push(Change::Said { id: a, text });
-                if let Some(c) = self.conversations.last_mut() {
-                    c.lines_said = 1;
-                }
+                // The first line now, the rest every LINE_TICKS.
+                let transcript = Vec::new();
+                self.conversations.push(Conversation {
+                    a,
+                    b,
+                    started: tick,
+                    lines_said: 0,
+                    transcript,
+                    waiting: false,
+                });
+                self.next_line(self.conversations.len() - 1, delta);
             }
         }
     }
@@ -298,7 +434,10 @@ impl World for Town {
             Action::Move { dx, dy } => self.step(id, dx, dy)?,
             Action::Say { text } if text.trim().is_empty() => return Err("nothing to say".into()),
             Action::Say { text } if text.len() > MAX_SAY => return Err(format!("text longer than {MAX_SAY} bytes")),
-            Action::Say { text } => Change::Said { id, text },
+            Action::Say { text } => {
+                self.hear(id, &text);
+                Change::Said { id, text }
+            }
         };
         delta.push(change);
         Ok(())
@@ -318,6 +457,9 @@ impl World for Town {
             entities: self.entities.clone(),
         }
     }
+
+    /// 2: agents (their minds, the operation counter, conversation transcripts).
+    const SCHEMA_VERSION: u32 = 2;
 
     fn save(&self) -> Vec<u8> {
         // Encoding into a Vec cannot fail for these types.
@@ -339,6 +481,24 @@ impl World for Town {
         town.entities.retain(|e| !players.contains(&e.id));
         Ok(town)
     }
+
+    fn take_operations(&mut self) -> Vec<Operation> {
+        std::mem::take(&mut self.started)
+    }
+
+    fn complete(&mut self, id: OpId, outcome: Outcome, delta: &mut Vec<Change>) {
+        let Some(mind) = self.minds.iter_mut().find(|m| m.thinking.as_ref().is_some_and(|t| t.op.id == id)) else {
+            return;
+        };
+        let (bot, thought) = (mind.bot, mind.thinking.take());
+        if let Some(thought) = thought {
+            self.conclude(bot, thought.purpose, outcome, delta);
+        }
+    }
+
+    fn in_flight(&self) -> Vec<Operation> {
+        self.minds.iter().filter_map(|m| m.thinking.as_ref().map(|t| t.op.clone())).collect()
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +509,7 @@ mod tests {
     use crate::engine::{Engine, Event, TickOutput};
 
     fn open_town() -> Engine<Town> {
-        Engine::new(Town::new(TownConfig { width: 8, height: 6, bots: 0, wall_percent: 0 }, 1), 0)
+        Engine::new(Town::new(TownConfig { width: 8, height: 6, bots: 0, wall_percent: 0, agents: 0 }, 1), 0)
     }
 
     fn join(engine: &mut Engine<Town>, member: MemberId) -> EntityId {
@@ -391,7 +551,7 @@ mod tests {
 
     #[test]
     fn walls_edges_and_bad_text_refuse_inputs() {
-        let mut town = Town::new(TownConfig { width: 2, height: 1, bots: 0, wall_percent: 0 }, 3);
+        let mut town = Town::new(TownConfig { width: 2, height: 1, bots: 0, wall_percent: 0, agents: 0 }, 3);
         town.set_wall(1, 0);
         let mut engine = Engine::new(town, 0);
         let id = join(&mut engine, 1);
@@ -473,7 +633,7 @@ mod tests {
     #[test]
     fn paths_go_around_walls() {
         // A wall across the middle column with one gap at the bottom.
-        let mut town = Town::new(TownConfig { width: 5, height: 4, bots: 0, wall_percent: 0 }, 1);
+        let mut town = Town::new(TownConfig { width: 5, height: 4, bots: 0, wall_percent: 0, agents: 0 }, 1);
         for y in 0..3 {
             town.set_wall(2, y);
         }
@@ -492,7 +652,8 @@ mod tests {
 
     #[test]
     fn bots_walk_meet_and_hold_conversations() {
-        let mut engine = Engine::new(Town::new(TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0 }, 9), 0);
+        let mut engine =
+            Engine::new(Town::new(TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0, agents: 0 }, 9), 0);
         let (mut moved, mut greeted, mut said, mut parted) = (0, 0, 0, 0);
         for _ in 0..600 {
             for change in engine.step(Vec::new()).changes {
@@ -509,5 +670,84 @@ mod tests {
         assert!(greeted > 0 && parted > 0, "no whole conversation: {greeted} greeted, {parted} parted");
         // Every finished conversation said all its lines.
         assert!(said >= parted * LINES.len(), "{said} lines for {parted} conversations");
+    }
+
+    /// A model that answers every operation at the next tick: chats with a numbered line,
+    /// embeddings with a vector; `fail` makes every answer an error instead.
+    fn answer(started: &[Operation], fail: bool) -> Vec<Event<Action>> {
+        started
+            .iter()
+            .map(|op| {
+                let outcome = match (&op.request, fail) {
+                    (_, true) => Err(gaia_ops::OpError::TimedOut { after_ms: op.timeout_ms }),
+                    (gaia_ops::Request::Chat(_), false) => {
+                        Ok(Response::Chat { content: format!("model line {}", op.id) })
+                    }
+                    (_, false) => Ok(Response::Embedding { vector: vec![1.0, 0.0] }),
+                };
+                Event::Done(gaia_ops::Completed { id: op.id, outcome })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agents_talk_through_the_model_and_remember_their_conversations() {
+        let config = TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0, agents: 6 };
+        let mut engine = Engine::new(Town::new(config, 9), 0);
+        let (mut model_lines, mut scripted, mut parted) = (0, 0, 0);
+        let mut events = Vec::new();
+        for _ in 0..1500 {
+            let out = engine.step(std::mem::take(&mut events));
+            assert!(engine.operations() <= 6, "one operation per agent at most");
+            events = answer(&out.started, false);
+            for change in out.changes {
+                match change {
+                    Change::Said { text, .. } if text.starts_with("model line") => model_lines += 1,
+                    Change::Said { .. } => scripted += 1,
+                    Change::Parted { .. } => parted += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(parted > 0 && model_lines >= parted * LINES.len(), "{model_lines} model lines, {parted} conversations");
+        assert_eq!(scripted, 0);
+        let remembered: usize = engine.world().memories().iter().map(|(_, m)| m.len()).sum();
+        assert!(
+            remembered >= parted.min(crate::agent::MAX_MEMORIES),
+            "{remembered} memories after {parted} conversations"
+        );
+        assert!(engine.world().memories().iter().flat_map(|(_, m)| m.iter()).all(|m| m.starts_with("model line")));
+
+        // A model that always fails: the conversations go on, with the scripted lines.
+        let mut engine = Engine::new(Town::new(config, 9), 0);
+        let (mut said, mut parted) = (0, 0);
+        for _ in 0..1500 {
+            let out = engine.step(std::mem::take(&mut events));
+            events = answer(&out.started, true);
+            said += out.changes.iter().filter(|c| matches!(c, Change::Said { .. })).count();
+            parted += out.changes.iter().filter(|c| matches!(c, Change::Parted { .. })).count();
+        }
+        assert!(parted > 0 && said >= parted * LINES.len(), "{said} lines, {parted} conversations");
+        assert!(engine.world().memories().iter().all(|(_, m)| m.is_empty()));
+    }
+
+    #[test]
+    fn an_agent_answers_a_player_next_to_it() {
+        let mut town = Town::new(TownConfig { width: 3, height: 1, bots: 1, wall_percent: 0, agents: 1 }, 1);
+        town.set_wall(2, 0);
+        let mut engine = Engine::new(town, 0);
+        let player = join(&mut engine, 1);
+        let bot = engine.world().bots[0].id;
+        let out = engine.step(vec![input(1, 1, Action::Say { text: "hello baker".into() })]);
+        assert_eq!(out.started.len(), 1, "the agent thinks of an answer");
+        let gaia_ops::Request::Chat(chat) = &out.started[0].request else { panic!() };
+        assert!(chat.messages.last().unwrap().content.contains("hello baker"));
+        let out = engine.step(answer(&out.started, false));
+        assert!(
+            out.changes.contains(&Change::Said { id: bot, text: format!("model line {}", 1) }),
+            "{:?}",
+            out.changes
+        );
+        assert_ne!(player, bot);
     }
 }
