@@ -12,9 +12,14 @@
 //!   [`Tiers::load`] finds the newest valid checkpoint of a world across tiers; corrupt
 //!   ones are logged, counted and skipped.
 //!
+//! - [`MessageLog`]: the activity log (what was said in each world) on the same SQL
+//!   stores, and [`LogWriter`], which batches a server's messages off the tick path.
+//!
 //! Start with [`Store`], then [`Tiers`].
 
 pub mod format;
+mod log_writer;
+mod message_log;
 mod metrics;
 mod redis_store;
 mod sql_store;
@@ -24,6 +29,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use format::{Checkpoint, FormatError, Header};
+pub use log_writer::{BATCH as LOG_BATCH, LogMetrics, LogWriter, QUEUE as LOG_QUEUE};
+pub use message_log::{Cursor, MAX_PAGE, Message, MessageLog};
 pub use metrics::Metrics;
 pub use redis_store::RedisStore;
 pub use sql_store::SqlStore;

@@ -25,7 +25,7 @@ const CHUNK_BYTES: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     kind: &'static str,
     /// Statements of one batch in flight at once: the pool's size, so that none waits
     /// for a connection past the acquire timeout (which would fail the batch, and every
