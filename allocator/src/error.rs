@@ -26,6 +26,12 @@ pub enum ApiError {
     /// A valid token that may not act on this game server (403).
     #[error("this token may not act on game server {server:?}")]
     Forbidden { server: String },
+    /// No durable store to read the activity log from (404).
+    #[error("this control plane has no activity log: give it a database (--database-url, or embedded mode's SQLite)")]
+    NoActivityLog,
+    /// The activity log's store cannot be reached (503).
+    #[error("activity log unavailable: {0}")]
+    LogUnavailable(String),
     /// The fleet has no such world placed on a server (404).
     #[error("fleet {fleet:?} has no world {world:?} running")]
     WorldNotRunning { fleet: String, world: String },
@@ -53,6 +59,8 @@ impl ApiError {
             Self::NoAutoscaler(_) => "autoscaler_not_found",
             Self::Busy(_) => "unavailable",
             Self::WorldNotRunning { .. } => "world_not_running",
+            Self::NoActivityLog => "no_activity_log",
+            Self::LogUnavailable(_) => "unavailable",
         }
     }
 
@@ -67,7 +75,8 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::NoAutoscaler(_) | Self::WorldNotRunning { .. } => StatusCode::NOT_FOUND,
+            Self::NoAutoscaler(_) | Self::WorldNotRunning { .. } | Self::NoActivityLog => StatusCode::NOT_FOUND,
+            Self::LogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

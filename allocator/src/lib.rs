@@ -17,6 +17,7 @@ mod console;
 mod error;
 pub mod events;
 mod json;
+mod messages;
 pub mod metrics;
 pub mod openapi;
 mod params;
@@ -108,6 +109,9 @@ pub struct AppState {
     openapi: Bytes,
     /// Permits for `GET /v1/events` streams ([`events::MAX_STREAMS`]).
     event_streams: Arc<tokio::sync::Semaphore>,
+    /// The worlds' activity log (`GET /v1/worlds/{worldId}/messages`), when there is a
+    /// durable store.
+    messages: Option<Arc<dyn gaia_checkpoint::MessageLog>>,
 }
 
 impl AppState {
@@ -132,7 +136,13 @@ impl AppState {
             shutdown: CancellationToken::new(),
             openapi: openapi.into(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
+            messages: None,
         }
+    }
+
+    /// Serves the worlds' activity log from `log` (the store the game servers write to).
+    pub fn with_message_log(self, log: Arc<dyn gaia_checkpoint::MessageLog>) -> Self {
+        Self { messages: Some(log), ..self }
     }
 
     /// Serves the autoscaler's explained status from `statuses` (the autoscaler's
@@ -169,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/fleets/{fleet}/autoscaler", get(autoscaler_status))
         .route("/v1/fleets/{fleet}/worlds/{world}/spectate", post(spectate::spectate))
+        .route("/v1/worlds/{world}/messages", get(messages::messages))
         .route("/v1/gameservers", get(list_servers))
         .route("/v1/gameservers/{name}", get(get_server))
         .nest("/v1/gameservers/{name}", sdk)

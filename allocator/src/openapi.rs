@@ -33,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         crate::allocate::allocate,
         crate::allocate::batch,
         crate::spectate::spectate,
+        crate::messages::messages,
         crate::autoscaler_status,
         crate::list_servers,
         crate::get_server,
@@ -115,8 +116,17 @@ fn property_rules() -> Vec<(&'static str, &'static str, Value)> {
 /// Path and query parameters that are names (fleets, servers).
 const NAME_PARAMETERS: [&str; 2] = ["fleet", "name"];
 
-/// Path parameters that are ids (worlds).
-const ID_PARAMETERS: [&str; 1] = ["worldId"];
+/// What a path or query parameter accepts, by its name.
+fn parameter_schema(name: &str) -> Option<Value> {
+    match name {
+        _ if NAME_PARAMETERS.contains(&name) => Some(name_schema()),
+        "worldId" => Some(id_schema()),
+        // A page's `next`: epoch.tick.seq.
+        "before" => Some(json!({"pattern": "^[0-9]{1,20}\\.[0-9]{1,20}\\.[0-9]{1,10}$"})),
+        "limit" => Some(json!({"minimum": 1, "maximum": gaia_checkpoint::MAX_PAGE})),
+        _ => None,
+    }
+}
 
 /// What `gaia_api::allocation::check_id` accepts.
 fn id_schema() -> Value {
@@ -168,12 +178,9 @@ fn apply_rules(doc: &mut Value) -> Vec<String> {
         let Some(parameters) = operation.get_mut("parameters").and_then(Value::as_array_mut) else { return };
         for parameter in parameters {
             let name = parameter["name"].as_str().unwrap_or_default().to_string();
-            if NAME_PARAMETERS.contains(&name.as_str()) {
-                merge(&mut parameter["schema"], name_schema());
-            } else if ID_PARAMETERS.contains(&name.as_str()) {
-                merge(&mut parameter["schema"], id_schema());
-            } else {
-                missed.push(format!("{path} parameter {name:?}"));
+            match parameter_schema(&name) {
+                Some(schema) => merge(&mut parameter["schema"], schema),
+                None => missed.push(format!("{path} parameter {name:?}")),
             }
         }
     });

@@ -362,6 +362,7 @@ fn statuses() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
         ("post", "/v1/gameservers/{name}/drain", vec!["200", "400", "401", "403", "404", "409", "503"]),
         ("get", "/v1/events", vec!["200", "401", "503"]),
         ("post", "/v1/fleets/{fleet}/worlds/{worldId}/spectate", vec!["200", "400", "401", "404", "503"]),
+        ("get", "/v1/worlds/{worldId}/messages", vec!["200", "400", "401", "404", "503"]),
     ]
 }
 

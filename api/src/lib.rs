@@ -12,6 +12,7 @@
 //! - [`town`]: the reference world's actions, snapshot and changes.
 //! - [`token`]: signed join tokens.
 
+pub mod activity;
 pub mod allocation;
 pub mod autoscaler;
 pub mod fleet;

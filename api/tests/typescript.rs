@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use gaia_api::{allocation, gameserver, protocol, town};
+use gaia_api::{activity, allocation, gameserver, protocol, town};
 use ts_rs::{Config, Dummy, TS};
 
 const COMMAND: &str = "GAIA_BLESS=1 cargo test -p gaia-api --test typescript";
@@ -67,6 +67,7 @@ fn modules() -> BTreeMap<PathBuf, (&'static str, Module)> {
     types!("api/src/protocol.rs": protocol::ClientMsg<Dummy>, protocol::ServerMsg<Dummy, Dummy>, protocol::InputOutcome);
     types!("api/src/town.rs": town::Action, town::Snapshot, town::Entity, town::EntityKind, town::Change);
     types!("api/src/gameserver.rs": gameserver::GameServerState);
+    types!("api/src/activity.rs": activity::WorldMessage, activity::MessagePage);
     types!(
         "api/src/allocation.rs": allocation::AllocationRequest,
         allocation::Selector,

@@ -52,20 +52,23 @@ impl std::fmt::Display for Cursor {
 impl std::str::FromStr for Cursor {
     type Err = String;
 
-    /// `epoch.tick.seq`, as [`Cursor`]'s `Display` writes it.
+    /// `epoch.tick.seq` (1 to 20, 20 and 10 digits), as [`Cursor`]'s `Display` writes
+    /// it. Numbers past a field's range mean its largest value: every message is before.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?} is not a cursor (epoch.tick.seq, as a page's `next` gives it)");
+        let number = |part: Option<&str>, digits: usize| -> Result<u128, String> {
+            let part = part.filter(|p| !p.is_empty() && p.len() <= digits && p.bytes().all(|b| b.is_ascii_digit()));
+            part.and_then(|p| p.parse().ok()).ok_or_else(bad)
+        };
         let mut parts = s.split('.');
-        let mut next = || parts.next().ok_or_else(bad);
-        let (epoch, tick, seq) = (next()?, next()?, next()?);
+        let epoch = number(parts.next(), 20)?;
+        let tick = number(parts.next(), 20)?;
+        let seq = number(parts.next(), 10)?;
         if parts.next().is_some() {
             return Err(bad());
         }
-        Ok(Cursor {
-            epoch: epoch.parse().map_err(|_| bad())?,
-            tick: tick.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
-        })
+        let saturate = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
+        Ok(Cursor { epoch: saturate(epoch), tick: saturate(tick), seq: u32::try_from(seq).unwrap_or(u32::MAX) })
     }
 }
 
@@ -133,11 +136,13 @@ impl MessageLog for SqlStore {
                     "SELECT {columns} FROM world_messages WHERE world_id = $1 AND (epoch, tick, seq) < ($2, $3, $4) \
                      ORDER BY epoch DESC, tick DESC, seq DESC LIMIT $5"
                 );
+                // Past the columns' range, everything stored is before the cursor.
+                let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 sqlx::query(&sql)
                     .bind(world_id.to_string())
-                    .bind(to_i64(c.epoch)?)
-                    .bind(to_i64(c.tick)?)
-                    .bind(i64::from(c.seq) as i32)
+                    .bind(big(c.epoch))
+                    .bind(big(c.tick))
+                    .bind(i32::try_from(c.seq).unwrap_or(i32::MAX))
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
@@ -176,9 +181,11 @@ mod tests {
     fn cursors_round_trip_and_order_by_epoch_tick_seq() {
         let c = Cursor { epoch: 3, tick: 40, seq: 2 };
         assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
-        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "-1.2.3", "1.2.99999999999"] {
+        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "-1.2.3", "1.2.99999999999", "1..2", "+1.2.3"] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
+        let huge: Cursor = "99999999999999999999.1.4294967296".parse().unwrap();
+        assert_eq!(huge, Cursor { epoch: u64::MAX, tick: 1, seq: u32::MAX });
         assert!(Cursor { epoch: 2, tick: 99, seq: 9 } < Cursor { epoch: 3, tick: 0, seq: 0 });
     }
 }

@@ -167,6 +167,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     }
     let (status_tx, status_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::Statuses::new());
     state = state.with_autoscaler_status(status_rx);
+    // The activity log the game servers write, read back for `GET /v1/worlds/{id}/messages`.
+    if let Some(url) = server_env.get("GAIA_DATABASE_URL") {
+        match gaia_checkpoint::SqlStore::connect(url).await {
+            Ok(store) => state = state.with_message_log(Arc::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the activity log cannot be read: GET /v1/worlds/{{id}}/messages answers 404")
+            }
+        }
+    }
 
     // Every part runs under `parts`, and the API or the controller ending for any reason
     // ends them all. The API has its own token so it outlives the controller's goodbyes.

@@ -471,6 +471,18 @@ pub async fn run_world<W: World>(
         let metrics = Arc::new(gaia_checkpoint::Metrics::new(&mut prometheus));
         Tiers::start(tiers, metrics, tiers_stop.clone())
     });
+    // The activity log lives in the durable SQL store, beside the checkpoints.
+    let log_stop = CancellationToken::new();
+    let log = match config.database_url.as_deref().filter(|u| !u.is_empty() && !u.starts_with("redis")) {
+        Some(url) => {
+            let store = gaia_checkpoint::SqlStore::connect(url)
+                .await
+                .map_err(|source| Error::Store { url: gaia_checkpoint::redact(url), source })?;
+            let metrics = gaia_checkpoint::LogMetrics::new(&mut prometheus);
+            Some(gaia_checkpoint::LogWriter::start(Arc::new(store), metrics, log_stop.clone()))
+        }
+        None => None,
+    };
     let (world_events, world_events_rx) = mpsc::unbounded_channel();
     let room_config = RoomConfig {
         tick: Duration::from_secs(1) / config.tick_hz,
@@ -492,6 +504,7 @@ pub async fn run_world<W: World>(
         tiers: Arc::clone(tiers),
         every_ticks: (config.checkpoint_every.as_secs_f64() * f64::from(config.tick_hz)).round().max(1.0) as u64,
         load_timeout: config.load_timeout,
+        log: log.as_ref().map(|(writer, _)| writer.clone()),
     });
     let sdk = match &config.sdk_url {
         Some(url) => Some(connect(&config, url, &address).await?),
@@ -595,6 +608,12 @@ pub async fn run_world<W: World>(
             }
         }
         tiers_stop.cancel();
+    }
+    if let Some((_, task)) = log {
+        log_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("the activity log's last messages not written within 5 s");
+        }
     }
     background.cancel();
     if let Some(sdk) = &sdk {

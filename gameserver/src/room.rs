@@ -133,6 +133,8 @@ pub struct Persistence {
     /// How long a starting world waits for every store to answer before its joins are
     /// refused (retryable: `WORLD_UNAVAILABLE`).
     pub load_timeout: Duration,
+    /// The activity log: what is said in the worlds, written off the tick path.
+    pub log: Option<gaia_checkpoint::LogWriter>,
 }
 
 /// Where a moved world went.
@@ -808,6 +810,21 @@ impl<W: World> Rooms<W> {
     ) -> (bool, Vec<Operation>) {
         let mut out = engine.step(events);
         let changed = !out.changes.is_empty();
+        if let Some(log) = self.persistence.as_ref().and_then(|p| p.log.as_ref()) {
+            let at_ms = unix_ms(std::time::SystemTime::now());
+            for (seq, line) in std::mem::take(&mut out.said).into_iter().enumerate() {
+                log.push(gaia_checkpoint::Message {
+                    world_id: world_id.to_string(),
+                    epoch: fanout.epoch,
+                    tick: out.tick,
+                    seq: seq as u32,
+                    at_ms,
+                    author_id: line.author_id,
+                    author: line.author,
+                    text: line.text,
+                });
+            }
+        }
         if out.stray > 0 {
             self.metrics.stray_outcomes.inc_by(out.stray as u64);
         }

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use gaia_ops::{OpId, Operation, Outcome, Response};
 
 use crate::agent::{self, Memory, Mind, Purpose};
-use crate::world::{MemberId, RestoreError, World};
+use crate::world::{Line, MemberId, RestoreError, World};
 
 /// Longest `Say` text accepted, in bytes.
 pub const MAX_SAY: usize = 200;
@@ -498,6 +498,16 @@ impl World for Town {
 
     fn in_flight(&self) -> Vec<Operation> {
         self.minds.iter().filter_map(|m| m.thinking.as_ref().map(|t| t.op.clone())).collect()
+    }
+
+    fn messages(&self, changes: &[Change]) -> Vec<Line> {
+        let said = changes.iter().filter_map(|c| match c {
+            Change::Said { id, text } => {
+                Some(Line { author_id: *id, author: self.name(*id).to_string(), text: text.clone() })
+            }
+            _ => None,
+        });
+        said.collect()
     }
 }
 

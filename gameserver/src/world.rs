@@ -97,6 +97,22 @@ pub trait World: Send + 'static {
     fn in_flight(&self) -> Vec<Operation> {
         Vec::new()
     }
+
+    /// The lines said among one tick's `changes`, for the activity log (what players and
+    /// agents said; docs/agents.md). Called after each tick.
+    fn messages(&self, changes: &[Self::Change]) -> Vec<Line> {
+        let _ = changes;
+        Vec::new()
+    }
+}
+
+/// One line said in a world, as [`World::messages`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The entity that said it, and its name.
+    pub author_id: u32,
+    pub author: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

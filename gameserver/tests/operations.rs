@@ -190,7 +190,7 @@ fn server(store: &Arc<Memory>, latency: Duration) -> Server {
     let shutdown = CancellationToken::new();
     let tier = Tier { store: Arc::clone(store) as Arc<dyn Store>, every: Duration::from_millis(100) };
     let tiers = Tiers::start(vec![tier], Arc::new(gaia_checkpoint::Metrics::new(&mut registry)), shutdown.clone());
-    let persistence = Persistence { tiers, every_ticks: 2, load_timeout: Duration::from_secs(5) };
+    let persistence = Persistence { tiers, every_ticks: 2, load_timeout: Duration::from_secs(5), log: None };
     let migration = Migration {
         mover: Arc::new(Anywhere),
         key: gaia_api::token::TokenKey::new("k"),

@@ -15,5 +15,6 @@ export { NEVER_REACHED, SPECTATORS_CANNOT_ACT } from "./inputs.js";
 export { Emitter } from "./emitter.js";
 export { defaultSocket, type SocketFactory, type SocketLike } from "./socket.js";
 export * from "./interpolation.js";
+export type * from "./generated/activity.js";
 export type * from "./generated/allocation.js";
 export type * from "./generated/gameserver.js";
