@@ -103,6 +103,11 @@ pub struct Config {
     /// Server-side bots in every world.
     #[arg(long, env = "GAIA_BOTS_PER_WORLD", default_value_t = 5)]
     pub bots_per_world: u16,
+    /// The town's map, in cells.
+    #[arg(long, env = "GAIA_TOWN_WIDTH", default_value_t = 48)]
+    pub town_width: u16,
+    #[arg(long, env = "GAIA_TOWN_HEIGHT", default_value_t = 32)]
+    pub town_height: u16,
     /// How many of each world's bots think through the model (GAIA_LLM_URL): the first
     /// ones. Unset: all of them when there is a model, none without.
     #[arg(long, env = "GAIA_AGENTS_PER_WORLD")]
@@ -187,6 +192,8 @@ impl Default for Config {
             delta_hz: 10,
             bots_per_world: 5,
             agents_per_world: None,
+            town_width: 48,
+            town_height: 32,
             empty_world_grace: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
             resume_grace: Duration::from_secs(10),
@@ -409,7 +416,11 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -
             "GAIA_AGENTS_PER_WORLD without GAIA_LLM_URL: the agents' model calls fail, and they say their scripted lines"
         );
     }
-    let town = TownConfig { bots: config.bots_per_world, agents, ..TownConfig::default() };
+    if config.town_width == 0 || config.town_height == 0 {
+        return Err(Error::Config("GAIA_TOWN_WIDTH and GAIA_TOWN_HEIGHT must be at least 1".into()));
+    }
+    let (width, height) = (config.town_width, config.town_height);
+    let town = TownConfig { width, height, bots: config.bots_per_world, agents, ..TownConfig::default() };
     let new_world: NewWorld<Town> = Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)));
     run_world(config, listener, new_world, stop).await
 }

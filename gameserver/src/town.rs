@@ -220,14 +220,21 @@ impl Town {
         }
     }
 
-    /// A player said `text`: the nearest free agent within two cells answers.
+    /// A player said `text`: the free agent it names answers, wherever it is, or else
+    /// the nearest free agent within two cells.
     fn hear(&mut self, player: EntityId, text: &str) {
         let Some((x, y)) = self.position(player) else { return };
+        let lower = text.to_lowercase();
         let near = self
             .minds
             .iter()
             .filter(|m| m.is_free() && !self.talking(m.bot))
-            .filter_map(|m| self.position(m.bot).map(|(bx, by)| (bx.abs_diff(x).max(by.abs_diff(y)), m.bot)))
+            .filter_map(|m| {
+                let named = lower.contains(&self.name(m.bot).to_lowercase());
+                let (bx, by) = self.position(m.bot)?;
+                let distance = if named { 0 } else { bx.abs_diff(x).max(by.abs_diff(y)) };
+                Some((distance, m.bot))
+            })
             .filter(|(distance, _)| *distance <= 2)
             .min();
         if let Some((_, bot)) = near {

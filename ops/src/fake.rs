@@ -53,7 +53,12 @@ pub struct Calls {
     pub embeddings: AtomicU64,
     /// Calls answered with an injected 503.
     pub failed: AtomicU64,
+    /// The last [`KEPT_PROMPTS`] chat requests' messages, for tests.
+    pub prompts: std::sync::Mutex<std::collections::VecDeque<Vec<WireMessage>>>,
 }
+
+/// Chat requests [`Calls::prompts`] keeps.
+pub const KEPT_PROMPTS: usize = 1000;
 
 struct Fake {
     config: FakeConfig,
@@ -164,6 +169,12 @@ async fn chat(
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "model and messages are required");
     }
     fake.calls.chat.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut prompts) = fake.calls.prompts.lock() {
+        if prompts.len() >= KEPT_PROMPTS {
+            prompts.pop_front();
+        }
+        prompts.push_back(request.messages.clone());
+    }
     if let Err(refused) = fake.admit(&headers).await {
         return refused;
     }
