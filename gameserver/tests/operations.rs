@@ -312,3 +312,32 @@ async fn an_operation_in_flight_moves_with_its_world() {
     assert_eq!(after.answers, [(1, Ok("answer to what news?".to_string()))]);
     assert!(after.in_flight.is_empty());
 }
+
+/// A provider that never answers: the world keeps ticking (its inputs answered at the next
+/// tick as ever), and the operation ends as timed out, a result the world applies.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_never_answers_stalls_nothing() {
+    let store = Arc::new(Memory::default());
+    let hung = server(&store, Duration::from_secs(24 * 3600));
+    let (mut frames, world) = hung.ask(1, &["anyone there?"]).await;
+    let started = tokio::time::Instant::now();
+    // While the question hangs, every input is answered within a tick or two.
+    for seq in 2..=20u32 {
+        assert!(world.input(seq, Action::Move { dx: 1, dy: 0 }).await);
+        let answered = async {
+            while let Some(Outbound::Frame(bytes)) = frames.recv().await {
+                let text = String::from_utf8(bytes.to_vec()).unwrap();
+                if text.contains(r#""type":"inputResult""#) && text.contains(&format!(r#""seq":{seq},"#)) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(150), answered).await.expect("the tick stalled");
+    }
+    // The question's timeout (30 s) passes: its outcome is an error, applied once.
+    tokio::time::sleep(Duration::from_secs(31).saturating_sub(started.elapsed())).await;
+    hung.stop().await;
+    let after = store.oracle("w");
+    assert_eq!(after.answers, [(1, Err(OpError::TimedOut { after_ms: 30_000 }.to_string()))]);
+    assert!(after.in_flight.is_empty());
+}
