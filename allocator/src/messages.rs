@@ -17,6 +17,7 @@ use crate::{ApiError, AppState};
 const DEFAULT_LIMIT: usize = 50;
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// The `next` of the previous page; unset: the newest messages.

@@ -87,3 +87,17 @@ async fn without_a_log_it_is_404() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(error(&v).error.code, "no_activity_log");
 }
+
+#[tokio::test]
+async fn the_document_has_before_and_limit_in_the_query() {
+    let app = App::new();
+    let (status, doc) = call(&app.router, Method::GET, "/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let parameters = doc["paths"]["/v1/worlds/{worldId}/messages"]["get"]["parameters"].as_array().unwrap().clone();
+    let places: Vec<(String, String)> = parameters
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["in"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [("worldId", "path"), ("before", "query"), ("limit", "query")];
+    assert_eq!(places, expected.map(|(n, i)| (n.to_string(), i.to_string())));
+}

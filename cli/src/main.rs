@@ -193,6 +193,13 @@ struct LoadgenArgs {
     /// new servers' start (docs/autoscaling.md).
     #[arg(long, value_name = "BURSTS")]
     refill: Option<usize>,
+    /// With the embedded fleet: this many bots of each world are agents that think
+    /// through a fake OpenAI-compatible model served by this process (docs/agents.md).
+    #[arg(long, value_name = "PER_WORLD")]
+    agents: Option<u16>,
+    /// The fake model's latency range, `MIN..MAX` (with --agents).
+    #[arg(long, default_value = "1s..3s", value_parser = latency_range)]
+    model_latency: (Duration, Duration),
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -260,6 +267,26 @@ fn stop_on_signal(drains: bool) -> gaia_gameserver::Stop {
         shutdown.cancel();
     });
     stop
+}
+
+/// `1s..3s` -> (1 s, 3 s).
+fn latency_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (low, high) = s.split_once("..").ok_or_else(|| format!("{s:?} is not MIN..MAX (e.g. 1s..3s)"))?;
+    let parse = |d: &str| humantime::parse_duration(d).map_err(|e| format!("{d:?}: {e}"));
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low > high {
+        return Err(format!("{s:?}: MIN is above MAX"));
+    }
+    Ok((low, high))
+}
+
+/// Serves the fake model on an ephemeral port until `stop`; its API base URL.
+async fn fake_model(latency: (Duration, Duration), stop: CancellationToken) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    let config = gaia_ops::fake::FakeConfig { latency, ..Default::default() };
+    tokio::spawn(gaia_ops::fake::serve(listener, config, stop));
+    Ok(url)
 }
 
 fn fleet_config(path: Option<&PathBuf>) -> anyhow::Result<FleetConfig> {
@@ -401,6 +428,14 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
                 config.allocator_ca_file = Some(tls.cert.clone());
             }
             args.stores.apply(&mut embedded);
+            if let Some(agents) = args.agents {
+                let model = fake_model(args.model_latency, fleet_stop.clone()).await?;
+                tracing::info!(%model, agents, "agents think through the fake model");
+                for fleet in &mut embedded.fleets.fleets {
+                    fleet.template.env.insert("GAIA_LLM_URL".into(), model.clone());
+                    fleet.template.env.insert("GAIA_AGENTS_PER_WORLD".into(), agents.to_string());
+                }
+            }
             Some(tokio::spawn(gaia_embedded::run(embedded, listener, fleet_stop.clone())))
         }
     };

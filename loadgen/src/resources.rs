@@ -6,7 +6,9 @@
 //! steady phase starts and when it ends. CPU is the steady phase's share of one core;
 //! memory per connection is the growth since before the bots, over the connections;
 //! the tick duration's p99 is read off the steady phase's share of the server's
-//! `gaia_gameserver_tick_duration_seconds` histogram (so it is a bucket bound).
+//! `gaia_gameserver_tick_duration_seconds` histogram (so it is a bucket bound). Servers whose
+//! worlds start operations (agents' model calls) also report how many finished in the
+//! steady phase, per second, and their latency's p50 and p99, off `gaia_ops_*`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +25,10 @@ pub(crate) struct Sample {
     pub connections: u64,
     /// The tick-duration histogram: (upper bound in seconds, cumulative count).
     pub tick_buckets: Vec<(f64, u64)>,
+    /// Operations finished, every kind and result.
+    pub operations: u64,
+    /// Their durations' histogram, every kind summed.
+    pub op_buckets: Vec<(f64, u64)>,
 }
 
 const TICK_BUCKET: &str = "gaia_gameserver_tick_duration_seconds_bucket{le=\"";
@@ -43,17 +49,44 @@ pub(crate) fn parse(text: &str) -> Option<Sample> {
             Some((le, count.trim().parse::<f64>().ok()? as u64))
         })
         .collect();
+    let operations = text
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("gaia_ops_operations_total{")?.split_once("} ")?.1.trim().parse::<f64>().ok()
+        })
+        .sum::<f64>() as u64;
+    let mut op_buckets: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("gaia_ops_duration_seconds_bucket{") else { continue };
+        let Some((labels, count)) = rest.split_once("} ") else { continue };
+        let Some(le) = labels.split("le=\"").nth(1).and_then(|l| l.split('"').next()) else { continue };
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        let count = count.trim().parse::<f64>().ok()? as u64;
+        match op_buckets.iter_mut().find(|b| b.0 == le) {
+            Some(bucket) => bucket.1 += count,
+            None => op_buckets.push((le, count)),
+        }
+    }
+    op_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     Some(Sample {
         cpu_seconds: value("gaia_gameserver_process_cpu_seconds")?,
         rss_bytes: value("gaia_gameserver_process_resident_bytes")? as u64,
         connections: value("gaia_gameserver_connections")? as u64,
         tick_buckets,
+        operations,
+        op_buckets,
     })
 }
 
 /// The bound of the bucket holding the 99th percentile of the ticks between two
 /// scrapes of the same histogram; `None` without ticks.
 fn tick_p99(start: &[(f64, u64)], end: &[(f64, u64)]) -> Option<Duration> {
+    percentile(start, end, 0.99)
+}
+
+/// The bound of the bucket holding quantile `q` of what was observed between two scrapes
+/// of the same histogram; `None` without observations.
+fn percentile(start: &[(f64, u64)], end: &[(f64, u64)], q: f64) -> Option<Duration> {
     let counts: Vec<(f64, u64)> = end
         .iter()
         .map(|&(le, n)| (le, n.saturating_sub(start.iter().find(|b| b.0 == le).map_or(0, |b| b.1))))
@@ -62,7 +95,7 @@ fn tick_p99(start: &[(f64, u64)], end: &[(f64, u64)]) -> Option<Duration> {
     if total == 0 {
         return None;
     }
-    let le = counts.iter().find(|&&(_, n)| n as f64 >= 0.99 * total as f64)?.0;
+    let le = counts.iter().find(|&&(_, n)| n as f64 >= q * total as f64)?.0;
     le.is_finite().then(|| Duration::from_secs_f64(le))
 }
 
@@ -104,6 +137,9 @@ pub struct ProcessUse {
     pub bytes_per_connection: Option<f64>,
     /// 99% of the steady phase's ticks took at most this (game servers).
     pub tick_p99: Option<Duration>,
+    /// Operations finished in the steady phase: per second, and the p50 and p99 of their
+    /// latency (bucket bounds); `None` for a server that finished none.
+    pub operations: Option<(f64, Option<Duration>, Option<Duration>)>,
 }
 
 /// Folds the samples into one line per process: the load generator first.
@@ -122,6 +158,7 @@ pub(crate) fn usage(
         connections: None,
         bytes_per_connection: None,
         tick_p99: None,
+        operations: None,
     }];
     for (name, last) in end {
         let Some(first) = start.get(name) else { continue };
@@ -136,6 +173,11 @@ pub(crate) fn usage(
             connections: Some(last.connections),
             bytes_per_connection: per_connection,
             tick_p99: tick_p99(&first.tick_buckets, &last.tick_buckets),
+            operations: (last.operations > first.operations).then(|| {
+                let rate = (last.operations - first.operations) as f64 / secs;
+                let p50 = percentile(&first.op_buckets, &last.op_buckets, 0.5);
+                (rate, p50, percentile(&first.op_buckets, &last.op_buckets, 0.99))
+            }),
         });
     }
     out
@@ -154,6 +196,10 @@ impl fmt::Display for ProcessUse {
         if let Some(p99) = self.tick_p99 {
             write!(f, ", tick p99 <= {:.2} ms", p99.as_secs_f64() * 1e3)?;
         }
+        if let Some((rate, p50, p99)) = self.operations {
+            let ms = |d: Option<Duration>| d.map_or_else(|| "?".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3));
+            write!(f, ", {rate:.1} operations/s, latency ms p50 <= {} p99 <= {}", ms(p50), ms(p99))?;
+        }
         Ok(())
     }
 }
@@ -169,7 +215,14 @@ mod tests {
                     gaia_gameserver_connections_other 1\n\
                     gaia_gameserver_process_cpu_seconds 12.5\n\
                     gaia_gameserver_process_resident_bytes 52428800\n";
-        let sample = Sample { cpu_seconds: 12.5, rss_bytes: 52_428_800, connections: 3000, tick_buckets: vec![] };
+        let sample = Sample {
+            cpu_seconds: 12.5,
+            rss_bytes: 52_428_800,
+            connections: 3000,
+            tick_buckets: vec![],
+            operations: 0,
+            op_buckets: vec![],
+        };
         assert_eq!(parse(text), Some(sample));
         let text = format!(
             "{text}gaia_gameserver_tick_duration_seconds_bucket{{le=\"0.001\"}} 90\n\
@@ -190,12 +243,45 @@ mod tests {
     }
 
     #[test]
+    fn operations_sum_every_kind_and_result() {
+        let text = "gaia_gameserver_connections 1\n\
+                    gaia_gameserver_process_cpu_seconds 1\n\
+                    gaia_gameserver_process_resident_bytes 1\n\
+                    gaia_ops_operations_total{kind=\"chat\",result=\"ok\"} 30\n\
+                    gaia_ops_operations_total{kind=\"embed\",result=\"timed_out\"} 2\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"chat\",le=\"1.024\"} 10\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"chat\",le=\"2.048\"} 30\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"chat\",le=\"+Inf\"} 30\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"embed\",le=\"1.024\"} 2\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"embed\",le=\"2.048\"} 2\n\
+                    gaia_ops_duration_seconds_bucket{kind=\"embed\",le=\"+Inf\"} 2\n";
+        let end = parse(text).unwrap();
+        assert_eq!(end.operations, 32);
+        assert_eq!(end.op_buckets, vec![(1.024, 12), (2.048, 32), (f64::INFINITY, 32)]);
+        let start = Sample { operations: 0, op_buckets: vec![], ..end.clone() };
+        let got = usage(
+            (Usage { cpu_seconds: 0.0, rss_bytes: None }, Usage { cpu_seconds: 0.0, rss_bytes: None }),
+            &Samples::new(),
+            &Samples::from([("gs".to_string(), start)]),
+            &Samples::from([("gs".to_string(), end)]),
+            Duration::from_secs(16),
+        );
+        assert_eq!(
+            got[1].operations,
+            Some((2.0, Some(Duration::from_millis(2048)), Some(Duration::from_millis(2048))))
+        );
+        assert!(got[1].to_string().ends_with("2.0 operations/s, latency ms p50 <= 2048 p99 <= 2048"), "{}", got[1]);
+    }
+
+    #[test]
     fn usage_is_per_steady_second_and_growth_per_connection() {
         let s = |cpu, mib: u64, connections| Sample {
             cpu_seconds: cpu,
             rss_bytes: mib << 20,
             connections,
             tick_buckets: vec![(0.001, 0), (f64::INFINITY, 0)],
+            operations: 0,
+            op_buckets: vec![],
         };
         let before = Samples::from([("gs".to_string(), s(1.0, 10, 0))]);
         let start = Samples::from([("gs".to_string(), s(5.0, 30, 1024))]);
