@@ -5,8 +5,8 @@
 //! token must be signed by the allocator for this server and unexpired; then the
 //! connection takes a player slot. A spectate token (see [`crate::room`]) instead makes
 //! a read-only connection: it takes no slot and is no player, and each of its inputs is
-//! answered `Rejected` ([`SPECTATORS_CANNOT_ACT`]) at once, never reaching the world. After that it forwards inputs to its world and writes
-//! the frames the world queues for it, all that are queued in one flush. Frames are rate
+//! answered `Rejected` ([`SPECTATORS_CANNOT_ACT`]) at once, never reaching the world.
+//! After that it forwards inputs to its world and writes the frames the world queues for it, all that are queued in one flush. Frames are rate
 //! limited per connection: an input over the limit is answered `Rejected` at once (tick
 //! 0, so before results of earlier inputs that wait for their tick), a ping over it still
 //! gets its pong, and a client that keeps going past the burst is closed. A client silent
@@ -231,7 +231,6 @@ async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -
                     drop(unjoined);
                     return spectate(socket, ctx, claims).await;
                 }
-                Err(TokenError::BadSignature) => return Some(bad_token(TokenError::BadSignature)),
                 Err(e) => return Some(bad_token(e)),
             },
             Err(e) => return Some(bad_token(e)),

@@ -55,8 +55,6 @@ pub struct TickOutput<C> {
     /// Outcomes dropped: their operation was not in flight (already completed, or not
     /// this life's).
     pub stray: usize,
-    /// The lines said this tick ([`World::messages`]), for the activity log.
-    pub said: Vec<crate::world::Line>,
 }
 
 pub struct Engine<W> {
@@ -116,7 +114,6 @@ impl<W: World> Engine<W> {
             joined: Vec::new(),
             started: Vec::new(),
             stray: 0,
-            said: Vec::new(),
         };
         let refused = std::mem::take(&mut self.refused).into_iter().map(Event::Done);
         for event in refused.chain(events) {
@@ -153,7 +150,6 @@ impl<W: World> Engine<W> {
             }
         }
         self.world.tick(self.tick, &mut out.changes);
-        out.said = self.world.messages(&out.changes);
         for op in self.world.take_operations() {
             if !self.in_flight.insert(op.id) {
                 // A world bug: the first of that id keeps its outcome.

@@ -426,9 +426,11 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -
 }
 
 /// Opens the checkpoint tiers the config names: hot first, then durable. An empty URL
-/// counts as unset, so a fleet template can turn off a store its deployment sets.
-async fn open_tiers(config: &Config) -> Result<Vec<Tier>, Error> {
+/// counts as unset, so a fleet template can turn off a store its deployment sets. Also
+/// answers the durable tier's SQL store, when it is one, for the activity log to share.
+async fn open_tiers(config: &Config) -> Result<(Vec<Tier>, Option<gaia_checkpoint::SqlStore>), Error> {
     let mut tiers = Vec::new();
+    let mut sql = None;
     let set = |url: &Option<String>| url.clone().filter(|u| !u.is_empty());
     let hot = set(&config.redis_url).is_some();
     for (url, every) in [
@@ -436,12 +438,18 @@ async fn open_tiers(config: &Config) -> Result<Vec<Tier>, Error> {
         (set(&config.database_url), if hot { config.durable_every } else { config.checkpoint_every }),
     ] {
         let Some(url) = url else { continue };
-        let store = gaia_checkpoint::open(&url)
-            .await
-            .map_err(|source| Error::Store { url: gaia_checkpoint::redact(&url), source })?;
+        let failed = |source| Error::Store { url: gaia_checkpoint::redact(&url), source };
+        let store: Arc<dyn gaia_checkpoint::Store> = if url.starts_with("postgres") || url.starts_with("sqlite:") {
+            let store = gaia_checkpoint::SqlStore::connect(&url).await.map_err(failed)?;
+            sql = Some(store.clone());
+            Arc::new(store)
+        } else {
+            // Redis, or a URL `open` refuses with its reason.
+            gaia_checkpoint::open(&url).await.map_err(failed)?
+        };
         tiers.push(Tier { store, every });
     }
-    Ok(tiers)
+    Ok((tiers, sql))
 }
 
 /// Runs a game server of worlds made by `new_world` on `listener` until told to stop.
@@ -474,7 +482,7 @@ pub async fn run_world<W: World>(
     // on a drain.
     let shutdown = stop.shutdown.child_token();
     let tiers_stop = CancellationToken::new();
-    let tiers = open_tiers(&config).await?;
+    let (tiers, sql) = open_tiers(&config).await?;
     if tiers.is_empty() {
         tracing::warn!("no GAIA_REDIS_URL or GAIA_DATABASE_URL: worlds are not checkpointed and die with this server");
     }
@@ -484,16 +492,10 @@ pub async fn run_world<W: World>(
     });
     // The activity log lives in the durable SQL store, beside the checkpoints.
     let log_stop = CancellationToken::new();
-    let log = match config.database_url.as_deref().filter(|u| !u.is_empty() && !u.starts_with("redis")) {
-        Some(url) => {
-            let store = gaia_checkpoint::SqlStore::connect(url)
-                .await
-                .map_err(|source| Error::Store { url: gaia_checkpoint::redact(url), source })?;
-            let metrics = gaia_checkpoint::LogMetrics::new(&mut prometheus);
-            Some(gaia_checkpoint::LogWriter::start(Arc::new(store), metrics, log_stop.clone()))
-        }
-        None => None,
-    };
+    let log = sql.map(|store| {
+        let metrics = gaia_checkpoint::LogMetrics::new(&mut prometheus);
+        gaia_checkpoint::LogWriter::start(Arc::new(store), metrics, log_stop.clone())
+    });
     let (world_events, world_events_rx) = mpsc::unbounded_channel();
     let room_config = RoomConfig {
         tick: Duration::from_secs(1) / config.tick_hz,

@@ -430,17 +430,17 @@ impl<W: World> Rooms<W> {
         out: mpsc::Sender<Outbound>,
         awaiting: Vec<u32>,
     ) -> Result<WorldHandle<W::Action>, JoinError> {
-        let gone = || JoinError::Unavailable(format!("world {world_id} is not on this server any more"));
-        let tx = self.rooms.lock().get(world_id).map(|room| room.tx.clone()).ok_or_else(gone)?;
-        let (reply, answer) = oneshot::channel();
-        let (farewell, leftovers) = Farewell::channel();
-        let cmd = Cmd::Resume { member, epoch, out, encoding, farewell, awaiting, reply };
-        tx.send(cmd).await.map_err(|_| gone())?;
-        match answer.await {
-            Ok(Ok(())) => Ok(WorldHandle { member, tx, leftovers }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(gone()),
-        }
+        let gone = format!("world {world_id} is not on this server any more");
+        self.enter_running(world_id, member, gone, |farewell, reply| Cmd::Resume {
+            member,
+            epoch,
+            out,
+            encoding,
+            farewell,
+            awaiting,
+            reply,
+        })
+        .await
     }
 
     /// Watches `world_id` without joining it: the world sends its Welcome (`you` 0, no
@@ -457,11 +457,32 @@ impl<W: World> Rooms<W> {
         if self.shutdown.is_cancelled() {
             return Err(JoinError::ShuttingDown);
         }
-        let gone = || JoinError::Unavailable(format!("world {world_id} is not running on this server"));
+        let gone = format!("world {world_id} is not running on this server");
+        self.enter_running(world_id, member, gone, |farewell, reply| Cmd::Spectate {
+            member,
+            out,
+            encoding,
+            farewell,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends `member`'s way into a world already running here (`cmd`, made with its
+    /// farewell and reply) and waits for the answer; a world not here, or gone meanwhile,
+    /// is [`JoinError::Unavailable`] with `gone`.
+    async fn enter_running(
+        &self,
+        world_id: &str,
+        member: MemberId,
+        gone: String,
+        cmd: impl FnOnce(Farewell, oneshot::Sender<Result<(), JoinError>>) -> Cmd<W::Action>,
+    ) -> Result<WorldHandle<W::Action>, JoinError> {
+        let gone = || JoinError::Unavailable(gone.clone());
         let tx = self.rooms.lock().get(world_id).map(|room| room.tx.clone()).ok_or_else(gone)?;
         let (reply, answer) = oneshot::channel();
         let (farewell, leftovers) = Farewell::channel();
-        tx.send(Cmd::Spectate { member, out, encoding, farewell, reply }).await.map_err(|_| gone())?;
+        tx.send(cmd(farewell, reply)).await.map_err(|_| gone())?;
         match answer.await {
             Ok(Ok(())) => Ok(WorldHandle { member, tx, leftovers }),
             Ok(Err(e)) => Err(e),
@@ -810,9 +831,10 @@ impl<W: World> Rooms<W> {
     ) -> (bool, Vec<Operation>) {
         let mut out = engine.step(events);
         let changed = !out.changes.is_empty();
+        // Lines are picked out of the changes only for a log: no work per tick without one.
         if let Some(log) = self.persistence.as_ref().and_then(|p| p.log.as_ref()) {
             let at_ms = unix_ms(std::time::SystemTime::now());
-            for (seq, line) in std::mem::take(&mut out.said).into_iter().enumerate() {
+            for (seq, line) in engine.world().messages(&out.changes).into_iter().enumerate() {
                 log.push(gaia_checkpoint::Message {
                     world_id: world_id.to_string(),
                     epoch: fanout.epoch,

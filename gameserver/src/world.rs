@@ -99,7 +99,7 @@ pub trait World: Send + 'static {
     }
 
     /// The lines said among one tick's `changes`, for the activity log (what players and
-    /// agents said; docs/agents.md). Called after each tick.
+    /// agents said; docs/agents.md). Called after each tick when the server keeps a log.
     fn messages(&self, changes: &[Self::Change]) -> Vec<Line> {
         let _ = changes;
         Vec::new()
