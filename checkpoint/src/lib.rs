@@ -14,11 +14,14 @@
 //!
 //! - [`MessageLog`]: the activity log (what was said in each world) on the same SQL
 //!   stores, and [`LogWriter`], which batches a server's messages off the tick path.
+//! - [`MemoryStore`]: agents' memories with a per-agent similarity search, on the same
+//!   SQL stores or in the game server's own [`MemoryIndex`].
 //!
 //! Start with [`Store`], then [`Tiers`].
 
 pub mod format;
 mod log_writer;
+mod memory_store;
 mod message_log;
 mod metrics;
 mod redis_store;
@@ -30,6 +33,7 @@ use bytes::Bytes;
 
 pub use format::{Checkpoint, FormatError, Header};
 pub use log_writer::{BATCH as LOG_BATCH, LogMetrics, LogWriter, QUEUE as LOG_QUEUE};
+pub use memory_store::{MAX_K, MemoryIndex, MemoryRecord, MemoryStore, Recalled, SCANNED, cosine, rank};
 pub use message_log::{Cursor, MAX_PAGE, Message, MessageLog};
 pub use metrics::Metrics;
 pub use redis_store::RedisStore;
@@ -61,6 +65,9 @@ pub enum StoreError {
     Url(String),
     #[error("store answered unexpectedly: {0}")]
     Protocol(String),
+    /// The caller asked for something no store can do (a search for too many memories).
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl StoreError {
@@ -72,6 +79,7 @@ impl StoreError {
             Self::Migrate(_) => "migrate",
             Self::Url(_) => "url",
             Self::Protocol(_) => "protocol",
+            Self::Invalid(_) => "invalid",
         }
     }
 }
