@@ -1,27 +1,34 @@
 //! The town's agents: bots that think through a language model, as AI Town's do.
 //!
-//! An agent is a bot with a [`Mind`]: an identity, its memories, and at most one
-//! operation in flight (AI Town's rule: one thing at a time, each bounded by a timeout,
-//! [`THINK_TIMEOUT_MS`]). What it says in a conversation, its answer to a player who talks
-//! to it, and the summary it keeps of each conversation are chat completions; a summary
-//! is then embedded and kept as a memory. A prompt carries the agent's identity and the
-//! memories it recalls about whom it talks to ([`Mind::recall`]). Everything here is pure:
-//! the town starts the operations ([`crate::town::Town`]), the runtime runs them, and
-//! their outcomes come back as `complete` calls. A failed or timed-out call never stalls
-//! the town: the agent falls back to its scripted line, or keeps no memory.
+//! An agent is a bot with a [`Mind`]: an identity, what it recalled about whom it talks
+//! to, and at most one operation in flight (AI Town's rule: one thing at a time, each
+//! bounded by a timeout, [`THINK_TIMEOUT_MS`]). What it says in a conversation, its
+//! answer to a player who talks to it, and the summary it keeps of each conversation are
+//! chat completions. A summary is then embedded and stored in the server's memory store
+//! (a `Remember` operation); when an agent that has remembered anything starts a
+//! conversation, it embeds a question about the other ("What do you think of bob?") and
+//! recalls its [`RECALLED`] memories nearest to it (a `Recall` operation), which its
+//! prompts in that conversation carry. Everything here is pure: the town starts the
+//! operations ([`crate::town::Town`]), the runtime runs them, and their outcomes come
+//! back as `complete` calls. A failed or timed-out call never stalls the town: the agent
+//! falls back to its scripted line, keeps no memory, or talks without memories.
 
 use bincode::{Decode, Encode};
 use gaia_api::town::EntityId;
-use gaia_ops::{ChatMessage, ChatRequest, EmbedRequest, OpId, Operation, Request, Role};
+use gaia_ops::{
+    ChatMessage, ChatRequest, EmbedRequest, OpId, Operation, RecallRequest, RememberRequest, Request, Role,
+};
 
 /// How long an agent waits for the model (AI Town's action timeout).
 pub const THINK_TIMEOUT_MS: u64 = 120_000;
-/// Memories an agent keeps; the oldest go first.
-pub const MAX_MEMORIES: usize = 32;
-/// Memories a prompt carries.
-const RECALLED: usize = 3;
+/// Memories a conversation's prompts carry (AI Town's three).
+pub const RECALLED: u32 = 3;
 /// Longest answer asked of the model, in tokens.
 const MAX_TOKENS: u32 = 60;
+/// A memory's importance is the words said in its conversation over this, at most
+/// [`MAX_IMPORTANCE`]: AI Town's 0 to 9 scale, without its extra model call per memory.
+const WORDS_PER_POINT: usize = 10;
+pub const MAX_IMPORTANCE: f32 = 9.0;
 
 /// Who the agents are, in turn.
 const IDENTITIES: [&str; 8] = [
@@ -35,13 +42,6 @@ const IDENTITIES: [&str; 8] = [
     "a painter looking for the right light",
 ];
 
-#[derive(Debug, Clone, PartialEq, Encode, Decode)]
-pub struct Memory {
-    pub text: String,
-    /// The text's embedding, for similarity search.
-    pub embedding: Vec<f32>,
-}
-
 /// What an operation in flight is for.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum Purpose {
@@ -49,10 +49,17 @@ pub enum Purpose {
     Line { with: EntityId },
     /// An answer to what player `to` said.
     Reply { to: EntityId },
-    /// A one-sentence summary of the conversation with `with`, to remember.
-    Summary { with: EntityId },
-    /// The embedding of `text`, which becomes a memory.
-    Remember { text: String },
+    /// A one-sentence summary of the conversation with `with`, to remember, and how much
+    /// the conversation mattered.
+    Summary { with: EntityId, importance: f32 },
+    /// The embedding of `text`, which is then stored as a memory.
+    Embed { text: String, importance: f32 },
+    /// A memory being stored.
+    Store,
+    /// The embedding of a question about `about`, to recall memories with.
+    Wonder { about: EntityId },
+    /// The memories nearest to that question.
+    Recall { about: EntityId },
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -61,19 +68,35 @@ pub struct Thought {
     pub purpose: Purpose,
 }
 
-/// One agent's mind, part of the town's state (so checkpoints hold its memories and its
-/// operation in flight).
+/// What an agent recalled about someone: its prompts about them carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Recollection {
+    pub about: EntityId,
+    pub memories: Vec<String>,
+}
+
+/// One agent's mind, part of the town's state (so checkpoints hold its operation in
+/// flight). Its memories are in the server's memory store, not here.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Mind {
     pub bot: EntityId,
     pub identity: String,
-    pub memories: Vec<Memory>,
+    /// Memories it has stored (started storing): the last one's id.
+    pub remembered: u64,
+    /// What it recalled for its conversation now.
+    pub recalled: Option<Recollection>,
     pub thinking: Option<Thought>,
 }
 
 impl Mind {
     pub fn new(bot: EntityId, index: usize) -> Self {
-        Self { bot, identity: IDENTITIES[index % IDENTITIES.len()].into(), memories: Vec::new(), thinking: None }
+        Self {
+            bot,
+            identity: IDENTITIES[index % IDENTITIES.len()].into(),
+            remembered: 0,
+            recalled: None,
+            thinking: None,
+        }
     }
 
     pub fn is_free(&self) -> bool {
@@ -87,31 +110,40 @@ impl Mind {
         op
     }
 
-    /// Keeps a memory, forgetting the oldest past [`MAX_MEMORIES`].
-    pub fn remember(&mut self, memory: Memory) {
-        if self.memories.len() >= MAX_MEMORIES {
-            self.memories.remove(0);
+    /// Stores a memory in `world_id`'s memory store, under the agent's next memory id.
+    pub fn remember(&mut self, world_id: &str, text: String, importance: f32, embedding: Vec<f32>) -> Request {
+        self.remembered += 1;
+        Request::Remember(RememberRequest {
+            world_id: world_id.into(),
+            agent: self.bot,
+            id: self.remembered,
+            text,
+            importance,
+            embedding,
+        })
+    }
+
+    /// The question an agent asks itself about `other` before talking with them.
+    pub fn wonder(other: &str) -> Request {
+        embed(&format!("What do you think of {other}?"))
+    }
+
+    /// The agent's memories nearest to `query`.
+    pub fn recall(&self, world_id: &str, query: Vec<f32>) -> Request {
+        Request::Recall(RecallRequest { world_id: world_id.into(), agent: self.bot, query, k: RECALLED })
+    }
+
+    /// What a prompt about `about` carries.
+    fn memories_of(&self, about: EntityId) -> &[String] {
+        match &self.recalled {
+            Some(r) if r.about == about => &r.memories,
+            _ => &[],
         }
-        self.memories.push(memory);
     }
 
-    /// The memories a prompt about `other` carries: the closest to what the agent last
-    /// remembered of `other` (by embedding), else the newest.
-    pub fn recall(&self, other: &str) -> Vec<&str> {
-        let about = self.memories.iter().rev().find(|m| m.text.contains(other));
-        let mut ranked: Vec<(f32, usize)> = self
-            .memories
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (about.map_or(i as f32, |a| cosine(&a.embedding, &m.embedding)), i))
-            .collect();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        ranked.into_iter().take(RECALLED).map(|(_, i)| self.memories[i].text.as_str()).collect()
-    }
-
-    fn system(&self, me: &str, task: &str, other: &str) -> ChatMessage {
+    fn system(&self, me: &str, task: &str, about: EntityId) -> ChatMessage {
         let mut content = format!("You are {me}, {}, in a small town. {task}", self.identity);
-        let recalled = self.recall(other);
+        let recalled = self.memories_of(about);
         if !recalled.is_empty() {
             content.push_str("\nWhat you remember:");
             for memory in recalled {
@@ -122,10 +154,11 @@ impl Mind {
         ChatMessage { role: Role::System, content }
     }
 
-    /// The next line of a conversation with `other`, given what was said (speaker, text).
-    pub fn line(&self, me: &str, other: &str, transcript: &[(String, String)]) -> Request {
+    /// The next line of a conversation with `other` (entity `about`), given what was
+    /// said (speaker, text).
+    pub fn line(&self, me: &str, other: &str, about: EntityId, transcript: &[(String, String)]) -> Request {
         let task = format!("You are talking with {other}. Say one short sentence, as {me}, and nothing else.");
-        let mut messages = vec![self.system(me, &task, other)];
+        let mut messages = vec![self.system(me, &task, about)];
         if transcript.is_empty() {
             messages.push(user(format!("You meet {other}. Greet them and start a conversation.")));
         }
@@ -136,18 +169,24 @@ impl Mind {
         chat(messages)
     }
 
-    /// An answer to `player`, who said `text`.
-    pub fn reply(&self, me: &str, player: &str, text: &str) -> Request {
+    /// An answer to `player` (entity `about`), who said `text`.
+    pub fn reply(&self, me: &str, player: &str, about: EntityId, text: &str) -> Request {
         let task = format!("{player} talks to you. Answer in one short sentence, as {me}, and nothing else.");
-        chat(vec![self.system(me, &task, player), user(format!("{player}: {text}"))])
+        chat(vec![self.system(me, &task, about), user(format!("{player}: {text}"))])
     }
 
-    /// A one-sentence summary of a conversation with `other`, to remember.
-    pub fn summary(&self, me: &str, other: &str, transcript: &[(String, String)]) -> Request {
+    /// A one-sentence summary of a conversation with `other` (entity `about`), to remember.
+    pub fn summary(&self, me: &str, other: &str, about: EntityId, transcript: &[(String, String)]) -> Request {
         let task = format!("Summarize your conversation with {other} in one sentence you will remember.");
         let said: Vec<String> = transcript.iter().map(|(who, text)| format!("{who}: {text}")).collect();
-        chat(vec![self.system(me, &task, other), user(said.join("\n"))])
+        chat(vec![self.system(me, &task, about), user(said.join("\n"))])
     }
+}
+
+/// How much a conversation matters: the more was said, the more (0 to [`MAX_IMPORTANCE`]).
+pub fn importance(transcript: &[(String, String)]) -> f32 {
+    let words: usize = transcript.iter().map(|(_, text)| text.split_whitespace().count()).sum();
+    ((words / WORDS_PER_POINT) as f32).min(MAX_IMPORTANCE)
 }
 
 pub fn embed(text: &str) -> Request {
@@ -160,13 +199,6 @@ fn user(content: String) -> ChatMessage {
 
 fn chat(messages: Vec<ChatMessage>) -> Request {
     Request::Chat(ChatRequest { messages, max_tokens: Some(MAX_TOKENS), temperature: Some(0.8) })
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let n = norm(a) * norm(b);
-    if n > 0.0 { dot / n } else { 0.0 }
 }
 
 /// A model's answer as one line the town can say: its first line, trimmed, cut to `max`
@@ -184,43 +216,40 @@ pub fn one_line(answer: &str, max: usize) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn memory(text: &str, embedding: Vec<f32>) -> Memory {
-        Memory { text: text.into(), embedding }
-    }
-
     #[test]
-    fn recall_prefers_what_is_close_to_the_last_memory_of_the_other() {
+    fn prompts_carry_identity_what_was_recalled_about_the_other_and_the_transcript() {
         let mut mind = Mind::new(1, 0);
-        mind.remember(memory("bob likes the harbour", vec![1.0, 0.0]));
-        mind.remember(memory("the well is dry", vec![0.0, 1.0]));
-        mind.remember(memory("boats in the harbour", vec![0.9, 0.1]));
-        mind.remember(memory("rain tomorrow", vec![0.1, 0.9]));
-        assert_eq!(mind.recall("bob")[..2], ["bob likes the harbour", "boats in the harbour"]);
-        // Nothing about cyd: the newest.
-        assert_eq!(mind.recall("cyd"), ["rain tomorrow", "boats in the harbour", "the well is dry"]);
-    }
-
-    #[test]
-    fn memories_are_bounded() {
-        let mut mind = Mind::new(1, 0);
-        for i in 0..MAX_MEMORIES + 5 {
-            mind.remember(memory(&i.to_string(), vec![]));
-        }
-        assert_eq!(mind.memories.len(), MAX_MEMORIES);
-        assert_eq!(mind.memories[0].text, "5");
-    }
-
-    #[test]
-    fn prompts_carry_identity_memories_and_the_transcript() {
-        let mut mind = Mind::new(1, 0);
-        mind.remember(memory("bob owes me bread", vec![1.0]));
+        mind.recalled = Some(Recollection { about: 2, memories: vec!["bob owes me bread".into()] });
         let transcript = vec![("ada".to_string(), "hello bob".to_string()), ("bob".to_string(), "hi ada".to_string())];
-        let Request::Chat(chat) = mind.line("ada", "bob", &transcript) else { panic!() };
-        assert!(
-            chat.messages[0].content.contains("the baker") && chat.messages[0].content.contains("bob owes me bread")
-        );
+        let Request::Chat(chat) = mind.line("ada", "bob", 2, &transcript) else { panic!() };
+        let system = &chat.messages[0].content;
+        assert!(system.contains("the baker") && system.contains("What you remember:\n- bob owes me bread"), "{system}");
         let roles: Vec<Role> = chat.messages.iter().map(|m| m.role).collect();
         assert_eq!(roles, [Role::System, Role::Assistant, Role::User]);
+        // Not what it recalled about someone else.
+        let Request::Chat(chat) = mind.line("ada", "cyd", 3, &[]) else { panic!() };
+        assert!(!chat.messages[0].content.contains("remember"), "{}", chat.messages[0].content);
+    }
+
+    #[test]
+    fn memories_get_the_next_id_and_recalls_ask_for_three() {
+        let mut mind = Mind::new(7, 0);
+        for id in 1..=2 {
+            let Request::Remember(r) = mind.remember("w", "x".into(), 2.0, vec![1.0]) else { panic!() };
+            assert_eq!((r.world_id.as_str(), r.agent, r.id, r.importance), ("w", 7, id, 2.0));
+        }
+        let Request::Recall(r) = mind.recall("w", vec![0.5]) else { panic!() };
+        assert_eq!((r.agent, r.k, r.query), (7, RECALLED, vec![0.5]));
+        let Request::Embed(e) = Mind::wonder("bob-1") else { panic!() };
+        assert_eq!(e.input, "What do you think of bob-1?");
+    }
+
+    #[test]
+    fn importance_grows_with_what_was_said() {
+        let line = |n: usize| ("a".to_string(), vec!["word"; n].join(" "));
+        assert_eq!(importance(&[]), 0.0);
+        assert_eq!(importance(&[line(12), line(9)]), 2.0);
+        assert_eq!(importance(&[line(1000)]), MAX_IMPORTANCE);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`town`]: the reference AI-Town-style world.
 //! - [`room`]: the runtime: one task per world, shared delta encoding, slow readers.
 //! - [`conn`]: one client connection (Join with a token, inputs, limits, close reasons).
+//! - [`agent`]: the town's agents; [`memory`]: the lane that keeps their memories.
 //! - this file: [`Config`], [`bind`] and [`run`]/[`run_world`], which serve the routes
 //!   (`/ws`, `/livez`, `/readyz`, `/metrics`), register with the control plane through
 //!   the SDK, report world starts/ends and player counts, open the checkpoint stores,
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod conn;
 pub mod engine;
 pub mod farewell;
+pub mod memory;
 pub mod metrics;
 pub mod room;
 pub mod town;
@@ -421,7 +423,8 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Into<Stop>) -
     }
     let (width, height) = (config.town_width, config.town_height);
     let town = TownConfig { width, height, bots: config.bots_per_world, agents, ..TownConfig::default() };
-    let new_world: NewWorld<Town> = Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)));
+    let new_world: NewWorld<Town> =
+        Arc::new(move |world_id: &str| Town::new(town, seed_of(world_id)).in_world(world_id));
     run_world(config, listener, new_world, stop).await
 }
 
@@ -492,6 +495,8 @@ pub async fn run_world<W: World>(
     });
     // The activity log lives in the durable SQL store, beside the checkpoints.
     let log_stop = CancellationToken::new();
+    // So do the agents' memories; without a durable store, an index in this process.
+    let memory_store = sql.clone().map(|store| Arc::new(store) as Arc<dyn gaia_checkpoint::MemoryStore>);
     let log = sql.map(|store| {
         let metrics = gaia_checkpoint::LogMetrics::new(&mut prometheus);
         gaia_checkpoint::LogWriter::start(Arc::new(store), metrics, log_stop.clone())
@@ -533,7 +538,9 @@ pub async fn run_world<W: World>(
         timeout: config.drain_timeout,
     });
     let ops_metrics = Arc::new(gaia_ops::Metrics::new(&mut prometheus));
-    let ops = Arc::new(config.ops.runner(ops_metrics).map_err(|e| Error::Config(format!("operations: {e}")))?);
+    let lanes = config.ops.lanes().map_err(|e| Error::Config(format!("operations: {e}")))?;
+    let memories = Arc::new(memory::Memories::over(memory_store));
+    let ops = Arc::new(lanes.lane(gaia_ops::Kind::Memory, memories, memory::Memories::lane()).build(ops_metrics));
     let rooms = Rooms::new(
         room_config.clone(),
         new_world,

@@ -7,8 +7,10 @@
 //!
 //! The first `agents` bots think through a language model ([`crate::agent`]): their
 //! conversation lines are chat completions (the conversation waits for each), they answer
-//! a player who speaks next to them, and they remember a summary of each conversation.
-//! The others, and every bot when no model is configured, say the scripted lines.
+//! a player who speaks next to them, and they remember a summary of each conversation in
+//! the server's memory store (under the town's world id), recalling what is nearest to
+//! the other when a conversation starts. The others, and every bot when no model is
+//! configured, say the scripted lines.
 
 use std::collections::HashMap;
 
@@ -19,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use gaia_ops::{OpId, Operation, Outcome, Response};
 
-use crate::agent::{self, Memory, Mind, Purpose};
+use crate::agent::{self, Mind, Purpose, Recollection};
 use crate::world::{Line, MemberId, RestoreError, World};
 
 /// Longest `Say` text accepted, in bytes.
@@ -78,6 +80,8 @@ struct Conversation {
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct Town {
+    /// The world's id, which names its agents' memories in the memory store.
+    world_id: String,
     config: TownConfig,
     seed: u64,
     walls: Vec<u8>,
@@ -105,6 +109,7 @@ impl Town {
             }
         }
         let mut town = Self {
+            world_id: String::new(),
             config,
             seed,
             walls,
@@ -128,9 +133,15 @@ impl Town {
         town
     }
 
-    /// The agents' memories, oldest first, by bot; for tests and tools.
-    pub fn memories(&self) -> Vec<(EntityId, Vec<&str>)> {
-        self.minds.iter().map(|m| (m.bot, m.memories.iter().map(|x| x.text.as_str()).collect())).collect()
+    /// The town of world `world_id`: its agents' memories are stored under that id.
+    pub fn in_world(mut self, world_id: &str) -> Self {
+        self.world_id = world_id.into();
+        self
+    }
+
+    /// How many memories each agent has stored (started storing), by bot; for tests.
+    pub fn remembered(&self) -> Vec<(EntityId, u64)> {
+        self.minds.iter().map(|m| (m.bot, m.remembered)).collect()
     }
 
     fn mind(&mut self, bot: EntityId) -> Option<&mut Mind> {
@@ -138,7 +149,7 @@ impl Town {
     }
 
     /// Has agent `bot` think: starts `request` for `purpose` if the agent is free.
-    fn think(&mut self, bot: EntityId, request: impl FnOnce(&Mind) -> gaia_ops::Request, purpose: Purpose) -> bool {
+    fn think(&mut self, bot: EntityId, request: impl FnOnce(&mut Mind) -> gaia_ops::Request, purpose: Purpose) -> bool {
         let id = self.next_op + 1;
         let Some(mind) = self.minds.iter_mut().find(|m| m.bot == bot).filter(|m| m.is_free()) else { return false };
         let request = request(mind);
@@ -160,7 +171,7 @@ impl Town {
         let (speaker, listener) = if c.lines_said.is_multiple_of(2) { (c.a, c.b) } else { (c.b, c.a) };
         let (me, other) = (self.name(speaker).to_string(), self.name(listener).to_string());
         let transcript = self.named(&c.transcript);
-        if self.think(speaker, |m| m.line(&me, &other, &transcript), Purpose::Line { with: listener }) {
+        if self.think(speaker, |m| m.line(&me, &other, listener, &transcript), Purpose::Line { with: listener }) {
             self.conversations[i].waiting = true;
         } else if self.mind(speaker).is_none() {
             let text = LINES[usize::from(self.conversations[i].lines_said) % LINES.len()].replace("{}", &other);
@@ -179,14 +190,8 @@ impl Town {
 
     /// An agent's thought came back (or failed): what it does with it.
     fn conclude(&mut self, bot: EntityId, purpose: Purpose, outcome: Outcome, delta: &mut Vec<Change>) {
-        if let Purpose::Remember { text } = purpose {
-            if let (Ok(Response::Embedding { vector }), Some(mind)) = (outcome, self.mind(bot)) {
-                mind.remember(Memory { text, embedding: vector });
-            }
-            return;
-        }
-        let answer = match outcome {
-            Ok(Response::Chat { content }) => agent::one_line(&content, MAX_SAY),
+        let answer = match &outcome {
+            Ok(Response::Chat { content }) => agent::one_line(content, MAX_SAY),
             _ => None,
         };
         match purpose {
@@ -202,21 +207,60 @@ impl Town {
                     delta.push(Change::Said { id: bot, text });
                 }
             }
-            Purpose::Summary { .. } => {
+            Purpose::Summary { importance, .. } => {
                 if let Some(text) = answer {
-                    self.think(bot, |_| agent::embed(&text), Purpose::Remember { text: text.clone() });
+                    self.think(bot, |_| agent::embed(&text), Purpose::Embed { text: text.clone(), importance });
                 }
             }
-            Purpose::Remember { .. } => {}
+            Purpose::Embed { text, importance } => {
+                if let Ok(Response::Embedding { vector }) = outcome {
+                    let world = self.world_id.clone();
+                    self.think(bot, |m| m.remember(&world, text, importance, vector), Purpose::Store);
+                }
+            }
+            // Stored, or lost (the lane counts failures): nothing more to do either way.
+            Purpose::Store => {}
+            Purpose::Wonder { about } => {
+                if let Ok(Response::Embedding { vector }) = outcome {
+                    let world = self.world_id.clone();
+                    self.think(bot, |m| m.recall(&world, vector), Purpose::Recall { about });
+                }
+            }
+            Purpose::Recall { about } => {
+                if let (Ok(Response::Memories { memories }), Some(mind)) = (outcome, self.mind(bot)) {
+                    let memories = memories.into_iter().map(|m| m.text).collect();
+                    mind.recalled = Some(Recollection { about, memories });
+                }
+            }
         }
     }
 
-    /// After a conversation, each agent in it thinks of a summary to remember.
+    /// A conversation between `a` and `b` starts: each agent in it that has remembered
+    /// anything first recalls what it remembers nearest to the other (its lines wait).
+    fn reminisce(&mut self, a: EntityId, b: EntityId) {
+        for (me, other) in [(a, b), (b, a)] {
+            let Some(mind) = self.mind(me) else { continue };
+            mind.recalled = None;
+            if mind.remembered == 0 {
+                continue;
+            }
+            let name = self.name(other).to_string();
+            self.think(me, |_| Mind::wonder(&name), Purpose::Wonder { about: other });
+        }
+    }
+
+    /// After a conversation, each agent in it forgets what it recalled for it and thinks
+    /// of a summary to remember.
     fn summarize(&mut self, c: &Conversation) {
         let transcript = self.named(&c.transcript);
+        let importance = agent::importance(&transcript);
         for (me, other) in [(c.a, c.b), (c.b, c.a)] {
+            if let Some(mind) = self.mind(me) {
+                mind.recalled = None;
+            }
             let (my_name, other_name) = (self.name(me).to_string(), self.name(other).to_string());
-            self.think(me, |m| m.summary(&my_name, &other_name, &transcript), Purpose::Summary { with: other });
+            let summary = |m: &mut Mind| m.summary(&my_name, &other_name, other, &transcript);
+            self.think(me, summary, Purpose::Summary { with: other, importance });
         }
     }
 
@@ -239,7 +283,7 @@ impl Town {
             .min();
         if let Some((_, bot)) = near {
             let (me, them) = (self.name(bot).to_string(), self.name(player).to_string());
-            self.think(bot, |m| m.reply(&me, &them, text), Purpose::Reply { to: player });
+            self.think(bot, |m| m.reply(&me, &them, player, text), Purpose::Reply { to: player });
         }
     }
 
@@ -406,6 +450,7 @@ impl Town {
                     transcript,
                     waiting: false,
                 });
+                self.reminisce(a, b);
                 self.next_line(self.conversations.len() - 1, delta);
             }
         }
@@ -466,7 +511,8 @@ impl World for Town {
     }
 
     /// 2: agents (their minds, the operation counter, conversation transcripts).
-    const SCHEMA_VERSION: u32 = 2;
+    /// 3: the world id; memories moved from the minds to the memory store.
+    const SCHEMA_VERSION: u32 = 3;
 
     fn save(&self) -> Vec<u8> {
         // Encoding into a Vec cannot fail for these types.
@@ -689,34 +735,87 @@ mod tests {
         assert!(said >= parted * LINES.len(), "{said} lines for {parted} conversations");
     }
 
-    /// A model that answers every operation at the next tick: chats with a numbered line,
-    /// embeddings with a vector; `fail` makes every answer an error instead.
-    fn answer(started: &[Operation], fail: bool) -> Vec<Event<Action>> {
-        started
-            .iter()
-            .map(|op| {
-                let outcome = match (&op.request, fail) {
-                    (_, true) => Err(gaia_ops::OpError::TimedOut { after_ms: op.timeout_ms }),
-                    (gaia_ops::Request::Chat(_), false) => {
-                        Ok(Response::Chat { content: format!("model line {}", op.id) })
-                    }
-                    (_, false) => Ok(Response::Embedding { vector: vec![1.0, 0.0] }),
-                };
-                Event::Done(gaia_ops::Completed { id: op.id, outcome })
-            })
-            .collect()
+    /// The outside world of the agents tests, answering every operation at the next
+    /// tick: a model (chats with a numbered line, embeddings with one vector) and a
+    /// memory store (recalls ranked as the real stores rank). `fails` picks the
+    /// operations that time out instead.
+    struct Outside {
+        fails: fn(&gaia_ops::Request) -> bool,
+        stored: Vec<gaia_checkpoint::MemoryRecord>,
+        recalls: usize,
+        prompts: Vec<String>,
     }
 
-    #[test]
-    fn agents_talk_through_the_model_and_remember_their_conversations() {
+    impl Outside {
+        fn new(fails: fn(&gaia_ops::Request) -> bool) -> Self {
+            Self { fails, stored: Vec::new(), recalls: 0, prompts: Vec::new() }
+        }
+
+        fn answer(&mut self, started: &[Operation]) -> Vec<Event<Action>> {
+            started.iter().map(|op| Event::Done(gaia_ops::Completed { id: op.id, outcome: self.run(op) })).collect()
+        }
+
+        fn run(&mut self, op: &Operation) -> Outcome {
+            use gaia_ops::Request;
+            if (self.fails)(&op.request) {
+                return Err(gaia_ops::OpError::TimedOut { after_ms: op.timeout_ms });
+            }
+            match &op.request {
+                Request::Chat(chat) => {
+                    self.prompts.push(chat.messages[0].content.clone());
+                    Ok(Response::Chat { content: format!("model line {}", op.id) })
+                }
+                Request::Remember(r) => {
+                    assert_eq!(r.world_id, "w-town");
+                    let known = self.stored.iter().any(|m| (m.agent, m.id) == (r.agent, r.id));
+                    assert!(!known, "memory id {} of agent {} used twice", r.id, r.agent);
+                    self.stored.push(gaia_checkpoint::MemoryRecord {
+                        world_id: r.world_id.clone(),
+                        agent: r.agent,
+                        id: r.id,
+                        at_ms: 0,
+                        text: r.text.clone(),
+                        importance: r.importance,
+                        embedding: r.embedding.clone(),
+                    });
+                    Ok(Response::Remembered)
+                }
+                Request::Recall(r) => {
+                    assert_eq!(r.world_id, "w-town");
+                    self.recalls += 1;
+                    let mine = self.stored.iter().filter(|m| m.agent == r.agent).cloned();
+                    let found = gaia_checkpoint::rank(mine, &r.query, r.k as usize);
+                    let memories = found
+                        .into_iter()
+                        .map(|f| gaia_ops::RecalledMemory {
+                            id: f.record.id,
+                            at_ms: 0,
+                            text: f.record.text,
+                            importance: f.record.importance,
+                            score: f.score,
+                        })
+                        .collect();
+                    Ok(Response::Memories { memories })
+                }
+                _ => Ok(Response::Embedding { vector: vec![1.0, 0.0] }),
+            }
+        }
+    }
+
+    fn agents_town() -> Engine<Town> {
         let config = TownConfig { width: 6, height: 6, bots: 6, wall_percent: 0, agents: 6 };
-        let mut engine = Engine::new(Town::new(config, 9), 0);
+        Engine::new(Town::new(config, 9).in_world("w-town"), 0)
+    }
+
+    /// Runs the agents' town for `ticks` against `outside`: (model lines, scripted lines,
+    /// conversations ended).
+    fn live(engine: &mut Engine<Town>, outside: &mut Outside, ticks: usize) -> (usize, usize, usize) {
         let (mut model_lines, mut scripted, mut parted) = (0, 0, 0);
         let mut events = Vec::new();
-        for _ in 0..1500 {
+        for _ in 0..ticks {
             let out = engine.step(std::mem::take(&mut events));
             assert!(engine.operations() <= 6, "one operation per agent at most");
-            events = answer(&out.started, false);
+            events = outside.answer(&out.started);
             for change in out.changes {
                 match change {
                     Change::Said { text, .. } if text.starts_with("model line") => model_lines += 1,
@@ -726,26 +825,54 @@ mod tests {
                 }
             }
         }
+        (model_lines, scripted, parted)
+    }
+
+    #[test]
+    fn agents_talk_through_the_model_remember_their_conversations_and_recall_them() {
+        let mut engine = agents_town();
+        let mut outside = Outside::new(|_| false);
+        let (model_lines, scripted, parted) = live(&mut engine, &mut outside, 1500);
         assert!(parted > 0 && model_lines >= parted * LINES.len(), "{model_lines} model lines, {parted} conversations");
         assert_eq!(scripted, 0);
-        let remembered: usize = engine.world().memories().iter().map(|(_, m)| m.len()).sum();
-        assert!(
-            remembered >= parted.min(crate::agent::MAX_MEMORIES),
-            "{remembered} memories after {parted} conversations"
-        );
-        assert!(engine.world().memories().iter().flat_map(|(_, m)| m.iter()).all(|m| m.starts_with("model line")));
+        // Each agent of each conversation stores its summary (unless busy then).
+        assert!(outside.stored.len() >= parted, "{} memories after {parted} conversations", outside.stored.len());
+        assert!(outside.stored.iter().all(|m| m.text.starts_with("model line") && m.importance >= 0.0));
+        let counted: u64 = engine.world().remembered().iter().map(|(_, n)| n).sum();
+        assert_eq!(counted as usize, outside.stored.len());
+        // Later conversations start with a recall, and their prompts carry what it found.
+        assert!(outside.recalls > 0, "no recall");
+        let carried = outside.prompts.iter().filter(|p| p.contains("What you remember:\n- model line")).count();
+        assert!(carried > 0, "no prompt carried a memory");
+    }
 
-        // A model that always fails: the conversations go on, with the scripted lines.
-        let mut engine = Engine::new(Town::new(config, 9), 0);
-        let (mut said, mut parted) = (0, 0);
-        for _ in 0..1500 {
-            let out = engine.step(std::mem::take(&mut events));
-            events = answer(&out.started, true);
-            said += out.changes.iter().filter(|c| matches!(c, Change::Said { .. })).count();
-            parted += out.changes.iter().filter(|c| matches!(c, Change::Parted { .. })).count();
-        }
+    #[test]
+    fn failed_recalls_and_a_failed_model_never_stall_the_town() {
+        // Recalls fail: agents still talk through the model, without memories.
+        let mut engine = agents_town();
+        let mut outside = Outside::new(|r| matches!(r, gaia_ops::Request::Recall(_)));
+        let (model_lines, scripted, parted) = live(&mut engine, &mut outside, 1500);
+        assert!(parted > 0 && model_lines >= parted * LINES.len(), "{model_lines} model lines, {parted} conversations");
+        assert_eq!(scripted, 0);
+        assert!(!outside.stored.is_empty());
+        assert!(!outside.prompts.iter().any(|p| p.contains("What you remember")));
+
+        // Everything fails: the conversations go on, with the scripted lines.
+        let mut engine = agents_town();
+        let mut outside = Outside::new(|_| true);
+        let (_, said, parted) = live(&mut engine, &mut outside, 1500);
         assert!(parted > 0 && said >= parted * LINES.len(), "{said} lines, {parted} conversations");
-        assert!(engine.world().memories().iter().all(|(_, m)| m.is_empty()));
+        assert!(engine.world().remembered().iter().all(|(_, n)| *n == 0));
+    }
+
+    #[test]
+    fn an_agents_memories_and_recollections_go_through_a_checkpoint() {
+        let mut engine = agents_town();
+        let mut outside = Outside::new(|_| false);
+        live(&mut engine, &mut outside, 600);
+        let restored = Town::restore(&engine.world().save()).unwrap();
+        assert_eq!(restored.world_id, "w-town");
+        assert_eq!(restored.minds, engine.world().minds);
     }
 
     #[test]
@@ -759,7 +886,7 @@ mod tests {
         assert_eq!(out.started.len(), 1, "the agent thinks of an answer");
         let gaia_ops::Request::Chat(chat) = &out.started[0].request else { panic!() };
         assert!(chat.messages.last().unwrap().content.contains("hello baker"));
-        let out = engine.step(answer(&out.started, false));
+        let out = engine.step(Outside::new(|_| false).answer(&out.started));
         assert!(
             out.changes.contains(&Change::Said { id: bot, text: format!("model line {}", 1) }),
             "{:?}",

@@ -369,7 +369,8 @@ async fn a_drained_standalone_server_saves_its_worlds_and_exits() {
 /// schema `version`.
 fn town_checkpoint(world: &str, epoch: u64, tick: u64, version: u32) -> Checkpoint {
     let town =
-        Town::new(TownConfig { bots: Config::default().bots_per_world, ..TownConfig::default() }, seed_of(world));
+        Town::new(TownConfig { bots: Config::default().bots_per_world, ..TownConfig::default() }, seed_of(world))
+            .in_world(world);
     Checkpoint::new(world, epoch, tick, version, &town.save())
 }
 

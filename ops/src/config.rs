@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::http::Http;
 use crate::openai::{OpenAi, OpenAiConfig};
 use crate::request::Kind;
-use crate::runner::{LaneConfig, Runner};
+use crate::runner::{LaneConfig, Runner, RunnerBuilder};
 use crate::{Metrics, Provider};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +63,11 @@ impl OpsConfig {
     /// The runner: an LLM lane when there is a URL (chat and embeddings share its limit),
     /// and an HTTP lane.
     pub fn runner(&self, metrics: Arc<Metrics>) -> Result<Runner, reqwest::Error> {
+        Ok(self.lanes()?.build(metrics))
+    }
+
+    /// [`OpsConfig::runner`]'s lanes, for a server to add its own (the memory store's).
+    pub fn lanes(&self) -> Result<RunnerBuilder, reqwest::Error> {
         let mut builder = Runner::builder();
         let http = Http::new(self.llm_request_timeout)?;
         builder = builder.lane(
@@ -86,6 +91,6 @@ impl OpsConfig {
             };
             builder = builder.shared_lane(&[Kind::Chat, Kind::Embed], openai, lane);
         }
-        Ok(builder.build(metrics))
+        Ok(builder)
     }
 }

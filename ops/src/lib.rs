@@ -13,7 +13,8 @@
 //!
 //! Providers: [`openai::OpenAi`] speaks the OpenAI-compatible HTTP API (chat completions
 //! and embeddings: OpenAI, Ollama, vLLM, llama.cpp's server); [`http::Http`] makes plain
-//! HTTP calls; a game registers its own for jobs. [`fake`] is an OpenAI-compatible server
+//! HTTP calls; a game registers its own for jobs; the game server registers its memory
+//! store for [`Kind::Memory`] (remember and recall). [`fake`] is an OpenAI-compatible server
 //! with configurable latency and failures, for tests and the load generator (no model
 //! runs on the test machines): the real client code is what runs against it.
 //!
@@ -34,6 +35,6 @@ pub use metrics::Metrics;
 pub use provider::{Provider, ProviderError};
 pub use request::{
     ChatMessage, ChatRequest, Completed, EmbedRequest, HttpRequest, JobRequest, Kind, OpError, OpId, Operation,
-    Outcome, Request, Response, Role,
+    Outcome, RecallRequest, RecalledMemory, RememberRequest, Request, Response, Role,
 };
 pub use runner::{LaneConfig, Runner, RunnerBuilder};

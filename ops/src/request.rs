@@ -27,6 +27,10 @@ pub enum Request {
     Http(HttpRequest),
     /// A game-defined job, run by the provider the game registered for [`Kind::Job`].
     Job(JobRequest),
+    /// Keep a memory of an agent (in the server's memory store).
+    Remember(RememberRequest),
+    /// An agent's memories nearest to an embedding.
+    Recall(RecallRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
@@ -75,13 +79,64 @@ pub struct JobRequest {
     pub idempotent: bool,
 }
 
+/// One memory of one agent. Stored once: the same (world, agent, id) again stores
+/// nothing, so it is safe to retry and to run again after a restore.
+#[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
+pub struct RememberRequest {
+    pub world_id: String,
+    pub agent: u32,
+    /// Chosen by the world, unique per agent; later memories have larger ids. (No time:
+    /// a world has no clock; the memory lane stamps when it stored the memory.)
+    pub id: u64,
+    pub text: String,
+    pub importance: f32,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
+pub struct RecallRequest {
+    pub world_id: String,
+    pub agent: u32,
+    /// The embedding to compare memories with.
+    pub query: Vec<f32>,
+    /// How many memories, nearest first.
+    pub k: u32,
+}
+
+/// A memory a recall found.
+#[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
+pub struct RecalledMemory {
+    pub id: u64,
+    /// When it was stored, Unix milliseconds.
+    pub at_ms: u64,
+    pub text: String,
+    pub importance: f32,
+    /// Cosine similarity to the query, -1 to 1.
+    pub score: f32,
+}
+
 /// What each kind of request answers.
 #[derive(Debug, Clone, PartialEq, Encode, Decode, Serialize, Deserialize)]
 pub enum Response {
-    Chat { content: String },
-    Embedding { vector: Vec<f32> },
-    Http { status: u16, body: Vec<u8> },
-    Job { payload: Vec<u8> },
+    Chat {
+        content: String,
+    },
+    Embedding {
+        vector: Vec<f32>,
+    },
+    Http {
+        status: u16,
+        body: Vec<u8>,
+    },
+    Job {
+        payload: Vec<u8>,
+    },
+    /// A [`Request::Remember`] is stored.
+    Remembered,
+    /// A [`Request::Recall`]'s memories, nearest first.
+    Memories {
+        memories: Vec<RecalledMemory>,
+    },
 }
 
 /// Why an operation has no response.
@@ -119,10 +174,12 @@ pub enum Kind {
     Embed,
     Http,
     Job,
+    /// Remember and recall: the server's memory store.
+    Memory,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Chat, Kind::Embed, Kind::Http, Kind::Job];
+    pub const ALL: [Kind; 5] = [Kind::Chat, Kind::Embed, Kind::Http, Kind::Job, Kind::Memory];
 
     /// Metric label.
     pub fn label(self) -> &'static str {
@@ -131,6 +188,7 @@ impl Kind {
             Kind::Embed => "embed",
             Kind::Http => "http",
             Kind::Job => "job",
+            Kind::Memory => "memory",
         }
     }
 
@@ -146,11 +204,13 @@ impl Request {
             Request::Embed(_) => Kind::Embed,
             Request::Http(_) => Kind::Http,
             Request::Job(_) => Kind::Job,
+            Request::Remember(_) | Request::Recall(_) => Kind::Memory,
         }
     }
 
-    /// Whether sending it again can do no harm: model calls and embeddings (they change
-    /// nothing), HTTP's idempotent methods, jobs that say so.
+    /// Whether sending it again can do no harm: model calls, embeddings and recalls (they
+    /// change nothing), remembering (stored once by its id), HTTP's idempotent methods,
+    /// jobs that say so.
     pub fn retry_safe(&self) -> bool {
         match self {
             Request::Chat(_) | Request::Embed(_) => true,
@@ -158,6 +218,7 @@ impl Request {
                 ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"].iter().any(|m| h.method.eq_ignore_ascii_case(m))
             }
             Request::Job(j) => j.idempotent,
+            Request::Remember(_) | Request::Recall(_) => true,
         }
     }
 }
