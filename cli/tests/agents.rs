@@ -1,9 +1,10 @@
 //! Agents end to end (issue 20): an embedded fleet of real `gaia gameserver` processes
 //! whose bots think through the fake OpenAI-compatible model, served in this process.
-//! The bots hold conversations through it and keep memories (summaries, then embeddings)
-//! that later prompts carry; a player who names a bot gets the model's answer; and what
-//! was said is read back through `GET /v1/worlds/{id}/messages`, also after the world's
-//! server was killed and the world restored on another one.
+//! The bots hold conversations through it and keep memories (summaries, then embeddings,
+//! stored in the fleet's SQLite file) that later prompts carry; a player who names a bot
+//! gets the model's answer; and what was said is read back through
+//! `GET /v1/worlds/{id}/messages`, also after the world's server was killed and the world
+//! restored on another one, whose agents recall what they remembered before.
 //!
 //! Real processes, real time, SQLite (embedded mode's default): no external service.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -21,6 +22,7 @@ use gaia_api::allocation::AllocationResponse;
 use gaia_api::fleet::FleetConfig;
 use gaia_api::protocol::{decode_server, encode_client};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg};
+use gaia_checkpoint::{MAX_K, MemoryStore, SqlStore};
 use gaia_ops::fake::{Calls, FakeConfig};
 use nix::sys::signal::{Signal, kill};
 use serde_json::json;
@@ -67,10 +69,38 @@ fleets:
 "
     );
     let mut config = gaia_embedded::Config::new(FleetConfig::from_yaml(&yaml).unwrap());
-    config.data_dir = std::env::temp_dir().join(format!("gaia-test-{}-{FLEET}", std::process::id()));
+    config.data_dir = data_dir();
     let _ = std::fs::remove_dir_all(&config.data_dir);
     config.sdk_secret = Some(common::SDK_SECRET.into());
     Fleet::launch(FLEET, config).await
+}
+
+fn data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("gaia-test-{}-{FLEET}", std::process::id()))
+}
+
+/// Every memory of the world's four agents (entities 1 to 4) in the fleet's SQLite file,
+/// read through the memory store's search (a query no memory is near: newest first).
+async fn memories(world: &str) -> Vec<String> {
+    let url = format!("sqlite:{}", data_dir().join("checkpoints.sqlite").display());
+    let store = SqlStore::connect(&url).await.unwrap();
+    let query = gaia_ops::fake::embed("", FakeConfig::default().dimensions);
+    let mut texts = Vec::new();
+    for agent in 1..=4 {
+        let found = store.search(world, agent, &query, MAX_K).await.unwrap();
+        texts.extend(found.into_iter().map(|r| r.record.text));
+    }
+    texts
+}
+
+/// The memories the chat prompts the fake model keeps carry.
+fn recalled_in_prompts(calls: &Calls) -> Vec<String> {
+    let prompts = calls.prompts.lock().unwrap();
+    let systems = prompts.iter().filter_map(|p| p.first().and_then(|m| m.content.clone()));
+    let carried = systems.filter_map(|c| c.split_once("What you remember:").map(|(_, m)| m.to_string()));
+    carried
+        .flat_map(|m| m.lines().filter_map(|l| l.strip_prefix("- ").map(str::to_string)).collect::<Vec<_>>())
+        .collect()
 }
 
 async fn allocate(fleet: &Fleet, body: serde_json::Value) -> AllocationResponse {
@@ -177,20 +207,22 @@ async fn agents_talk_remember_answer_and_their_words_outlive_a_killed_server() {
     let answer = answer.expect("no bot answered 40 questions");
     assert!(answer.starts_with("You said \"pat: "), "{answer}");
 
-    // Memories: summaries embedded, then recalled in later prompts.
+    // Memories: summaries embedded and stored, then recalled in later prompts.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let recalled =
-            calls.prompts.lock().unwrap().iter().any(|p| {
-                p.first().and_then(|m| m.content.as_deref()).is_some_and(|c| c.contains("What you remember:"))
-            });
-        if recalled && calls.embeddings.load(Ordering::SeqCst) > 0 {
+        if !recalled_in_prompts(&calls).is_empty() && calls.embeddings.load(Ordering::SeqCst) > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "no memory recalled within 60 s");
         // Keep reading, so the server does not drop us for falling behind.
         let _ = tokio::time::timeout(Duration::from_millis(500), recv(&mut ws)).await;
     }
+    // What the prompts carried is what the store holds: summaries in the model's words.
+    let stored = memories(&alloc.world_id).await;
+    for memory in recalled_in_prompts(&calls) {
+        assert!(stored.contains(&memory), "{memory:?} recalled, not stored: {stored:?}");
+    }
+    assert!(stored.iter().all(|m| m.starts_with("You said \"")), "{stored:?}");
 
     // The log has the player's question and the answer; it is written every second.
     sleep(Duration::from_secs(2)).await;
@@ -199,7 +231,10 @@ async fn agents_talk_remember_answer_and_their_words_outlive_a_killed_server() {
     assert!(before.iter().any(|(_, who, text)| who != "pat" && text == &answer), "{before:?}");
 
     // Kill the world's server; the world comes back on the other one when we return.
+    // (Forgetting the prompts so far: those from now on are the restored world's.)
+    calls.prompts.lock().unwrap().clear();
     kill(pid_of(&alloc.server), Signal::SIGKILL).unwrap();
+    let stored = memories(&alloc.world_id).await;
     drop(ws);
     let again = loop {
         let again = allocate(&fleet, json!({"fleet": FLEET, "worldId": alloc.world_id, "playerId": "pat"})).await;
@@ -219,5 +254,21 @@ async fn agents_talk_remember_answer_and_their_words_outlive_a_killed_server() {
     let newest = after.iter().find(|(_, who, text)| who == "pat" && text == "back again, everyone");
     let (epoch, ..) = newest.unwrap_or_else(|| panic!("the new line is not in the log: {after:?}"));
     assert!(before.iter().all(|(e, ..)| e < epoch), "the restored world writes at a newer epoch");
+
+    // The memories outlive the killed server, and its agents, restored elsewhere, recall
+    // them in their new conversations.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recalled = recalled_in_prompts(&calls);
+        if recalled.iter().any(|m| stored.contains(m)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no memory from before the kill recalled within 60 s: {recalled:?}");
+        let _ = tokio::time::timeout(Duration::from_millis(500), recv(&mut ws)).await;
+    }
+    let after = memories(&alloc.world_id).await;
+    for memory in &stored {
+        assert!(after.contains(memory), "{memory:?} lost after the restore");
+    }
     fleet.stop().await;
 }
