@@ -222,3 +222,31 @@ impl Request {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_place_and_label_and_memories_are_safe_to_repeat() {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}: lanes are indexed by ALL's order");
+        }
+        let labels: std::collections::HashSet<&str> = Kind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(labels.len(), Kind::ALL.len());
+        let remember = Request::Remember(RememberRequest {
+            world_id: "w".into(),
+            agent: 1,
+            id: 1,
+            text: "x".into(),
+            importance: 1.0,
+            embedding: vec![1.0],
+        });
+        let recall = Request::Recall(RecallRequest { world_id: "w".into(), agent: 1, query: vec![1.0], k: 3 });
+        for request in [remember, recall] {
+            assert_eq!(request.kind(), Kind::Memory);
+            assert_eq!(request.kind().label(), "memory");
+            assert!(request.retry_safe());
+        }
+    }
+}
