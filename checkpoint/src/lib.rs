@@ -21,6 +21,7 @@
 
 pub mod format;
 mod log_writer;
+mod memory_index;
 mod memory_store;
 mod message_log;
 mod metrics;
@@ -33,9 +34,8 @@ use bytes::Bytes;
 
 pub use format::{Checkpoint, FormatError, Header};
 pub use log_writer::{BATCH as LOG_BATCH, LogMetrics, LogWriter, QUEUE as LOG_QUEUE};
-pub use memory_store::{
-    INDEX_CAPACITY, MAX_K, MemoryIndex, MemoryRecord, MemoryStore, Recalled, SCANNED, cosine, rank,
-};
+pub use memory_index::{INDEX_CAPACITY, MemoryIndex};
+pub use memory_store::{MAX_K, MemoryRecord, MemoryStore, Recalled, SCANNED, cosine, rank};
 pub use message_log::{Cursor, MAX_PAGE, Message, MessageLog};
 pub use metrics::Metrics;
 pub use redis_store::RedisStore;
