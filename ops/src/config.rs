@@ -71,13 +71,16 @@ impl OpsConfig {
             LaneConfig { concurrency: self.http_concurrency, ..LaneConfig::default() },
         );
         if let Some(url) = &self.llm_url {
-            let openai: Arc<dyn Provider> = Arc::new(OpenAi::new(OpenAiConfig {
-                base_url: url.clone(),
-                api_key: self.llm_api_key.clone(),
-                chat_model: self.llm_chat_model.clone(),
-                embedding_model: self.llm_embedding_model.clone(),
-                request_timeout: self.llm_request_timeout,
-            })?);
+            let openai: Arc<dyn Provider> = Arc::new(
+                OpenAi::new(OpenAiConfig {
+                    base_url: url.clone(),
+                    api_key: self.llm_api_key.clone(),
+                    chat_model: self.llm_chat_model.clone(),
+                    embedding_model: self.llm_embedding_model.clone(),
+                    request_timeout: self.llm_request_timeout,
+                })?
+                .counting_tokens(metrics.tokens.clone()),
+            );
             let lane = LaneConfig {
                 concurrency: self.llm_concurrency,
                 queue: self.llm_queue,
