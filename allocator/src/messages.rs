@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use gaia_api::activity::{MessagePage, WorldMessage};
+use gaia_api::activity::MessagePage;
 use gaia_api::allocation::{ErrorBody, check_id};
 use gaia_checkpoint::{Cursor, MAX_PAGE, MessageLog};
 use serde::Deserialize;
@@ -61,17 +61,6 @@ pub(crate) async fn messages(
     let log: &Arc<dyn MessageLog> = s.messages.as_ref().ok_or(ApiError::NoActivityLog)?;
     let page = log.page(&world_id, before, limit).await.map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
     let next = (page.len() == limit).then(|| page.last().map(|m| m.cursor().to_string())).flatten();
-    let messages = page
-        .into_iter()
-        .map(|m| WorldMessage {
-            epoch: m.epoch,
-            tick: m.tick,
-            seq: m.seq,
-            at_ms: m.at_ms,
-            author_id: m.author_id,
-            author: m.author,
-            text: m.text,
-        })
-        .collect();
+    let messages = page.into_iter().map(gaia_checkpoint::Message::into_wire).collect();
     Ok(Json(MessagePage { messages, next }))
 }

@@ -1,9 +1,11 @@
-//! The activity log as the API serves it: `GET /v1/worlds/{worldId}/messages`.
+//! The activity log as the API serves it (`GET /v1/worlds/{worldId}/messages`) and as a
+//! game server's `Welcome` and `Resync` carry its last lines.
 
+use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 /// One line said in a world.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize, utoipa::ToSchema, ts_rs::TS)]
 #[ts(export_to = "activity.ts")]
 #[serde(rename_all = "camelCase")]
 pub struct WorldMessage {

@@ -9,6 +9,8 @@ use bincode::{Decode, Encode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::activity::WorldMessage;
+
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Largest frame a client may send.
@@ -60,6 +62,10 @@ pub enum ServerMsg<V, C> {
         snapshot: V,
         /// A token to `Resume` with, should this connection drop.
         resume: String,
+        /// The last lines said in the world, oldest first (at most the server's
+        /// `GAIA_WORLD_RECENT_MESSAGES`, 20 by default): the conversation so far, as the
+        /// activity log keeps it (`GET /v1/worlds/{worldId}/messages`).
+        messages: Vec<WorldMessage>,
     },
     /// What changed in the world during `tick`: one frame per client per tick, the same
     /// bytes for every member. `server_us` is when the tick ran (Unix microseconds), so
@@ -70,10 +76,12 @@ pub enum ServerMsg<V, C> {
         changes: Vec<C>,
     },
     /// The client fell behind and missed deltas: here is the whole world as of `tick`;
-    /// deltas resume with `tick + 1`.
+    /// deltas resume with `tick + 1`. `messages` as in `Welcome`, so the lines said while
+    /// the client was behind are not lost to it.
     Resync {
         tick: u64,
         snapshot: V,
+        messages: Vec<WorldMessage>,
     },
     /// The outcome of input `seq`, applied during `tick` (0 when it never reached the
     /// world, e.g. when it was rate limited).

@@ -140,8 +140,17 @@ mod tests {
                 tick: 5,
                 snapshot: snapshot.clone(),
                 resume: "r".into(),
+                messages: vec![crate::activity::WorldMessage {
+                    epoch: 2,
+                    tick: 4,
+                    seq: 0,
+                    at_ms: 1,
+                    author_id: 1,
+                    author: "ada".into(),
+                    text: "hi".into(),
+                }],
             },
-            ServerMsg::Resync { tick: 9, snapshot },
+            ServerMsg::Resync { tick: 9, snapshot, messages: vec![] },
             ServerMsg::Delta { tick: 6, server_us: 1, changes: vec![Change::Parted { id: 1, other: 2 }] },
         ];
         for msg in msgs {

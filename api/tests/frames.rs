@@ -7,6 +7,7 @@
 //! The file is what this test makes of [`messages`]; after changing a message type, run
 //! `GAIA_BLESS=1 cargo test -p gaia-api --test frames` and review the diff.
 
+use gaia_api::activity::WorldMessage;
 use gaia_api::protocol::{Encoding, InputOutcome, close};
 use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityKind, ServerMsg, Snapshot};
 use serde_json::{Value, json};
@@ -45,6 +46,15 @@ fn messages() -> Vec<(&'static str, Msg)> {
                 tick: 120,
                 snapshot: snapshot.clone(),
                 resume: "eyJtZW1iZXIiOjd9.c2ln".into(),
+                messages: vec![WorldMessage {
+                    epoch: 2,
+                    tick: 118,
+                    seq: 0,
+                    at_ms: 1_764_000_000_000,
+                    author_id: 1,
+                    author: "ada".into(),
+                    text: "héllo, p-1".into(),
+                }],
             }),
         ),
         ("resume", Client(ClientMsg::Resume { token: "eyJtZW1iZXIiOjd9.c2ln".into(), awaiting: vec![5, 300] })),
@@ -64,7 +74,7 @@ fn messages() -> Vec<(&'static str, Msg)> {
             }),
         ),
         ("delta empty", Server(ServerMsg::Delta { tick: 124, server_us: 5, changes: vec![] })),
-        ("resync", Server(ServerMsg::Resync { tick: 130, snapshot })),
+        ("resync", Server(ServerMsg::Resync { tick: 130, snapshot, messages: vec![] })),
         ("input result ok", Server(ServerMsg::InputResult { seq: 1, tick: 121, outcome: InputOutcome::Ok })),
         (
             "input result rejected",

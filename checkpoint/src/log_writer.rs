@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::StoreError;
 use crate::message_log::{Message, MessageLog};
 
 /// Messages per append.
@@ -50,6 +51,8 @@ impl LogMetrics {
 pub struct LogWriter {
     tx: mpsc::Sender<Message>,
     metrics: LogMetrics,
+    /// The store it writes to, for reading a world's last lines back.
+    log: Arc<dyn MessageLog>,
 }
 
 impl LogWriter {
@@ -61,8 +64,19 @@ impl LogWriter {
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(log, rx, metrics.clone(), stop));
-        (Self { tx, metrics }, task)
+        let task = tokio::spawn(run(log.clone(), rx, metrics.clone(), stop));
+        (Self { tx, metrics, log }, task)
+    }
+
+    /// The world's last `n` lines in the store, oldest first (what is still queued here
+    /// is not among them).
+    pub async fn last(&self, world_id: &str, n: usize) -> Result<Vec<Message>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut page = self.log.page(world_id, None, n).await?;
+        page.reverse();
+        Ok(page)
     }
 
     /// Queues `message` for the log; never waits.

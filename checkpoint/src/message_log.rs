@@ -9,6 +9,7 @@
 //! messages off the tick path.
 
 use async_trait::async_trait;
+use gaia_api::activity::WorldMessage;
 use sqlx::Row;
 
 use crate::{SqlStore, StoreError};
@@ -32,6 +33,12 @@ pub struct Message {
 impl Message {
     pub fn cursor(&self) -> Cursor {
         Cursor { epoch: self.epoch, tick: self.tick, seq: self.seq }
+    }
+
+    /// As the API and the client protocol carry it (the world is known there).
+    pub fn into_wire(self) -> WorldMessage {
+        let Message { world_id: _, epoch, tick, seq, at_ms, author_id, author, text } = self;
+        WorldMessage { epoch, tick, seq, at_ms, author_id, author, text }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `gaia allocator`: the control-plane API on its own (services mode), over the in-memory
 //! registry or, with `--redis-url`, a Redis registry that any number of allocator
 //! processes share. Each process also sweeps the registry (leases, health); sweeps are
-//! atomic, so several sweepers are safe.
+//! atomic, so several sweepers are safe. With `--database-url` it serves the worlds'
+//! activity log from the store the game servers write it to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,11 @@ pub struct AllocatorArgs {
     /// How often this process sweeps the registry.
     #[arg(long, env = "GAIA_SWEEP_EVERY", default_value = "250ms", value_parser = humantime::parse_duration)]
     sweep_every: Duration,
+    /// The durable store the game servers keep their activity log in (their
+    /// `GAIA_DATABASE_URL`, `postgres://...`), read for `GET /v1/worlds/{worldId}/messages`.
+    /// Unset: that endpoint answers 404 `no_activity_log`.
+    #[arg(long, env = "GAIA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[command(flatten)]
     auth: ApiAuthArgs,
     #[command(flatten)]
@@ -78,6 +84,12 @@ pub async fn run(args: AllocatorArgs, shutdown: CancellationToken) -> anyhow::Re
     let mut state = gaia_allocator::AppState::new(&config, registry, metrics, Arc::new(prometheus));
     if let Some(tls) = tls {
         state = state.with_tls(tls);
+    }
+    if let Some(url) = &args.database_url {
+        let store = gaia_checkpoint::SqlStore::connect(url)
+            .await
+            .with_context(|| format!("connecting to the activity log at {}", gaia_checkpoint::redact(url)))?;
+        state = state.with_message_log(Arc::new(store));
     }
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -54,10 +54,15 @@ struct Allocator {
 
 impl Allocator {
     async fn start(prefix: &str) -> Allocator {
+        Self::start_with(&["--redis-url", &redis_url(), "--redis-prefix", prefix]).await
+    }
+
+    async fn start_with(args: &[&str]) -> Allocator {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gaia"))
-            .args(["allocator", "--listen", &format!("127.0.0.1:{port}"), "--redis-url", &redis_url()])
-            .args(["--redis-prefix", prefix, "--join-secret", "join-secret", "--sdk-secret", SDK_SECRET])
+            .args(["allocator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .args(["--join-secret", "join-secret", "--sdk-secret", SDK_SECRET])
             .args(["--allocator-token", MATCHMAKER_TOKEN])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -167,5 +172,43 @@ async fn clean(prefix: &str) {
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// Services mode: `gaia allocator --database-url` serves the activity log the game servers
+/// write (here a SQLite file; Postgres goes through the same code, checked by the log's
+/// conformance suite).
+#[tokio::test]
+async fn an_allocator_with_a_database_url_serves_the_activity_log() {
+    let path = std::env::temp_dir().join(format!("gaia-allocator-log-{}.db", std::process::id()));
+    let url = format!("sqlite:{}", path.display());
+    let store = gaia_checkpoint::SqlStore::connect(&url).await.unwrap();
+    let said = |tick: u64, text: &str| gaia_checkpoint::Message {
+        world_id: "w-log".into(),
+        epoch: 1,
+        tick,
+        seq: 0,
+        at_ms: 1_000 + tick,
+        author_id: 7,
+        author: "ada".into(),
+        text: text.into(),
+    };
+    gaia_checkpoint::MessageLog::append(&store, &[said(1, "first"), said(2, "second")]).await.unwrap();
+
+    let allocator = Allocator::start_with(&["--database-url", &url]).await;
+    let page: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/worlds/w-log/messages?limit=1", allocator.url))
+        .bearer_auth(MATCHMAKER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["text"], "second", "{page}");
+    assert_eq!(page["next"], "1.2.0", "{page}");
+    drop(allocator);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }

@@ -78,6 +78,8 @@ export class WorldPage {
       this.report.you = w.you;
       this.report.tick = w.tick;
       this.snapshot = w.snapshot;
+      // The conversation so far, once: a later Welcome (the world moved) comes with lines shown already.
+      if (this.report.said.length === 0) for (const m of w.messages) this.line(`${m.author}: ${m.text}`, m.tick);
       this.renderMembers();
     });
     this.client.on("delta", (d) => {
@@ -169,8 +171,8 @@ export class WorldPage {
     }
   }
 
-  private line(message: string): void {
-    const line = `t${this.report.tick} ${message}`;
+  private line(message: string, tick = this.report.tick): void {
+    const line = `t${tick} ${message}`;
     this.report.said.push(line);
     if (this.report.said.length > MAX_LINES) this.report.said.shift();
     this.log.prepend(h("li", {}, line));

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod farewell;
 pub mod memory;
 pub mod metrics;
+mod recent;
 pub mod room;
 pub mod town;
 pub mod unjoined;
@@ -94,6 +95,10 @@ pub struct Config {
     /// Spectators (read-only connections, no player slot) one world takes besides its players.
     #[arg(long, env = "GAIA_WORLD_SPECTATOR_CAPACITY", default_value_t = 16)]
     pub world_spectator_capacity: u32,
+    /// Lines said that a world's Welcome (and Resync) carry, its newest: a joining client
+    /// shows the conversation so far. 0: none.
+    #[arg(long, env = "GAIA_WORLD_RECENT_MESSAGES", default_value_t = 20)]
+    pub world_recent_messages: u16,
     #[arg(long, env = "GAIA_HEALTH_PERIOD_SECONDS", default_value_t = 2)]
     pub health_period_seconds: u32,
     /// World ticks per second: inputs are applied and answered at each tick.
@@ -189,6 +194,7 @@ impl Default for Config {
             player_capacity: 300,
             world_player_capacity: 30,
             world_spectator_capacity: 16,
+            world_recent_messages: 20,
             health_period_seconds: 2,
             tick_hz: 20,
             delta_hz: 10,
@@ -511,6 +517,7 @@ pub async fn run_world<W: World>(
         empty_grace: config.empty_world_grace,
         member_queue: config.client_queue.max(2),
         max_behind: config.max_behind,
+        recent_messages: usize::from(config.world_recent_messages),
         resume: (!config.resume_grace.is_zero()).then(|| ResumeConfig {
             key: TokenKey::new(config.join_secret.as_bytes()),
             server: config.name.clone(),
@@ -538,7 +545,7 @@ pub async fn run_world<W: World>(
         timeout: config.drain_timeout,
     });
     let ops_metrics = Arc::new(gaia_ops::Metrics::new(&mut prometheus));
-    let lanes = config.ops.lanes().map_err(|e| Error::Config(format!("operations: {e}")))?;
+    let lanes = config.ops.lanes(&ops_metrics).map_err(|e| Error::Config(format!("operations: {e}")))?;
     let memories = Arc::new(memory::Memories::over(memory_store));
     let ops = Arc::new(lanes.lane(gaia_ops::Kind::Memory, memories, memory::Memories::lane()).build(ops_metrics));
     let rooms = Rooms::new(

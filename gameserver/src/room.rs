@@ -60,6 +60,7 @@ use crate::conn::Closing;
 use crate::engine::{Engine, Event, TickOutput};
 use crate::farewell::{Farewell, Leftovers};
 use crate::metrics::Metrics;
+use crate::recent::RecentLines;
 use crate::world::{MemberId, NewWorld, World};
 
 /// Commands queued per world before senders wait.
@@ -85,6 +86,8 @@ pub struct RoomConfig {
     pub max_behind: Duration,
     /// Session resume; `None`: a member whose connection drops leaves at once.
     pub resume: Option<ResumeConfig>,
+    /// Lines said that a world's `Welcome` and `Resync` carry, the newest; 0: none.
+    pub recent_messages: usize,
 }
 
 /// Session resume: a member whose connection drops (no close frame) stays in its world,
@@ -102,6 +105,8 @@ pub struct ResumeConfig {
     pub keep_results: Duration,
 }
 
+/// How long a starting world waits for its last lines from the activity log.
+const RECALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A resume token is refused past this age; the grace, not this, bounds a resume.
 const RESUME_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// At most this many results are kept per member for a resume (see
@@ -120,6 +125,7 @@ impl Default for RoomConfig {
             member_queue: 64,
             max_behind: Duration::from_secs(5),
             resume: None,
+            recent_messages: 20,
         }
     }
 }
@@ -540,6 +546,7 @@ impl<W: World> Rooms<W> {
         let mut started = false;
         let mut fanout = Fanout::<W::Change>::new(&self.config);
         fanout.epoch = floor;
+        self.recall_lines(&world_id, &mut fanout.said).await;
         // The world's operations: what it had in flight, run again (or interrupted).
         let (done, mut outcomes) = mpsc::unbounded_channel::<Completed>();
         let (again, interrupted) = engine.recover();
@@ -704,6 +711,24 @@ impl<W: World> Rooms<W> {
         Ok((Engine::new((self.new_world)(world_id), after), floor))
     }
 
+    /// The world's last lines from the activity log, for its Welcomes: a world that ran
+    /// elsewhere before goes on with its conversation. Never holds the world up long: a
+    /// log that does not answer within [`RECALL_TIMEOUT`] leaves them out.
+    async fn recall_lines(&self, world_id: &str, said: &mut RecentLines) {
+        let Some(log) = self.persistence.as_ref().and_then(|p| p.log.as_ref()).filter(|_| said.wanted()) else {
+            return;
+        };
+        match tokio::time::timeout(RECALL_TIMEOUT, log.last(world_id, self.config.recent_messages)).await {
+            Ok(Ok(lines)) => said.seed(lines.into_iter().map(gaia_checkpoint::Message::into_wire).collect()),
+            Ok(Err(e)) => {
+                tracing::warn!(world = %world_id, error = %e, "world's last lines not read from the activity log")
+            }
+            Err(_) => {
+                tracing::warn!(world = %world_id, "world's last lines not read: the activity log did not answer in time")
+            }
+        }
+    }
+
     /// Starts `started` on the runner, their outcomes to `done`.
     fn run_operations(&self, started: Vec<Operation>, done: &mpsc::UnboundedSender<Completed>) {
         for op in started {
@@ -831,11 +856,13 @@ impl<W: World> Rooms<W> {
     ) -> (bool, Vec<Operation>) {
         let mut out = engine.step(events);
         let changed = !out.changes.is_empty();
-        // Lines are picked out of the changes only for a log: no work per tick without one.
-        if let Some(log) = self.persistence.as_ref().and_then(|p| p.log.as_ref()) {
+        // Lines are picked out of the changes only for a log or for Welcomes: no work per
+        // tick without either.
+        let log = self.persistence.as_ref().and_then(|p| p.log.as_ref());
+        if log.is_some() || fanout.said.wanted() {
             let at_ms = unix_ms(std::time::SystemTime::now());
             for (seq, line) in engine.world().messages(&out.changes).into_iter().enumerate() {
-                log.push(gaia_checkpoint::Message {
+                let message = gaia_checkpoint::Message {
                     world_id: world_id.to_string(),
                     epoch: fanout.epoch,
                     tick: out.tick,
@@ -844,7 +871,11 @@ impl<W: World> Rooms<W> {
                     author_id: line.author_id,
                     author: line.author,
                     text: line.text,
-                });
+                };
+                if let Some(log) = log {
+                    log.push(message.clone());
+                }
+                fanout.said.push(message.into_wire());
             }
         }
         if out.stray > 0 {
@@ -877,6 +908,8 @@ struct Fanout<C> {
     /// The world's epoch: the newest among its joins' tokens, never below its
     /// checkpoint's. Checkpoints and resume tokens carry it.
     epoch: u64,
+    /// The last lines said, for Welcomes and Resyncs.
+    said: RecentLines,
 }
 
 impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
@@ -898,6 +931,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 .as_ref()
                 .map_or(0, |r| (r.keep_results.as_secs_f64() / tick).ceil() as u64),
             epoch: 0,
+            said: RecentLines::new(config.recent_messages),
         }
     }
 
@@ -1122,8 +1156,9 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                         let (world_id, server) = (world_id.to_string(), r.server.clone());
                         r.key.sign_resume(&ResumeClaims { world_id, server, member: id, epoch, expires_at_ms })
                     });
+                    let messages = self.said.to_vec();
                     let welcome: ServerMsg<&W::View, ()> =
-                        ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot, resume };
+                        ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot, resume, messages };
                     m.standing = Standing::Live;
                     deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), None, tick, metrics);
                     for (seq, frame) in std::mem::take(&mut m.farewell.held) {
@@ -1138,7 +1173,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                         let frame = resyncs[encoding.index()]
                             .get_or_insert_with(|| {
                                 let snapshot = view.get_or_insert_with(|| engine.world().view());
-                                let msg: ServerMsg<&W::View, ()> = ServerMsg::Resync { tick, snapshot };
+                                let messages = self.said.to_vec();
+                                let msg: ServerMsg<&W::View, ()> = ServerMsg::Resync { tick, snapshot, messages };
                                 Bytes::from(encoding.encode_server(&msg))
                             })
                             .clone();

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use gaia_api::activity::WorldMessage;
 use gaia_api::protocol::{InputOutcome, close, encode_client};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityKind, ServerMsg, Snapshot};
@@ -145,10 +146,10 @@ impl Server {
         let join = ClientMsg::Join { token: self.token(world, player, epoch) };
         ws.send(Message::Binary(encode_client(&join).into())).await.unwrap();
         match recv(&mut ws).await? {
-            ServerMsg::Welcome { world_id, you, tick, mut snapshot, .. } => {
+            ServerMsg::Welcome { world_id, you, tick, mut snapshot, messages, .. } => {
                 assert_eq!(world_id, world);
                 let entities = std::mem::take(&mut snapshot.entities).into_iter().map(|e| (e.id, e)).collect();
-                Ok(Client { ws, you, seq: 0, view: View { tick, map: snapshot, entities } })
+                Ok(Client { ws, you, seq: 0, view: View { tick, map: snapshot, entities }, said: messages })
             }
             other => panic!("expected Welcome, got {other:?}"),
         }
@@ -213,7 +214,7 @@ impl View {
                     }
                 }
             }
-            ServerMsg::Resync { tick, snapshot } => {
+            ServerMsg::Resync { tick, snapshot, .. } => {
                 self.tick = *tick;
                 self.entities = snapshot.entities.iter().map(|e| (e.id, e.clone())).collect();
             }
@@ -236,6 +237,8 @@ struct Client {
     you: u32,
     seq: u32,
     view: View,
+    /// The lines said that its Welcome carried.
+    said: Vec<WorldMessage>,
 }
 
 impl Client {
@@ -269,6 +272,19 @@ impl Client {
             };
             while self.view.tick < applied {
                 self.next().await.unwrap();
+            }
+        }
+    }
+
+    /// Says `text` and reads until the delta that shows it.
+    async fn say(&mut self, text: &str) {
+        self.input(Action::Say { text: text.into() }).await;
+        let me = self.you;
+        loop {
+            if let ServerMsg::Delta { changes, .. } = self.next().await.unwrap()
+                && changes.iter().any(|c| matches!(c, Change::Said { id, text: t } if *id == me && t == text))
+            {
+                return;
             }
         }
     }
@@ -348,6 +364,45 @@ async fn world_survives(stop: impl FnOnce(&Stop)) {
     assert_eq!(players.len(), 1, "only the player who joined again: {players:?}");
     assert_eq!(b.metric("gaia_gameserver_worlds_restored_total").await, 1.0);
     b.shut_down().await;
+}
+
+/// A client joining gets the conversation so far with its Welcome: from the running world,
+/// and after the world's server restarted, from the activity log.
+#[tokio::test]
+async fn a_welcome_carries_the_last_lines_said_also_after_a_restart() {
+    let db = Db::new();
+    // Room for every line the bots say meanwhile, so the players' lines stay in view.
+    let config = || Config { world_recent_messages: 500, ..durable(&db) };
+    let a = Server::start("gs-a", config()).await;
+    let mut alice = a.join(WORLD, "alice", 1).await.unwrap();
+    alice.say("is anyone here?").await;
+    let mut bob = a.join(WORLD, "bob", 1).await.unwrap();
+    bob.say("hello alice").await;
+    let lines = |said: &[WorldMessage]| -> Vec<(String, String)> {
+        said.iter()
+            .filter(|m| m.author == "alice" || m.author == "bob")
+            .map(|m| (m.author.clone(), m.text.clone()))
+            .collect()
+    };
+    assert_eq!(lines(&bob.said), [("alice".into(), "is anyone here?".into())]);
+    let carol = a.join(WORLD, "carol", 1).await.unwrap();
+    let so_far = [("alice".to_string(), "is anyone here?".to_string()), ("bob".into(), "hello alice".into())];
+    assert_eq!(lines(&carol.said), so_far);
+    assert!(carol.said.windows(2).all(|w| (w[0].epoch, w[0].tick, w[0].seq) < (w[1].epoch, w[1].tick, w[1].seq)));
+    drop((alice, bob, carol));
+    a.shut_down().await;
+
+    // The world moves to another server: its Welcome has the lines from the log.
+    let b = Server::start("gs-b", config()).await;
+    let dan = b.join(WORLD, "dan", 2).await.unwrap();
+    assert_eq!(lines(&dan.said), so_far);
+    assert!(dan.said.iter().all(|m| m.epoch == 1), "{:?}", dan.said);
+    b.shut_down().await;
+
+    // None kept: none sent.
+    let c = Server::start("gs-c", Config { world_recent_messages: 0, ..durable(&db) }).await;
+    assert!(c.join(WORLD, "eve", 3).await.unwrap().said.is_empty());
+    c.shut_down().await;
 }
 
 #[tokio::test]

@@ -457,7 +457,7 @@ async fn a_reader_that_stalls_is_resynced_when_it_reads_again() {
     let (resync_tick, snapshot) = loop {
         match recv_probe(&mut slow).await.unwrap() {
             ProbeMsg::Delta { tick, .. } => last_delta = tick,
-            ProbeMsg::Resync { tick, snapshot } => break (tick, snapshot),
+            ProbeMsg::Resync { tick, snapshot, .. } => break (tick, snapshot),
             _ => {}
         }
     };

@@ -267,7 +267,7 @@ impl BotState {
             ServerMsg::Pong { .. } => {}
             // We missed deltas: the snapshot says where we are, and any accepted move we
             // did not see is in it.
-            ServerMsg::Resync { tick, snapshot } => {
+            ServerMsg::Resync { tick, snapshot, .. } => {
                 self.stats.resyncs += 1;
                 self.tick = self.tick.max(tick);
                 self.snapshot_tick = tick;
@@ -495,7 +495,7 @@ async fn hello(
         Err(_) => return Err((ErrorKind::JoinRefused, format!("no Welcome within {timeout:?}"))),
     };
     match first {
-        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, resume }, _) => {
+        Inbound::Msg(ServerMsg::Welcome { world_id, you, tick, snapshot, resume, .. }, _) => {
             Ok(Joined { ws, world_id, you, tick, snapshot, resume })
         }
         Inbound::Msg(ServerMsg::Error { code, message }, _) => {
@@ -1050,7 +1050,14 @@ mod tests {
         bot.on_message(result(2, true), t0); // accepted, never seen moving
         bot.on_message(result(2, true), t0); // answered twice
         bot.on_message(
-            ServerMsg::Welcome { world_id: "w".into(), you: 8, tick: 1, snapshot: snapshot(), resume: String::new() },
+            ServerMsg::Welcome {
+                world_id: "w".into(),
+                you: 8,
+                tick: 1,
+                snapshot: snapshot(),
+                resume: String::new(),
+                messages: Vec::new(),
+            },
             t0,
         );
         bot.on_undecodable("malformed frame".into());
@@ -1183,7 +1190,7 @@ mod tests {
         bot.next_input(&mut rng, t0).unwrap();
         bot.next_input(&mut rng, t0).unwrap();
         bot.on_message(result(1, true), t0);
-        bot.on_message(ServerMsg::Resync { tick: 30, snapshot: snapshot() }, t0);
+        bot.on_message(ServerMsg::Resync { tick: 30, snapshot: snapshot(), messages: Vec::new() }, t0);
         bot.on_message(ServerMsg::Delta { tick: 31, server_us: 0, changes: vec![] }, t0);
         // seq 2 unanswered; the Resync accounted for seq 1's move.
         bot.connection_lost();

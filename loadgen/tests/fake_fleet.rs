@@ -276,6 +276,7 @@ fn resume(
         tick: world.tick,
         snapshot: world.snapshot.clone(),
         resume: token.into(),
+        messages: Vec::new(),
     };
     out.send(Out::Msg(welcome)).unwrap();
     let held_seqs: Vec<u32> = held
@@ -331,6 +332,7 @@ async fn connection(fleet: Arc<Fleet>, server: usize, stream: TcpStream) {
             tick: world.tick,
             snapshot: world.snapshot.clone(),
             resume: format!("resume:{id}"),
+            messages: Vec::new(),
         };
         out.send(Out::Msg(welcome)).unwrap();
         world.members.push(Member::new(id, out));

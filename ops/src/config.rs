@@ -63,11 +63,12 @@ impl OpsConfig {
     /// The runner: an LLM lane when there is a URL (chat and embeddings share its limit),
     /// and an HTTP lane.
     pub fn runner(&self, metrics: Arc<Metrics>) -> Result<Runner, reqwest::Error> {
-        Ok(self.lanes()?.build(metrics))
+        Ok(self.lanes(&metrics)?.build(metrics))
     }
 
-    /// [`OpsConfig::runner`]'s lanes, for a server to add its own (the memory store's).
-    pub fn lanes(&self) -> Result<RunnerBuilder, reqwest::Error> {
+    /// [`OpsConfig::runner`]'s lanes, for a server to add its own (the memory store's);
+    /// the model's token counts go to `metrics`.
+    pub fn lanes(&self, metrics: &Metrics) -> Result<RunnerBuilder, reqwest::Error> {
         let mut builder = Runner::builder();
         let http = Http::new(self.llm_request_timeout)?;
         builder = builder.lane(
@@ -76,13 +77,16 @@ impl OpsConfig {
             LaneConfig { concurrency: self.http_concurrency, ..LaneConfig::default() },
         );
         if let Some(url) = &self.llm_url {
-            let openai: Arc<dyn Provider> = Arc::new(OpenAi::new(OpenAiConfig {
-                base_url: url.clone(),
-                api_key: self.llm_api_key.clone(),
-                chat_model: self.llm_chat_model.clone(),
-                embedding_model: self.llm_embedding_model.clone(),
-                request_timeout: self.llm_request_timeout,
-            })?);
+            let openai: Arc<dyn Provider> = Arc::new(
+                OpenAi::new(OpenAiConfig {
+                    base_url: url.clone(),
+                    api_key: self.llm_api_key.clone(),
+                    chat_model: self.llm_chat_model.clone(),
+                    embedding_model: self.llm_embedding_model.clone(),
+                    request_timeout: self.llm_request_timeout,
+                })?
+                .counting_tokens(metrics.tokens.clone()),
+            );
             let lane = LaneConfig {
                 concurrency: self.llm_concurrency,
                 queue: self.llm_queue,

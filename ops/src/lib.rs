@@ -23,7 +23,7 @@
 mod config;
 pub mod fake;
 pub mod http;
-mod metrics;
+pub mod metrics;
 pub mod openai;
 mod provider;
 mod request;

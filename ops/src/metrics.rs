@@ -12,6 +12,14 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Tokens a model counted, by model and by `token`: `prompt` (what was sent) or
+/// `completion` (what it wrote).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub token: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub kind: &'static str,
@@ -31,6 +39,9 @@ pub struct Metrics {
     pub pending: Family<KindLabels, Gauge>,
     /// Attempts made again after a retryable failure.
     pub retries: Family<KindLabels, Counter>,
+    /// Tokens the model providers report using (their answers' `usage`): what model
+    /// calls cost.
+    pub tokens: Family<TokenLabels, Counter>,
 }
 
 impl Metrics {
@@ -42,6 +53,7 @@ impl Metrics {
             in_flight: Family::default(),
             pending: Family::default(),
             retries: Family::default(),
+            tokens: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("gaia_ops");
         r.register("operations", "Operations finished, by kind and result", metrics.operations.clone());
@@ -49,6 +61,11 @@ impl Metrics {
         r.register("in_flight", "Operation attempts running at a provider, by kind", metrics.in_flight.clone());
         r.register("pending", "Operations started and not finished, by kind", metrics.pending.clone());
         r.register("retries", "Operation attempts made again after a retryable failure", metrics.retries.clone());
+        r.register(
+            "model_tokens",
+            "Tokens model calls used, by model and prompt or completion",
+            metrics.tokens.clone(),
+        );
         metrics
     }
 }

@@ -10,9 +10,15 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::TokenLabels;
 use crate::provider::{Provider, ProviderError};
 use crate::request::{ChatRequest, EmbedRequest, Request, Response};
-use crate::wire::{ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse, ErrorResponse};
+use crate::wire::{
+    ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse, ErrorResponse, Usage,
+};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
@@ -29,12 +35,31 @@ pub struct OpenAiConfig {
 pub struct OpenAi {
     http: reqwest::Client,
     config: OpenAiConfig,
+    /// Where the tokens each answer's `usage` reports are counted.
+    tokens: Family<TokenLabels, Counter>,
 }
 
 impl OpenAi {
     pub fn new(config: OpenAiConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder().timeout(config.request_timeout).build()?;
-        Ok(Self { http, config })
+        Ok(Self { http, config, tokens: Family::default() })
+    }
+
+    /// Counts the tokens answers report in `tokens` (the runner's
+    /// `gaia_ops_model_tokens_total`).
+    pub fn counting_tokens(self, tokens: Family<TokenLabels, Counter>) -> Self {
+        Self { tokens, ..self }
+    }
+
+    /// Counts an answer's `usage`, under the model that answered (or the one asked).
+    fn count(&self, asked: &str, answered: &str, usage: Option<Usage>) {
+        let Some(usage) = usage else { return };
+        let model = if answered.is_empty() { asked } else { answered };
+        for (token, n) in [("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)] {
+            if n > 0 {
+                self.tokens.get_or_create(&TokenLabels { model: model.to_string(), token }).inc_by(n);
+            }
+        }
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -69,6 +94,7 @@ impl OpenAi {
             temperature: request.temperature,
         };
         let answer: ChatCompletionResponse = self.post("chat/completions", &body).await?;
+        self.count(&body.model, &answer.model, answer.usage);
         let choice =
             answer.choices.into_iter().next().ok_or_else(|| ProviderError::permanent("an answer with no choice"))?;
         Ok(Response::Chat { content: choice.message.content.unwrap_or_default() })
@@ -77,6 +103,7 @@ impl OpenAi {
     async fn embed(&self, request: &EmbedRequest) -> Result<Response, ProviderError> {
         let body = EmbeddingRequest { model: self.config.embedding_model.clone(), input: request.input.clone() };
         let answer: EmbeddingResponse = self.post("embeddings", &body).await?;
+        self.count(&body.model, &answer.model, answer.usage);
         let first =
             answer.data.into_iter().next().ok_or_else(|| ProviderError::permanent("an answer with no embedding"))?;
         Ok(Response::Embedding { vector: first.embedding })

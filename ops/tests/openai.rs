@@ -98,3 +98,22 @@ async fn the_runner_retries_injected_failures_to_success() {
     assert_eq!(ids, (0..20).collect::<Vec<_>>());
     assert!(calls.failed.load(Ordering::SeqCst) > 0, "the fake injected no failure");
 }
+
+/// What calls cost: the tokens each answer's `usage` reports, by model.
+#[tokio::test]
+async fn the_tokens_answers_report_are_counted_by_model() {
+    let (url, _) = fake(FakeConfig::default()).await;
+    let tokens = prometheus_client::metrics::family::Family::default();
+    let openai = client(&url, None).counting_tokens(tokens.clone());
+    let count = |model: &str, token: &'static str| {
+        tokens.get_or_create(&gaia_ops::metrics::TokenLabels { model: model.into(), token }).get()
+    };
+    openai.run(&ask("how is the bread today?")).await.unwrap();
+    let (prompt, completion) = (count("fake-chat", "prompt"), count("fake-chat", "completion"));
+    assert!(prompt > 0 && completion > 0, "{prompt} {completion}");
+    openai.run(&ask("and the cake?")).await.unwrap();
+    assert!(count("fake-chat", "prompt") > prompt && count("fake-chat", "completion") > completion);
+    openai.run(&Request::Embed(EmbedRequest { input: "bread and butter".into() })).await.unwrap();
+    assert!(count("fake-embed", "prompt") > 0);
+    assert_eq!(count("fake-embed", "completion"), 0);
+}

@@ -19,6 +19,7 @@ import {
   type Encoding,
   type ServerMsg,
   type WorldCodec,
+  type WorldMessage,
 } from "./protocol.js";
 import { defaultSocket, frameData, type SocketFactory, type SocketLike } from "./socket.js";
 import { applyChanges, townCodec, type Action, type Change, type Snapshot } from "./town.js";
@@ -64,6 +65,8 @@ export interface Welcome<V> {
   you: number;
   tick: number;
   snapshot: V;
+  /** The last lines said in the world as of the Welcome, oldest first: the conversation so far. */
+  messages: WorldMessage[];
 }
 
 export interface ClientEvents<V, C> {
@@ -71,7 +74,8 @@ export interface ClientEvents<V, C> {
   welcome: Welcome<V>;
   /** A delta, and the snapshot after it. */
   delta: { tick: number; serverUs: number; changes: C[]; snapshot: V };
-  resync: { tick: number; snapshot: V };
+  /** The client fell behind: the whole world again, and the last lines said (some may be new to it). */
+  resync: { tick: number; snapshot: V; messages: WorldMessage[] };
   /** The world moved; the client is connecting to `address`. A `welcome` follows. */
   migrate: { address: string };
   /**
@@ -377,7 +381,7 @@ export class GaiaClient<A = Action, V = Snapshot, C = Change> extends Emitter<Cl
     this.joined = true;
     this.address = address;
     this.resumeToken = msg.resume;
-    this.state = { worldId: msg.worldId, you: msg.you, tick: msg.tick, snapshot: msg.snapshot };
+    this.state = { worldId: msg.worldId, you: msg.you, tick: msg.tick, snapshot: msg.snapshot, messages: msg.messages };
     this.startPings();
     if (sent.type === "resume") this.inputs.resumed(sent.awaiting);
     // After a migration, the inputs that had no result; after a resume, those sent while away.
@@ -391,7 +395,7 @@ export class GaiaClient<A = Action, V = Snapshot, C = Change> extends Emitter<Cl
     switch (msg.type) {
       case "welcome":
         // A second Welcome on one connection is not in the protocol; take it as the truth.
-        this.state = { worldId: msg.worldId, you: msg.you, tick: msg.tick, snapshot: msg.snapshot };
+        this.state = { worldId: msg.worldId, you: msg.you, tick: msg.tick, snapshot: msg.snapshot, messages: msg.messages };
         this.resumeToken = msg.resume;
         return this.emit("welcome", this.state);
       case "delta":
@@ -403,7 +407,7 @@ export class GaiaClient<A = Action, V = Snapshot, C = Change> extends Emitter<Cl
         if (!state) return;
         state.snapshot = msg.snapshot;
         state.tick = msg.tick;
-        return this.emit("resync", { tick: msg.tick, snapshot: msg.snapshot });
+        return this.emit("resync", { tick: msg.tick, snapshot: msg.snapshot, messages: msg.messages });
       case "inputResult":
         // Unknown seqs are ignored; a resumed input the server never got goes again.
         if (this.inputs.settle(msg.seq, msg.tick, msg.outcome) === "again") this.writeUnsent();

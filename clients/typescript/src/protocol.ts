@@ -8,10 +8,11 @@
  */
 import { Reader, Writer } from "./bincode.js";
 import { DecodeError, EncodeError } from "./errors.js";
+import type { WorldMessage } from "./generated/activity.js";
 import type { ClientMsg, InputOutcome, ServerMsg } from "./generated/protocol.js";
 import { Fields, int, parse, tags, type Json } from "./json.js";
 
-export type { ClientMsg, InputOutcome, ServerMsg };
+export type { ClientMsg, InputOutcome, ServerMsg, WorldMessage };
 
 export const PROTOCOL_VERSION = 1;
 /** A client frame is at most this many bytes (the WebSocket payload); larger ones close with 4011. */
@@ -66,6 +67,29 @@ function unframe<T>(bytes: Uint8Array, read: (r: Reader) => T): T {
   return msg;
 }
 
+/** A line said, as `welcome` and `resync` carry the last ones. */
+function writeMessage(w: Writer, m: WorldMessage): void {
+  w.uint(m.epoch, "u64");
+  w.uint(m.tick, "u64");
+  w.uint(m.seq, "u32");
+  w.uint(m.atMs, "u64");
+  w.uint(m.authorId, "u32");
+  w.string(m.author);
+  w.string(m.text);
+}
+
+function readMessage(r: Reader): WorldMessage {
+  return {
+    epoch: r.uint("u64"),
+    tick: r.uint("u64"),
+    seq: r.uint("u32"),
+    atMs: r.uint("u64"),
+    authorId: r.uint("u32"),
+    author: r.string(),
+    text: r.string(),
+  };
+}
+
 function writeClient<A>(world: WorldCodec<A, unknown, unknown>, w: Writer, m: ClientMsg<A>): void {
   w.variant(CLIENT_TYPES.indexOf(m.type));
   switch (m.type) {
@@ -103,14 +127,16 @@ function writeServer<V, C>(world: WorldCodec<unknown, V, C>, w: Writer, m: Serve
       w.uint(m.you, "u32");
       w.uint(m.tick, "u64");
       world.view.write(w, m.snapshot);
-      return w.string(m.resume);
+      w.string(m.resume);
+      return w.list(m.messages, writeMessage);
     case "delta":
       w.uint(m.tick, "u64");
       w.uint(m.serverUs, "u64");
       return w.list(m.changes, (w, c) => world.change.write(w, c));
     case "resync":
       w.uint(m.tick, "u64");
-      return world.view.write(w, m.snapshot);
+      world.view.write(w, m.snapshot);
+      return w.list(m.messages, writeMessage);
     case "inputResult":
       w.uint(m.seq, "u32");
       w.uint(m.tick, "u64");
@@ -138,11 +164,12 @@ function readServer<V, C>(world: WorldCodec<unknown, V, C>, r: Reader): ServerMs
         tick: r.uint("u64"),
         snapshot: world.view.read(r),
         resume: r.string(),
+        messages: r.list(readMessage),
       };
     case "delta":
       return { type: "delta", tick: r.uint("u64"), serverUs: r.uint("u64"), changes: r.list((r) => world.change.read(r)) };
     case "resync":
-      return { type: "resync", tick: r.uint("u64"), snapshot: world.view.read(r) };
+      return { type: "resync", tick: r.uint("u64"), snapshot: world.view.read(r), messages: r.list(readMessage) };
     case "inputResult": {
       const seq = r.uint("u32");
       const tick = r.uint("u64");
@@ -209,11 +236,17 @@ function serverToJson<V, C>(world: WorldCodec<unknown, V, C>, m: ServerMsg<V, C>
         tick: m.tick,
         snapshot: world.view.toJson(m.snapshot),
         resume: m.resume,
+        messages: m.messages.map((line) => ({ ...line })),
       };
     case "delta":
       return { type: m.type, tick: m.tick, serverUs: m.serverUs, changes: m.changes.map((c) => world.change.toJson(c)) };
     case "resync":
-      return { type: m.type, tick: m.tick, snapshot: world.view.toJson(m.snapshot) };
+      return {
+        type: m.type,
+        tick: m.tick,
+        snapshot: world.view.toJson(m.snapshot),
+        messages: m.messages.map((line) => ({ ...line })),
+      };
     case "inputResult":
       return { type: m.type, seq: m.seq, tick: m.tick, outcome: { ...m.outcome } };
     case "migrate":
@@ -233,6 +266,25 @@ function outcomeFromJson(v: unknown, path: string): InputOutcome {
   return o;
 }
 
+function messageFromJson(v: unknown, path: string): WorldMessage {
+  const f = Fields.of<WorldMessage>(v, path);
+  const m: WorldMessage = {
+    epoch: f.int("epoch", "u64"),
+    tick: f.int("tick", "u64"),
+    seq: f.int("seq", "u32"),
+    atMs: f.int("atMs", "u64"),
+    authorId: f.int("authorId", "u32"),
+    author: f.string("author"),
+    text: f.string("text"),
+  };
+  f.done();
+  return m;
+}
+
+function messagesFromJson(f: Fields<ServerMsg<unknown, unknown>>): WorldMessage[] {
+  return f.array("messages").map((line, i) => messageFromJson(line, `messages[${i}]`));
+}
+
 function serverFromJson<V, C>(world: WorldCodec<unknown, V, C>, v: unknown): ServerMsg<V, C> {
   const f = Fields.of<ServerMsg<unknown, unknown>>(v, "");
   let m: ServerMsg<V, C>;
@@ -245,6 +297,7 @@ function serverFromJson<V, C>(world: WorldCodec<unknown, V, C>, v: unknown): Ser
         tick: f.int("tick", "u64"),
         snapshot: world.view.fromJson(f.get("snapshot"), "snapshot"),
         resume: f.string("resume"),
+        messages: messagesFromJson(f),
       };
       break;
     case "delta":
@@ -256,7 +309,12 @@ function serverFromJson<V, C>(world: WorldCodec<unknown, V, C>, v: unknown): Ser
       };
       break;
     case "resync":
-      m = { type: "resync", tick: f.int("tick", "u64"), snapshot: world.view.fromJson(f.get("snapshot"), "snapshot") };
+      m = {
+        type: "resync",
+        tick: f.int("tick", "u64"),
+        snapshot: world.view.fromJson(f.get("snapshot"), "snapshot"),
+        messages: messagesFromJson(f),
+      };
       break;
     case "inputResult":
       m = {

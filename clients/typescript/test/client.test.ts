@@ -16,6 +16,7 @@ import {
   type SocketLike,
   type Snapshot,
   type Change,
+  type WorldMessage,
 } from "../src/index.js";
 
 class FakeSocket implements SocketLike {
@@ -63,7 +64,16 @@ const snapshot: Snapshot = {
   walls: new Uint8Array([0]),
   entities: [{ id: 7, kind: "player", name: "p-1", x: 0, y: 0 }],
 };
-const welcome = (you = 7, resume = "r"): ServerMsg<Snapshot, Change> => ({ type: "welcome", worldId: "w1", you, tick: 10, snapshot, resume });
+const said: WorldMessage = { epoch: 1, tick: 9, seq: 0, atMs: 5, authorId: 7, author: "p-1", text: "hi" };
+const welcome = (you = 7, resume = "r"): ServerMsg<Snapshot, Change> => ({
+  type: "welcome",
+  worldId: "w1",
+  you,
+  tick: 10,
+  snapshot,
+  resume,
+  messages: [said],
+});
 const move: Action = { type: "move", dx: 1, dy: 0 };
 
 let sockets: FakeSocket[];
@@ -87,7 +97,8 @@ async function joined(encoding: Encoding = JSON_ENCODING): Promise<{ c: GaiaClie
   const s = sockets.at(-1)!;
   s.open();
   s.push(welcome());
-  await welcomed;
+  // The conversation so far comes with the Welcome.
+  expect((await welcomed).messages).toEqual([said]);
   return { c, s };
 }
 
@@ -127,13 +138,17 @@ describe("GaiaClient", () => {
   it("applies deltas to the snapshot and replaces it on resync", async () => {
     const { c, s } = await joined();
     const deltas: number[] = [];
+    const resyncs: WorldMessage[][] = [];
     c.on("delta", (d) => deltas.push(d.tick));
+    c.on("resync", (r) => resyncs.push(r.messages));
     s.push({ type: "delta", tick: 11, serverUs: 1, changes: [{ type: "moved", id: 7, x: 1, y: 0 }] });
     expect(c.snapshot!.entities[0]).toMatchObject({ x: 1, y: 0 });
-    s.push({ type: "resync", tick: 20, snapshot });
+    const later = { ...said, tick: 15, text: "missed while behind" };
+    s.push({ type: "resync", tick: 20, snapshot, messages: [said, later] });
     expect(c.snapshot).toEqual(snapshot);
     expect(c.tick).toBe(20);
     expect(deltas).toEqual([11]);
+    expect(resyncs).toEqual([[said, later]]);
   });
 
   it("after a server close frame, inputs without a result were not applied", async () => {
