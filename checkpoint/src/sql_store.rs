@@ -15,8 +15,17 @@ use sqlx::{AnyPool, Row};
 
 use crate::{Checkpoint, Store, StoreError, Written, newest_per_world};
 
-static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The migrations for one kind of database. A database may hold migrations this build
+/// does not know: a newer release's, run by its servers during a rolling update (or before
+/// a rollback). They are left alone rather than refused, so older servers keep starting:
+/// migrations only ever add (tables, columns with defaults, indexes), never change or drop
+/// what an older release reads or writes.
+fn migrator(sqlite: bool) -> Migrator {
+    let mut migrator =
+        if sqlite { sqlx::migrate!("./migrations/sqlite") } else { sqlx::migrate!("./migrations/postgres") };
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// Rows per statement: 5 parameters each, well under both databases' limits.
 const ROWS: usize = 500;
@@ -100,7 +109,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let migrator = if sqlite { &SQLITE } else { &POSTGRES };
+        let migrator = migrator(sqlite);
         // Game servers of one fleet start together and may race to migrate a fresh
         // SQLite file (Postgres takes an advisory lock); the loser's retry finds it done.
         let mut attempt = 0;

@@ -51,3 +51,26 @@ async fn a_store_opened_while_another_writes_logs_no_error() {
     assert_eq!(mode, "wal");
     assert_eq!(errors.load(Ordering::Relaxed), 0, "opening the store logged ERRORs");
 }
+
+/// A rolling update: servers of a newer release migrated the database further than this
+/// build knows. This build's servers still open it (and write to it).
+#[tokio::test]
+async fn a_database_a_newer_release_migrated_still_opens() {
+    let file = common::TempFile::new("db");
+    let url = format!("sqlite:{}", file.path.display());
+    SqlStore::connect(&url).await.unwrap();
+    let mut newer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000001, 'a newer release', TRUE, x'00', 0)",
+    )
+    .execute(&mut newer)
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE from_a_newer_release (x INTEGER)").execute(&mut newer).await.unwrap();
+    newer.close().await.unwrap();
+
+    let store = SqlStore::connect(&url).await.expect("a database migrated further is refused");
+    let checkpoint = gaia_checkpoint::Checkpoint::new("w", 1, 1, 1, b"state");
+    gaia_checkpoint::Store::write(&store, &[Arc::new(checkpoint)]).await.unwrap();
+}
