@@ -200,6 +200,11 @@ struct LoadgenArgs {
     /// The fake model's latency range, `MIN..MAX` (with --agents).
     #[arg(long, default_value = "1s..3s", value_parser = latency_range)]
     model_latency: (Duration, Duration),
+    /// Model calls each game server makes at once (its GAIA_LLM_CONCURRENCY, with
+    /// --agents). The default lets every agent of a full 10,000-bot server think at once,
+    /// so the run measures the servers, not a queue in front of the model.
+    #[arg(long, default_value_t = 1024)]
+    model_concurrency: usize,
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -434,6 +439,7 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
                 for fleet in &mut embedded.fleets.fleets {
                     fleet.template.env.insert("GAIA_LLM_URL".into(), model.clone());
                     fleet.template.env.insert("GAIA_AGENTS_PER_WORLD".into(), agents.to_string());
+                    fleet.template.env.insert("GAIA_LLM_CONCURRENCY".into(), args.model_concurrency.to_string());
                 }
             }
             Some(tokio::spawn(gaia_embedded::run(embedded, listener, fleet_stop.clone())))
