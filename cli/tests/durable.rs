@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::{Fleet, REGION, fleet_config, pid_of, sdk_token};
 use gaia_api::gameserver::{GameServer, GameServerState};
 use gaia_loadgen::{ErrorKind, Report};
+use gaia_testkit::services;
 use nix::sys::signal::{Signal, kill};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -31,15 +32,10 @@ struct Services {
 /// The test's Redis and Postgres, if both answer; `None` (with the reason printed) when
 /// one does not and `REQUIRE_SERVICES` is unset.
 async fn services() -> Option<Services> {
-    let redis = std::env::var("GAIA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let postgres =
-        std::env::var("GAIA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (redis, postgres) = (services::redis_url(), services::database_url());
     for url in [&redis, &postgres] {
         if let Err(e) = gaia_checkpoint::open(url).await {
-            let why = format!("{}: {e}", gaia_checkpoint::redact(url));
-            assert!(std::env::var_os("REQUIRE_SERVICES").is_none(), "REQUIRE_SERVICES is set but {why}");
-            eprintln!("skipping: {why}");
-            return None;
+            return services::skip(format!("{}: {e}", gaia_checkpoint::redact(url)));
         }
     }
     Some(Services { redis, postgres })

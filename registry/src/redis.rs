@@ -590,23 +590,16 @@ mod tests {
     use std::collections::HashSet;
 
     use gaia_api::allocation::AllocationRequest;
+    use gaia_testkit::services::{redis_prefix, redis_url as url, unavailable};
 
     use super::*;
 
-    fn url() -> String {
-        std::env::var("GAIA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-    }
-
     /// A registry under a fresh prefix, or `None` (after saying why) without Redis.
     async fn registry(config: RegistryConfig) -> Option<(RedisRegistry, String)> {
-        let prefix = format!("gaia-test:{}:", uuid::Uuid::new_v4());
+        let prefix = redis_prefix();
         match RedisRegistry::connect(&url(), &prefix, config).await {
             Ok(registry) => Some((registry, prefix)),
-            Err(e) if std::env::var_os("REQUIRE_SERVICES").is_none() => {
-                eprintln!("skipping: Redis at {} is unreachable ({e})", url());
-                None
-            }
-            Err(e) => panic!("Redis at {} is unreachable and REQUIRE_SERVICES is set: {e}", url()),
+            Err(e) => unavailable("Redis", &url(), e),
         }
     }
 

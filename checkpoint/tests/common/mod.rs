@@ -11,25 +11,7 @@ use std::sync::Arc;
 
 use gaia_checkpoint::{Checkpoint, RedisStore, SqlStore, Store};
 
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
-pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-pub fn redis_url() -> String {
-    std::env::var("GAIA_TEST_REDIS_URL").unwrap_or_else(|_| REDIS_URL.into())
-}
-
-pub fn database_url() -> String {
-    std::env::var("GAIA_TEST_DATABASE_URL").unwrap_or_else(|_| DATABASE_URL.into())
-}
-
-/// `None` after printing why the test is skipped, or a panic under `REQUIRE_SERVICES`.
-pub fn unavailable<T>(what: &str, url: &str, error: impl std::fmt::Display) -> Option<T> {
-    if std::env::var_os("REQUIRE_SERVICES").is_some() {
-        panic!("{what} at {url} is unreachable and REQUIRE_SERVICES is set: {error}");
-    }
-    eprintln!("skipping: {what} at {url} is unreachable ({error}); set REQUIRE_SERVICES to fail instead");
-    None
-}
+pub use gaia_testkit::services::{database_url, redis_prefix, redis_url, unavailable};
 
 /// A store for one test, with whatever must live as long as it (a SQLite file).
 pub struct TestStore {
@@ -41,11 +23,6 @@ impl TestStore {
     pub fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
-}
-
-/// A key prefix no other test uses.
-pub fn redis_prefix() -> String {
-    format!("gaia-test:{}:", uuid::Uuid::new_v4())
 }
 
 pub async fn redis_store() -> Option<RedisStore> {

@@ -16,20 +16,7 @@ use gaia_registry::{MemoryRegistry, RedisRegistry, Registry, RegistryConfig, Reg
 use tokio::sync::broadcast;
 
 pub const FLEET: &str = "town";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-pub fn redis_url() -> String {
-    std::env::var("GAIA_TEST_REDIS_URL").unwrap_or_else(|_| REDIS_URL.into())
-}
-
-/// `None` after printing why the test is skipped, or a panic under `REQUIRE_SERVICES`.
-pub fn unavailable<T>(what: &str, url: &str, error: impl std::fmt::Display) -> Option<T> {
-    if std::env::var_os("REQUIRE_SERVICES").is_some() {
-        panic!("{what} at {url} is unreachable and REQUIRE_SERVICES is set: {error}");
-    }
-    eprintln!("skipping: {what} at {url} is unreachable ({error}); set REQUIRE_SERVICES to fail instead");
-    None
-}
+pub use gaia_testkit::services::{redis_prefix, redis_url, unavailable};
 
 /// A registry for one test, and what to clean up after it.
 pub struct TestRegistry {
@@ -53,11 +40,6 @@ impl TestRegistry {
 
 pub async fn memory(config: RegistryConfig) -> Option<TestRegistry> {
     Some(TestRegistry { registry: Arc::new(MemoryRegistry::new(config)), redis_prefix: None })
-}
-
-/// A key prefix no other test uses.
-pub fn redis_prefix() -> String {
-    format!("gaia-test:{}:", uuid::Uuid::new_v4())
 }
 
 pub async fn redis(config: RegistryConfig) -> Option<TestRegistry> {
