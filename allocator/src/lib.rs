@@ -540,17 +540,10 @@ async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
 /// as fresh as the scrape; when the registry fails they keep their last values.
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     let servers = s.registry.list(None).await;
-    let mut text = String::new();
-    let encoded = {
-        let _guard = s.metrics.fleets_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &servers {
-            Ok(servers) => s.metrics.observe_fleets(servers),
-            Err(e) => tracing::warn!(error = %e, "registry unavailable: the fleet metrics keep their last values"),
-        }
-        prometheus_client::encoding::text::encode(&mut text, &s.prometheus)
-    };
-    if let Err(e) = encoded {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    let _guard = s.metrics.fleets_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &servers {
+        Ok(servers) => s.metrics.observe_fleets(servers),
+        Err(e) => tracing::warn!(error = %e, "registry unavailable: the fleet metrics keep their last values"),
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    gaia_serve::metrics(&s.prometheus)
 }

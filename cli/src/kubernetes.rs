@@ -186,13 +186,7 @@ async fn admin_endpoints(
         "/metrics",
         get(move || {
             let prometheus = prometheus.clone();
-            async move {
-                let mut text = String::new();
-                match prometheus_client::encoding::text::encode(&mut text, &prometheus) {
-                    Ok(()) => (axum::http::StatusCode::OK, text),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
+            async move { gaia_serve::metrics(&prometheus) }
         }),
     );
     gaia_serve::serve(listener, app, shutdown).await.context("serving")

@@ -407,11 +407,7 @@ async fn readyz<W: World>(State(s): State<AppState<W>>) -> Response {
 
 async fn metrics_text<W: World>(State(s): State<AppState<W>>) -> impl IntoResponse {
     s.ctx.metrics.observe_process();
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.prometheus) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-    }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    gaia_serve::metrics(&s.prometheus)
 }
 
 /// Runs a game server of the reference world ([`Town`]); see [`run_world`].

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+mod metrics;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, metrics};
+
 /// How long a client has to send a request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's body.
