@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use gaia_api::allocation::AllocationRequest;
+use gaia_api::fleet::HealthSpec;
+use gaia_api::gameserver::RegisterRequest;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -180,7 +182,7 @@ async fn connection(
         let mut regions = config.regions.clone();
         let first = rng.random_range(0..regions.len());
         regions[..=first].rotate_right(1);
-        let body = json!({"fleet": config.fleet, "regions": regions});
+        let body = AllocationRequest { fleet: config.fleet.clone(), regions, ..AllocationRequest::default() };
         let mut req = http.post(&url).json(&body);
         if let Some(token) = &config.token {
             req = req.bearer_auth(token);
@@ -226,11 +228,15 @@ async fn register(http: &reqwest::Client, config: &BenchConfig) -> anyhow::Resul
                 Some(key) => req.bearer_auth(key.sdk_token(&name)),
                 None => req,
             };
-            let body = json!({
-                "fleet": fleet, "region": region, "address": format!("ws://192.0.2.1:7000/{name}"),
-                "worldCapacity": worlds, "playerCapacity": worlds * 30,
-                "health": {"periodSeconds": 3600, "failureThreshold": 1, "initialDelaySeconds": 3600},
-            });
+            let body = RegisterRequest {
+                fleet,
+                region,
+                address: format!("ws://192.0.2.1:7000/{name}"),
+                world_capacity: worlds,
+                player_capacity: worlds * 30,
+                labels: Default::default(),
+                health: HealthSpec { period_seconds: 3600, failure_threshold: 1, initial_delay_seconds: 3600 },
+            };
             for (path, body) in [("register", Some(body)), ("ready", None)] {
                 let mut req = auth(http.post(format!("{url}/{path}")));
                 if let Some(body) = &body {

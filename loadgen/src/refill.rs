@@ -16,9 +16,9 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use gaia_api::allocation::AllocationRequest;
 use gaia_api::autoscaler::{FleetAutoscalerStatus, RegionAutoscalerStatus};
 use gaia_api::gameserver::{GameServer, GameServerState};
-use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +135,12 @@ async fn one_burst(http: &reqwest::Client, config: &Config, region: &str) -> any
     let url = format!("{}/v1/allocations", config.allocator_url.trim_end_matches('/'));
     let started = Instant::now();
     let requests = (0..taken).map(|_| {
-        let body = json!({ "fleet": config.fleet, "regions": [region], "deadlineMs": 10_000 });
+        let body = AllocationRequest {
+            fleet: config.fleet.clone(),
+            regions: vec![region.to_string()],
+            deadline_ms: Some(10_000),
+            ..AllocationRequest::default()
+        };
         let request = http.post(&url).json(&body).send();
         async move {
             let response = request.await.map_err(|e| chain(&e))?;
