@@ -20,5 +20,6 @@ pub mod gameserver;
 pub mod k8s;
 pub mod process;
 pub mod protocol;
+pub mod server_env;
 pub mod token;
 pub mod town;

@@ -150,7 +150,7 @@ struct GameserverArgs {
     #[command(flatten)]
     config: gaia_gameserver::Config,
     /// Exit when the process that started this one dies (the controller sets it).
-    #[arg(long, env = "GAIA_EXIT_WITH_PARENT", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = gaia_api::server_env::EXIT_WITH_PARENT, value_parser = clap::builder::BoolishValueParser::new())]
     exit_with_parent: bool,
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use gaia_api::fleet::FleetSpec;
+use gaia_api::server_env::{self as var, ServerEnv};
 
 /// A fresh server name: `{fleet}-{region}-{5 random lowercase hex digits}`.
 pub fn server_name(fleet: &str, region: &str) -> String {
@@ -50,25 +51,27 @@ pub struct ServerIdentity<'a> {
 /// template may override, for example to listen on every interface. The template cannot override the rest: they
 /// must agree with the record the controller scheduled.
 pub fn server_env(spec: &FleetSpec, id: ServerIdentity<'_>) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::from([("GAIA_LISTEN".to_string(), "127.0.0.1:0".to_string())]);
+    let mut env = BTreeMap::from([(var::LISTEN.to_string(), "127.0.0.1:0".to_string())]);
     env.extend(id.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(spec.template.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let place = ServerEnv {
+        fleet: spec.name.clone(),
+        region: id.region.to_string(),
+        sdk_url: id.sdk_url.to_string(),
+        world_capacity: spec.world_capacity,
+        player_capacity: spec.player_capacity,
+        world_player_capacity: spec.world_player_capacity,
+        health_period_seconds: spec.health.period_seconds,
+    };
     let identity = [
-        ("GAIA_SERVER_NAME", id.name.to_string()),
-        ("GAIA_FLEET", spec.name.clone()),
-        ("GAIA_REGION", id.region.to_string()),
-        ("GAIA_SDK_URL", id.sdk_url.to_string()),
-        ("GAIA_JOIN_SECRET", id.join_secret.to_string()),
-        ("GAIA_WORLD_CAPACITY", spec.world_capacity.to_string()),
-        ("GAIA_PLAYER_CAPACITY", spec.player_capacity.to_string()),
-        ("GAIA_WORLD_PLAYER_CAPACITY", spec.world_player_capacity.to_string()),
-        ("GAIA_HEALTH_PERIOD_SECONDS", spec.health.period_seconds.to_string()),
-        ("GAIA_EXIT_WITH_PARENT", "1".to_string()),
+        (var::SERVER_NAME, id.name.to_string()),
+        (var::JOIN_SECRET, id.join_secret.to_string()),
+        (var::EXIT_WITH_PARENT, "1".to_string()),
     ];
-    env.extend(identity.into_iter().map(|(k, v)| (k.to_string(), v)));
+    env.extend(place.vars().into_iter().chain(identity).map(|(k, v)| (k.to_string(), v)));
     match id.sdk_token {
-        Some(token) => env.insert("GAIA_SDK_TOKEN".to_string(), token.to_string()),
-        None => env.remove("GAIA_SDK_TOKEN"),
+        Some(token) => env.insert(var::SDK_TOKEN.to_string(), token.to_string()),
+        None => env.remove(var::SDK_TOKEN),
     };
     env
 }
@@ -77,7 +80,7 @@ pub fn server_env(spec: &FleetSpec, id: ServerIdentity<'_>) -> BTreeMap<String, 
 /// which every server's SDK token, or a matchmaker's access, follows. (A server gets its
 /// own token, `GAIA_SDK_TOKEN`, from [`server_env`]; one inherited from this process would
 /// be another's.)
-pub const WITHHELD_ENV: [&str; 3] = ["GAIA_SDK_SECRET", "GAIA_ALLOCATOR_TOKENS", "GAIA_SDK_TOKEN"];
+pub const WITHHELD_ENV: [&str; 3] = ["GAIA_SDK_SECRET", "GAIA_ALLOCATOR_TOKENS", var::SDK_TOKEN];
 
 /// The command that starts one game server: the template's program and arguments with
 /// [`server_env`] added to this process's environment, stdin closed, stdout and stderr

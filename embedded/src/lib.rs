@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gaia_api::fleet::FleetConfig;
+use gaia_api::server_env as var;
 use gaia_registry::{MemoryRegistry, Registry, RegistryConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +85,7 @@ impl Config {
     fn server_env(&self) -> Result<std::collections::BTreeMap<String, String>, Error> {
         let mut env = std::collections::BTreeMap::new();
         if let Some(url) = &self.redis_url {
-            env.insert("GAIA_REDIS_URL".to_string(), url.clone());
+            env.insert(var::REDIS_URL.to_string(), url.clone());
         }
         let database = match (&self.database_url, &self.redis_url) {
             (Some(url), _) => Some(url.clone()),
@@ -97,13 +98,13 @@ impl Config {
             }
         };
         if let Some(url) = database {
-            env.insert("GAIA_DATABASE_URL".to_string(), url);
+            env.insert(var::DATABASE_URL.to_string(), url);
         }
         if let Some(tls) = &self.tls {
             let cert = std::fs::canonicalize(&tls.cert).map_err(|e| {
                 Error::Tls(gaia_allocator::TlsError::Cert { path: tls.cert.clone(), message: e.to_string() })
             })?;
-            env.insert("GAIA_SDK_CA_FILE".to_string(), cert.display().to_string());
+            env.insert(var::SDK_CA_FILE.to_string(), cert.display().to_string());
         }
         Ok(env)
     }
@@ -168,7 +169,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let (status_tx, status_rx) = tokio::sync::watch::channel(gaia_fleet_autoscaler::Statuses::new());
     state = state.with_autoscaler_status(status_rx);
     // The activity log the game servers write, read back for `GET /v1/worlds/{id}/messages`.
-    if let Some(url) = server_env.get("GAIA_DATABASE_URL") {
+    if let Some(url) = server_env.get(var::DATABASE_URL) {
         match gaia_checkpoint::SqlStore::connect(url).await {
             Ok(store) => state = state.with_message_log(Arc::new(store)),
             Err(e) => {

@@ -41,6 +41,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use gaia_api::gameserver::RegisterRequest;
 use gaia_api::protocol::{Encoding, MAX_CLIENT_FRAME};
+use gaia_api::server_env as var;
 use gaia_api::token::TokenKey;
 use gaia_sdk::{Sdk, SdkError};
 use tokio::net::TcpListener;
@@ -60,37 +61,37 @@ use gaia_checkpoint::{Tier, Tiers};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// This server's name in the registry.
-    #[arg(long, env = "GAIA_SERVER_NAME")]
+    #[arg(long, env = var::SERVER_NAME)]
     pub name: String,
-    #[arg(long, env = "GAIA_FLEET", default_value = "town")]
+    #[arg(long, env = var::FLEET, default_value = "town")]
     pub fleet: String,
-    #[arg(long, env = "GAIA_REGION", default_value = "local")]
+    #[arg(long, env = var::REGION, default_value = "local")]
     pub region: String,
     /// Control-plane URL for the SDK. Unset: run standalone, telling nobody.
-    #[arg(long, env = "GAIA_SDK_URL")]
+    #[arg(long, env = var::SDK_URL)]
     pub sdk_url: Option<String>,
     /// This server's SDK token, sent on every SDK call (the controller sets it; a
     /// control plane with an SDK secret refuses calls without it).
-    #[arg(long, env = "GAIA_SDK_TOKEN", hide_env_values = true)]
+    #[arg(long, env = var::SDK_TOKEN, hide_env_values = true)]
     pub sdk_token: Option<String>,
     /// A PEM certificate to trust for an `https://` control plane, besides the public
     /// roots (a private CA, or the control plane's self-signed certificate).
-    #[arg(long, env = "GAIA_SDK_CA_FILE")]
+    #[arg(long, env = var::SDK_CA_FILE)]
     pub sdk_ca_file: Option<std::path::PathBuf>,
     /// Verifies join tokens; the allocator signs them with the same secret.
-    #[arg(long, env = "GAIA_JOIN_SECRET", hide_env_values = true)]
+    #[arg(long, env = var::JOIN_SECRET, hide_env_values = true)]
     pub join_secret: String,
-    #[arg(long, env = "GAIA_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(long, env = var::LISTEN, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Host clients are told to connect to; defaults to the listen address's IP
     /// (127.0.0.1 when that is unspecified).
-    #[arg(long, env = "GAIA_ADVERTISE_HOST")]
+    #[arg(long, env = var::ADVERTISE_HOST)]
     pub advertise_host: Option<String>,
-    #[arg(long, env = "GAIA_WORLD_CAPACITY", default_value_t = 10)]
+    #[arg(long, env = var::WORLD_CAPACITY, default_value_t = 10)]
     pub world_capacity: u32,
-    #[arg(long, env = "GAIA_PLAYER_CAPACITY", default_value_t = 300)]
+    #[arg(long, env = var::PLAYER_CAPACITY, default_value_t = 300)]
     pub player_capacity: u32,
-    #[arg(long, env = "GAIA_WORLD_PLAYER_CAPACITY", default_value_t = 30)]
+    #[arg(long, env = var::WORLD_PLAYER_CAPACITY, default_value_t = 30)]
     pub world_player_capacity: u32,
     /// Spectators (read-only connections, no player slot) one world takes besides its players.
     #[arg(long, env = "GAIA_WORLD_SPECTATOR_CAPACITY", default_value_t = 16)]
@@ -99,7 +100,7 @@ pub struct Config {
     /// shows the conversation so far. 0: none.
     #[arg(long, env = "GAIA_WORLD_RECENT_MESSAGES", default_value_t = 20)]
     pub world_recent_messages: u16,
-    #[arg(long, env = "GAIA_HEALTH_PERIOD_SECONDS", default_value_t = 2)]
+    #[arg(long, env = var::HEALTH_PERIOD_SECONDS, default_value_t = 2)]
     pub health_period_seconds: u32,
     /// World ticks per second: inputs are applied and answered at each tick.
     #[arg(long, env = "GAIA_TICK_HZ", default_value_t = 20)]
@@ -152,11 +153,11 @@ pub struct Config {
     #[arg(long, env = "GAIA_MAX_BEHIND", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_behind: Duration,
     /// Hot checkpoint tier: `redis://host:port`. Unset: no hot tier.
-    #[arg(long, env = "GAIA_REDIS_URL")]
+    #[arg(long, env = var::REDIS_URL)]
     pub redis_url: Option<String>,
     /// Durable checkpoint tier: `postgres://…` or `sqlite:path`. Unset: no durable tier.
     /// With neither tier, worlds die with this process.
-    #[arg(long, env = "GAIA_DATABASE_URL")]
+    #[arg(long, env = var::DATABASE_URL)]
     pub database_url: Option<String>,
     /// How often a world that changed is checkpointed, and the hot tier written.
     #[arg(long, env = "GAIA_CHECKPOINT_EVERY", default_value = "1s", value_parser = humantime::parse_duration)]

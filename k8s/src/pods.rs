@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use gaia_api::fleet::TEMPLATE_LABEL;
 use gaia_api::k8s::{COMPONENT_LABEL, FLEET_LABEL, Fleet, FleetRegion, REGION_LABEL};
+use gaia_api::server_env::{self as var, ServerEnv};
 use gaia_api::token::TokenKey;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, SecretKeySelector,
@@ -111,25 +112,28 @@ fn identify(container: &mut Container, fleet: &Fleet, region: &FleetRegion, name
         }),
         ..EnvVarSource::default()
     };
+    let place = ServerEnv {
+        fleet: fleet.metadata.name.clone().unwrap_or_default(),
+        region: region.name.clone(),
+        sdk_url: settings.sdk_url.clone(),
+        world_capacity: spec.world_capacity,
+        player_capacity: spec.player_capacity,
+        world_player_capacity: spec.world_player_capacity,
+        health_period_seconds: spec.health.period_seconds,
+    };
     let mut identity = vec![
         // The downward API: the Pod's own name is the server's name in the registry, and
         // clients reach it at the Pod's IP.
-        from("GAIA_SERVER_NAME", field("metadata.name")),
-        from("GAIA_ADVERTISE_HOST", field("status.podIP")),
-        plain("GAIA_LISTEN", format!("0.0.0.0:{GAME_PORT}")),
-        plain("GAIA_FLEET", fleet.metadata.name.clone().unwrap_or_default()),
-        plain("GAIA_REGION", region.name.clone()),
-        plain("GAIA_SDK_URL", settings.sdk_url.clone()),
-        plain("GAIA_WORLD_CAPACITY", spec.world_capacity.to_string()),
-        plain("GAIA_PLAYER_CAPACITY", spec.player_capacity.to_string()),
-        plain("GAIA_WORLD_PLAYER_CAPACITY", spec.world_player_capacity.to_string()),
-        plain("GAIA_HEALTH_PERIOD_SECONDS", spec.health.period_seconds.to_string()),
-        from("GAIA_JOIN_SECRET", secret(&settings.secrets, "join-secret", false)),
-        from("GAIA_REDIS_URL", secret(&settings.redis_secret, "url", true)),
-        from("GAIA_DATABASE_URL", secret(&settings.postgres_secret, "url", true)),
+        from(var::SERVER_NAME, field("metadata.name")),
+        from(var::ADVERTISE_HOST, field("status.podIP")),
+        plain(var::LISTEN, format!("0.0.0.0:{GAME_PORT}")),
+        from(var::JOIN_SECRET, secret(&settings.secrets, "join-secret", false)),
+        from(var::REDIS_URL, secret(&settings.redis_secret, "url", true)),
+        from(var::DATABASE_URL, secret(&settings.postgres_secret, "url", true)),
     ];
+    identity.extend(place.vars().into_iter().map(|(name, value)| plain(name, value)));
     if let Some(key) = &settings.sdk_key {
-        identity.push(plain("GAIA_SDK_TOKEN", key.sdk_token(name)));
+        identity.push(plain(var::SDK_TOKEN, key.sdk_token(name)));
     }
     let mut env: Vec<EnvVar> = container.env.take().unwrap_or_default();
     env.retain(|e| !identity.iter().any(|i| i.name == e.name));

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use gaia_api::allocation::{ErrorBody, MoveResponse};
 use gaia_api::gameserver::{GameServer, PlayerCountRequest, RegisterRequest, SetLabelRequest, WorldStartedRequest};
+use gaia_api::server_env as env;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -101,9 +102,8 @@ impl Sdk {
     pub fn with_token(mut self, token: Option<String>) -> Result<Self> {
         self.auth = match token {
             Some(token) => {
-                let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
-                    SdkError::Env { name: "GAIA_SDK_TOKEN", message: "not a valid header value".into() }
-                })?;
+                let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| SdkError::Env { name: env::SDK_TOKEN, message: "not a valid header value".into() })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -129,11 +129,11 @@ impl Sdk {
     /// [`Sdk::from_env`] with the variables looked up in `var`.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let required = |name: &'static str| var(name).ok_or_else(|| SdkError::Env { name, message: "not set".into() });
-        let mut sdk = Self::new(&required("GAIA_SDK_URL")?, required("GAIA_SERVER_NAME")?)?
-            .with_token(var("GAIA_SDK_TOKEN").filter(|t| !t.is_empty()))?;
-        if let Some(path) = var("GAIA_SDK_CA_FILE").filter(|p| !p.is_empty()) {
+        let mut sdk = Self::new(&required(env::SDK_URL)?, required(env::SERVER_NAME)?)?
+            .with_token(var(env::SDK_TOKEN).filter(|t| !t.is_empty()))?;
+        if let Some(path) = var(env::SDK_CA_FILE).filter(|p| !p.is_empty()) {
             let pem = std::fs::read(&path)
-                .map_err(|e| SdkError::Env { name: "GAIA_SDK_CA_FILE", message: format!("{path}: {e}") })?;
+                .map_err(|e| SdkError::Env { name: env::SDK_CA_FILE, message: format!("{path}: {e}") })?;
             sdk = sdk.with_root_certificate(&pem)?;
         }
         Ok(sdk)
