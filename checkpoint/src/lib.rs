@@ -67,7 +67,8 @@ pub enum StoreError {
     Url(String),
     #[error("store answered unexpectedly: {0}")]
     Protocol(String),
-    /// The caller asked for something no store can do (a search for too many memories).
+    /// The caller asked for something no store can do (a search for too many memories, a
+    /// number past a BIGINT).
     #[error("invalid request: {0}")]
     Invalid(String),
 }

@@ -13,6 +13,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
+use crate::sql_store::{insert, to_i64};
 use crate::{SqlStore, StoreError};
 
 /// Most memories one search answers.
@@ -90,10 +91,6 @@ pub fn rank(records: impl IntoIterator<Item = MemoryRecord>, query: &[f32], k: u
 /// Rows per insert: 7 parameters each, under SQLite's limit of 32,766.
 const ROWS: usize = 1000;
 
-fn to_i64(n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} does not fit a BIGINT")))
-}
-
 /// An embedding as stored: f32s, little-endian.
 fn to_bytes(embedding: &[f32]) -> Vec<u8> {
     embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -111,17 +108,8 @@ fn from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
 impl MemoryStore for SqlStore {
     async fn remember(&self, batch: &[MemoryRecord]) -> Result<(), StoreError> {
         for chunk in batch.chunks(ROWS) {
-            let mut sql = String::from(
-                "INSERT INTO agent_memories (world_id, agent, id, at_ms, text, importance, embedding) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let p = i * 7;
-                if i > 0 {
-                    sql.push(',');
-                }
-                let params: Vec<String> = (1..=7).map(|k| format!("${}", p + k)).collect();
-                sql.push_str(&format!("({})", params.join(",")));
-            }
+            let mut sql =
+                insert("agent_memories (world_id, agent, id, at_ms, text, importance, embedding)", chunk.len(), 7);
             sql.push_str(" ON CONFLICT (world_id, agent, id) DO NOTHING");
             let mut query = sqlx::query(&sql);
             for m in chunk {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use gaia_api::activity::WorldMessage;
 use sqlx::Row;
 
+use crate::sql_store::{insert, to_i64};
 use crate::{SqlStore, StoreError};
 
 /// One line said in a world.
@@ -96,25 +97,12 @@ pub trait MessageLog: Send + Sync + 'static {
 /// Rows per insert: 8 parameters each, under SQLite's limit of 32,766.
 const ROWS: usize = 1000;
 
-fn to_i64(n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Protocol(format!("{n} does not fit a BIGINT")))
-}
-
 #[async_trait]
 impl MessageLog for SqlStore {
     async fn append(&self, batch: &[Message]) -> Result<(), StoreError> {
         for chunk in batch.chunks(ROWS) {
-            let mut sql = String::from(
-                "INSERT INTO world_messages (world_id, epoch, tick, seq, at_ms, author_id, author, text) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let p = i * 8;
-                if i > 0 {
-                    sql.push(',');
-                }
-                let params: Vec<String> = (1..=8).map(|k| format!("${}", p + k)).collect();
-                sql.push_str(&format!("({})", params.join(",")));
-            }
+            let columns = "world_messages (world_id, epoch, tick, seq, at_ms, author_id, author, text)";
+            let mut sql = insert(columns, chunk.len(), 8);
             sql.push_str(" ON CONFLICT (world_id, epoch, tick, seq) DO NOTHING");
             let mut query = sqlx::query(&sql);
             for m in chunk {

@@ -129,14 +129,7 @@ impl SqlStore {
 
     /// Upserts `chunk` (one checkpoint per world); answers in order.
     async fn write_chunk(&self, chunk: &[&Arc<Checkpoint>]) -> Result<Vec<Written>, StoreError> {
-        let mut sql = String::from("INSERT INTO world_checkpoints (world_id, epoch, tick, data, saved_at_ms) VALUES ");
-        for i in 0..chunk.len() {
-            let p = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${},${},${},${},${})", p + 1, p + 2, p + 3, p + 4, p + 5));
-        }
+        let mut sql = insert("world_checkpoints (world_id, epoch, tick, data, saved_at_ms)", chunk.len(), 5);
         sql.push_str(
             " ON CONFLICT (world_id) DO UPDATE SET epoch = excluded.epoch, tick = excluded.tick, \
              data = excluded.data, saved_at_ms = excluded.saved_at_ms \
@@ -199,8 +192,20 @@ impl SqlStore {
     }
 }
 
-fn to_i64(n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Protocol(format!("{n} does not fit a BIGINT")))
+/// A number as the BIGINT columns hold it.
+pub(crate) fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} does not fit a BIGINT")))
+}
+
+/// `INSERT INTO {table} VALUES ($1, ..), ..`: `rows` rows of `columns` parameters each,
+/// numbered in row order, for one statement per batch.
+pub(crate) fn insert(table: &str, rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", params.join(","))
+    };
+    let values: Vec<String> = (0..rows).map(row).collect();
+    format!("INSERT INTO {table} VALUES {}", values.join(","))
 }
 
 #[async_trait]

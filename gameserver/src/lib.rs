@@ -499,10 +499,11 @@ pub async fn run_world<W: World>(
     // The activity log lives in the durable SQL store, beside the checkpoints.
     let log_stop = CancellationToken::new();
     // So do the agents' memories; without a durable store, an index in this process.
-    let memory_store = sql.clone().map(|store| Arc::new(store) as Arc<dyn gaia_checkpoint::MemoryStore>);
+    let sql = sql.map(Arc::new);
+    let memory_store = sql.clone().map(|store| store as Arc<dyn gaia_checkpoint::MemoryStore>);
     let log = sql.map(|store| {
         let metrics = gaia_checkpoint::LogMetrics::new(&mut prometheus);
-        gaia_checkpoint::LogWriter::start(Arc::new(store), metrics, log_stop.clone())
+        gaia_checkpoint::LogWriter::start(store, metrics, log_stop.clone())
     });
     let (world_events, world_events_rx) = mpsc::unbounded_channel();
     let room_config = RoomConfig {
