@@ -9,22 +9,13 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 use gaia_api::activity::MessagePage;
 use gaia_checkpoint::{Message, MessageLog, SqlStore};
+use gaia_testkit::files::TempFile;
 
 use common::{App, call, error};
 
-struct Db(std::path::PathBuf);
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-        }
-    }
-}
-
-async fn app_with_log() -> (App, Db) {
-    let db = Db(std::env::temp_dir().join(format!("gaia-allocator-messages-{}.sqlite", uuid::Uuid::new_v4())));
-    let store = SqlStore::connect(&format!("sqlite:{}", db.0.display())).await.unwrap();
+async fn app_with_log() -> (App, TempFile) {
+    let db = TempFile::new("sqlite");
+    let store = SqlStore::connect(&db.sqlite_url()).await.unwrap();
     let lines: Vec<Message> = (1..=5)
         .map(|tick| Message {
             world_id: "w-1".into(),

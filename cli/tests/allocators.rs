@@ -170,8 +170,8 @@ async fn clean(prefix: &str) {
 /// conformance suite).
 #[tokio::test]
 async fn an_allocator_with_a_database_url_serves_the_activity_log() {
-    let path = std::env::temp_dir().join(format!("gaia-allocator-log-{}.db", std::process::id()));
-    let url = format!("sqlite:{}", path.display());
+    let file = gaia_testkit::files::TempFile::new("db");
+    let url = file.sqlite_url();
     let store = gaia_checkpoint::SqlStore::connect(&url).await.unwrap();
     let said = |tick: u64, text: &str| gaia_checkpoint::Message {
         world_id: "w-log".into(),
@@ -198,7 +198,4 @@ async fn an_allocator_with_a_database_url_serves_the_activity_log() {
     assert_eq!(page["messages"][0]["text"], "second", "{page}");
     assert_eq!(page["next"], "1.2.0", "{page}");
     drop(allocator);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
 }

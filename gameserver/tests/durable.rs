@@ -23,9 +23,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -39,6 +37,7 @@ use gaia_gameserver::engine::Engine;
 use gaia_gameserver::town::{Town, TownConfig};
 use gaia_gameserver::world::{World, seed_of};
 use gaia_gameserver::{Config, Stop};
+use gaia_testkit::files::TempFile;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::connect_async;
@@ -61,18 +60,16 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// A SQLite file of the test's own, removed (with its `-wal` and `-shm`) on drop.
 struct Db {
-    path: PathBuf,
+    file: TempFile,
 }
 
 impl Db {
     fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("gaia-durable-{}-{}.db", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        Self { path: std::env::temp_dir().join(name) }
+        Self { file: TempFile::new("db") }
     }
 
     fn url(&self) -> String {
-        format!("sqlite:{}", self.path.display())
+        self.file.sqlite_url()
     }
 
     /// The store the servers write, opened alongside them.
@@ -89,16 +86,6 @@ impl Db {
     async fn stored(&self, world: &str) -> Option<Checkpoint> {
         let bytes = self.store().await.read(world).await.unwrap()?;
         Some(Checkpoint::decode(world, bytes).unwrap())
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! set: then it fails.
 #![allow(dead_code)] // each test crate uses a part of this module
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use gaia_checkpoint::{Checkpoint, RedisStore, SqlStore, Store};
@@ -61,26 +60,7 @@ pub async fn sqlite_store() -> (SqlStore, TempFile) {
     (store, file)
 }
 
-/// A path in the temp directory, removed (with SQLite's `-wal` and `-shm`) on drop.
-pub struct TempFile {
-    pub path: PathBuf,
-}
-
-impl TempFile {
-    pub fn new(extension: &str) -> Self {
-        Self { path: std::env::temp_dir().join(format!("gaia-checkpoint-test-{}.{extension}", uuid::Uuid::new_v4())) }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+pub use gaia_testkit::files::TempFile;
 
 /// A world id no other test uses.
 pub fn world() -> String {
