@@ -36,6 +36,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_util::sync::CancellationToken;
 
+use crate::closing::Closing;
 use crate::farewell::Leftovers;
 use crate::metrics::Metrics;
 use crate::room::{JoinError, Outbound, Rooms, WorldHandle};
@@ -66,21 +67,6 @@ pub struct Ctx<W: World> {
     pub slots: Arc<Semaphore>,
     /// ...`player_capacity` of them.
     pub player_capacity: u32,
-}
-
-/// Why the server ends a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closing {
-    pub code: u16,
-    pub reason: String,
-    /// Metric label.
-    pub label: &'static str,
-}
-
-impl Closing {
-    pub(crate) fn new(code: u16, label: &'static str, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into(), label }
-    }
 }
 
 /// Sends `closing` as a close frame and counts it. Reasons are cut to fit a control frame.

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::conn::Closing;
+use crate::closing::Closing;
 
 /// What the connection receives once its member is gone.
 #[derive(Debug, Default)]

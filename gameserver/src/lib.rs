@@ -15,6 +15,7 @@
 //!   every world to another server.
 
 pub mod agent;
+pub mod closing;
 pub mod conn;
 pub mod engine;
 pub mod farewell;

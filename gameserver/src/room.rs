@@ -56,7 +56,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::Closing;
+use crate::closing::Closing;
 use crate::engine::{Engine, Event, TickOutput};
 use crate::farewell::{Farewell, Leftovers};
 use crate::metrics::Metrics;
