@@ -8,7 +8,7 @@
 //!   bots keep walking, finding paths and talking as in a running world.
 //! - `delta/encode`: encoding one step's changes as the `ServerMsg::Delta` frame.
 //! - `fanout_30/*`: the frames for 30 members: encoding the delta 30 times (one per
-//!   member) against encoding it once and cloning the `Bytes` 30 times, as `room.rs` does.
+//!   member) against encoding it once and cloning the `Bytes` 30 times, as `room/fanout.rs` does.
 //! - `checkpoint/save_and_frame`: what a checkpoint adds to a world's turn (once a
 //!   second): `World::save` of that town and its framing as a `Checkpoint` (header,
 //!   CRC-32). Handing it to the writer is a map insert; the store I/O runs elsewhere.
@@ -82,7 +82,7 @@ fn step(c: &mut Criterion) {
     assert!(out.results.iter().all(|r| r.2 == InputOutcome::Ok), "a move was refused after the run");
 }
 
-/// One step's delta frame, as `room.rs` builds it.
+/// One step's delta frame, as `room/fanout.rs` builds it.
 fn delta() -> ServerMsg<(), Change> {
     let (mut engine, steps) = town();
     // Let the bots get going, then take an ordinary step.

@@ -2,7 +2,7 @@
 //!
 //! [`Engine::step`] takes the events that arrived since the last tick, in arrival order,
 //! applies them to the [`World`], ticks it once and returns what every member should see
-//! plus one result per input. No I/O and no clock: `room.rs` runs it on a timer and moves
+//! plus one result per input. No I/O and no clock: `room/task.rs` runs it on a timer and moves
 //! the output to connections.
 //!
 //! It also keeps the books of the world's operations: which are in flight (so an outcome
