@@ -1,32 +1,41 @@
 //! One client connection, from the Join frame to the close.
 //!
+//! Start with [`serve`]. It runs over any [`Transport`], a stream and sink of WebSocket
+//! messages: axum's `WebSocket` in the server, an in-process pair in the tests
+//! (`tests/conn.rs`), which check these rules on tokio's paused clock. The transport does
+//! what is left to the WebSocket layer: it answers pings, queues the echo of a client's
+//! close frame, and refuses frames over the limit (tungstenite's capacity error, which
+//! this module turns into `FRAME_TOO_LARGE`).
+//!
 //! Until it joins, a connection holds a place among the unjoined ([`crate::unjoined`]),
 //! not a player slot. The first frame must be `Join{token}` within `join_timeout`; the
 //! token must be signed by the allocator for this server and unexpired; then the
 //! connection takes a player slot. A spectate token (see [`crate::room`]) instead makes
 //! a read-only connection: it takes no slot and is no player, and each of its inputs is
 //! answered `Rejected` ([`SPECTATORS_CANNOT_ACT`]) at once, never reaching the world.
-//! After that it forwards inputs to its world and writes the frames the world queues for it, all that are queued in one flush. Frames are rate
-//! limited per connection: an input over the limit is answered `Rejected` at once (tick
-//! 0, so before results of earlier inputs that wait for their tick), a ping over it still
-//! gets its pong, and a client that keeps going past the burst is closed. A client silent
-//! for `idle_timeout` is closed.
+//! After that it forwards inputs to its world and writes the frames the world queues for
+//! it, all that are queued in one flush. Frames are rate limited per connection: an input
+//! over the limit is answered `Rejected` at once (tick 0, so before results of earlier
+//! inputs that wait for their tick), a ping over it still gets its pong, and a client
+//! that keeps going past the burst is closed. A client silent for `idle_timeout` is
+//! closed, and one that takes nothing for `write_timeout` is dropped.
 //!
 //! Every way a connection can go wrong ends in a close frame with one of [`close`]'s codes
 //! and a reason, and is counted; none of them touches the world beyond a `Leave`. Before
 //! any close frame the server sends, the member leaves its world (which drops its inputs
 //! not applied yet) and gets every result the world still owes it, so every input the
 //! world applied has had its result; an input without one was not applied. A client's
-//! own close frame is echoed (RFC 6455); results after it cannot be sent.
+//! own close frame is echoed (RFC 6455: the transport queues the echo, this writes it);
+//! results after it cannot be sent.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use gaia_api::protocol::{
     ClientMsg, Encoding, InputOutcome, MAX_CLIENT_FRAME, ProtocolError, SPECTATORS_CANNOT_ACT, ServerMsg, close,
 };
@@ -69,8 +78,20 @@ pub struct Ctx<W: World> {
     pub player_capacity: u32,
 }
 
+/// What a connection runs over: axum's `WebSocket`, or anything else that reads and
+/// writes its messages (the tests' in-process pair).
+pub trait Transport:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
+impl<T> Transport for T where
+    T: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
 /// Sends `closing` as a close frame and counts it. Reasons are cut to fit a control frame.
-pub async fn close_with(socket: &mut Socket, metrics: &Metrics, closing: Closing) {
+async fn close_with<T: Transport>(socket: &mut Socket<T>, metrics: &Metrics, closing: Closing) {
     metrics.count_close(closing.label);
     tracing::debug!(code = closing.code, reason = %closing.reason, "closing connection");
     let mut reason = closing.reason;
@@ -84,12 +105,12 @@ pub async fn close_with(socket: &mut Socket, metrics: &Metrics, closing: Closing
 
 /// A client's WebSocket and the encoding its handshake chose: bincode in binary
 /// messages, JSON in text messages.
-pub struct Socket {
-    ws: WebSocket,
+struct Socket<T> {
+    ws: T,
     encoding: Encoding,
 }
 
-impl Socket {
+impl<T: Transport> Socket<T> {
     /// Queues one encoded frame, in the message kind of the encoding.
     async fn feed(&mut self, frame: Bytes) -> Result<(), axum::Error> {
         let message = match self.encoding {
@@ -107,7 +128,7 @@ impl Socket {
 
 /// Runs one connection to its end. `unjoined` is its place among the connections that
 /// have not joined yet, given back at the join; `encoding` is what the handshake chose.
-pub async fn serve<W: World>(socket: WebSocket, ctx: Arc<Ctx<W>>, unjoined: Place, encoding: Encoding) {
+pub async fn serve<W: World, T: Transport>(socket: T, ctx: Arc<Ctx<W>>, unjoined: Place, encoding: Encoding) {
     ctx.metrics.connections.inc();
     let mut socket = Socket { ws: socket, encoding };
     if let Some(closing) = session(&mut socket, &ctx, unjoined).await {
@@ -126,7 +147,7 @@ enum Inbound {
     Bad(Closing),
 }
 
-async fn next_frame(socket: &mut Socket, metrics: &Metrics) -> Inbound {
+async fn next_frame<T: Transport>(socket: &mut Socket<T>, metrics: &Metrics) -> Inbound {
     loop {
         match socket.ws.next().await {
             Some(Ok(Message::Close(_))) => return Inbound::Closed,
@@ -168,8 +189,9 @@ async fn next_frame(socket: &mut Socket, metrics: &Metrics) -> Inbound {
     }
 }
 
-/// Answers the client's close frame (tungstenite queued the echo; this writes it).
-async fn echo_close(socket: &mut Socket) {
+/// Answers the client's close frame (the transport queued the echo: tungstenite does
+/// in the server; this writes it).
+async fn echo_close<T: Transport>(socket: &mut Socket<T>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
 }
 
@@ -191,7 +213,7 @@ fn decode<A: bincode::Decode<()> + serde::de::DeserializeOwned>(
 
 /// The connection's life; `Some` is how to close it, `None` that nothing more can be
 /// said.
-async fn session<W: World>(socket: &mut Socket, ctx: &Ctx<W>, unjoined: Place) -> Option<Closing> {
+async fn session<W: World, T: Transport>(socket: &mut Socket<T>, ctx: &Ctx<W>, unjoined: Place) -> Option<Closing> {
     let first = tokio::select! {
         _ = ctx.shutdown.cancelled() => return Some(going_away()),
         first = tokio::time::timeout(ctx.join_timeout, next_frame(socket, &ctx.metrics)) => first,
@@ -273,8 +295,8 @@ fn refused(e: JoinError) -> Closing {
 }
 
 /// A read-only connection: no player slot, no player count; only a world running here.
-async fn spectate<W: World>(
-    socket: &mut Socket,
+async fn spectate<W: World, T: Transport>(
+    socket: &mut Socket<T>,
     ctx: &Ctx<W>,
     claims: gaia_api::token::SpectateClaims,
 ) -> Option<Closing> {
@@ -295,8 +317,8 @@ async fn spectate<W: World>(
 /// Takes the connection out of its world as `end` says. Leaving drops the member's
 /// inputs the world has not applied yet, unanswered; the world queues nothing after it.
 /// A connection that broke parks the member instead, for a resume.
-async fn part<W: World>(
-    socket: &mut Socket,
+async fn part<W: World, T: Transport>(
+    socket: &mut Socket<T>,
     ctx: &Ctx<W>,
     world: WorldHandle<W::Action>,
     frames: &mut mpsc::Receiver<Outbound>,
@@ -331,8 +353,8 @@ fn going_away() -> Closing {
 /// queue and the input results it held (see [`crate::farewell`]). So every input the
 /// world applied has had its result when the close comes. A client that does not take
 /// them within `write_timeout` is dropped without a close.
-async fn goodbye<W: World>(
-    socket: &mut Socket,
+async fn goodbye<W: World, T: Transport>(
+    socket: &mut Socket<T>,
     ctx: &Ctx<W>,
     frames: &mut mpsc::Receiver<Outbound>,
     leftovers: oneshot::Receiver<Leftovers>,
@@ -372,7 +394,7 @@ async fn goodbye<W: World>(
 
 /// Sends a frame the connection answers itself (not from the world); false if the
 /// client is gone.
-async fn send_now(socket: &mut Socket, metrics: &Metrics, msg: ServerMsg<(), ()>) -> bool {
+async fn send_now<T: Transport>(socket: &mut Socket<T>, metrics: &Metrics, msg: ServerMsg<(), ()>) -> bool {
     let frame = socket.encoding.encode_server(&msg);
     metrics.frames_sent.inc();
     metrics.bytes_sent.inc_by(frame.len() as u64);
@@ -394,8 +416,8 @@ enum End {
 /// After the join: world frames out, client inputs in. Ends when the client goes, breaks
 /// a rule, or the world lets it go (too slow, replaced, or the server is shutting down:
 /// then the world has sent its last tick first).
-async fn play<W: World>(
-    socket: &mut Socket,
+async fn play<W: World, T: Transport>(
+    socket: &mut Socket<T>,
     ctx: &Ctx<W>,
     world: &WorldHandle<W::Action>,
     world_id: &str,

@@ -1,14 +1,13 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 //! The game server's limits, seen from real WebSocket clients of a standalone server on an
-//! ephemeral port: input floods are refused and then closed (`RATE_LIMITED`), silent
-//! clients are closed (`IDLE`) while pinging ones are not, a reader that stalls is resynced
-//! with a snapshot once it reads again, a drain answers the inputs already sent before it
-//! says `GOING_AWAY`, bad frames on a joined socket each get their own close code and are
-//! counted by reason, and a world whose ticks are slow does not slow the others. Each test
-//! also checks what `/metrics` counted.
+//! ephemeral port: a reader that stalls is resynced with a snapshot once it reads again, a
+//! drain answers the inputs already sent before it says `GOING_AWAY`, and a world whose
+//! ticks are slow does not slow the others. Each test also checks what `/metrics` counted.
 //!
-//! A reader that never reads (bounded memory, `TOO_SLOW`) is in `slow_reader.rs`: it
-//! measures the process's memory, which other tests running alongside would disturb.
+//! One connection's limits (floods, silent clients, bad frames) are tested in-process on
+//! the paused clock, in `conn.rs`. A reader that never reads (bounded memory, `TOO_SLOW`)
+//! is in `slow_reader.rs`: it measures the process's memory, which other tests running
+//! alongside would disturb.
 
 mod common;
 
@@ -20,8 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bincode::{Decode, Encode};
-use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{ClientMsg, InputOutcome, PROTOCOL_VERSION, ServerMsg, close, decode_server, encode_client};
+use futures_util::StreamExt;
+use gaia_api::protocol::{ClientMsg, InputOutcome, ServerMsg, close, decode_server};
 use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, Snapshot};
 use gaia_gameserver::Config;
@@ -118,15 +117,6 @@ fn token(world: &str, player: &str) -> String {
     })
 }
 
-/// Reads until the close frame; returns its code and reason.
-async fn closed<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> (u16, String) {
-    loop {
-        if let Err(close) = recv::<V, C>(ws).await {
-            return close;
-        }
-    }
-}
-
 /// Connects and joins `world`; returns the socket, `Welcome::you` and `Welcome::tick`.
 async fn join_with<V: Decode<()>, C: Decode<()>>(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, u64, V) {
     send(&mut ws, &ClientMsg::<()>::Join { token: token(world, player) }).await;
@@ -165,23 +155,6 @@ async fn result_of(ws: &mut Ws, seq: u32) -> (u64, InputOutcome, Vec<u64>) {
             Err(close) => panic!("closed with {close:?} while waiting for the result of input {seq}"),
         }
     }
-}
-
-/// Reads town frames until `n` deltas arrived; returns their ticks.
-async fn deltas(ws: &mut Ws, n: usize) -> Vec<u64> {
-    let mut ticks = Vec::new();
-    while ticks.len() < n {
-        match recv::<Snapshot, Change>(ws).await {
-            Ok(ServerMsg::Delta { tick, .. }) => ticks.push(tick),
-            Ok(_) => {}
-            Err(close) => panic!("closed with {close:?} while waiting for deltas"),
-        }
-    }
-    ticks
-}
-
-fn increasing(ticks: &[u64]) -> bool {
-    ticks.windows(2).all(|w| w[0] < w[1])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -275,121 +248,6 @@ async fn connect_small(addr: SocketAddr, url: &str) -> Ws {
     let stream = socket.connect(addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.unwrap();
     ws
-}
-
-// ---------------------------------------------------------------------------------------
-// Input floods.
-
-#[tokio::test]
-async fn a_flooding_client_is_refused_then_closed_and_others_play_on() {
-    let rate = 5;
-    let burst = 10;
-    let s = Server::town(Config {
-        client_frame_rate: rate.try_into().unwrap(),
-        client_frame_burst: burst.try_into().unwrap(),
-        ..Default::default()
-    })
-    .await;
-    let (mut good, _, _, _) = join_town(&s.url, "w1", "good").await;
-    let (mut flood, _, _, _) = join_town(&s.url, "w1", "flood").await;
-
-    // 500 inputs as fast as the socket takes them. The server closes the connection
-    // part-way, so late sends may fail; that is the point.
-    for seq in 1..=500 {
-        if flood.feed(Message::Binary(encode_client(&say(seq, "flood")).into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = flood.flush().await;
-
-    let mut slow_down = 0;
-    let mut applied = 0;
-    let close = loop {
-        match recv::<Snapshot, Change>(&mut flood).await {
-            Ok(ServerMsg::InputResult { outcome: InputOutcome::Rejected { reason }, tick, .. }) => {
-                assert!(reason.starts_with("slow down"), "{reason}");
-                assert_eq!(tick, 0, "a refused input never reaches the world");
-                slow_down += 1;
-            }
-            Ok(ServerMsg::InputResult { outcome: InputOutcome::Ok, .. }) => applied += 1,
-            Ok(_) => {}
-            Err(close) => break close,
-        }
-    };
-    assert_eq!(close, (close::RATE_LIMITED, format!("more than {rate} frames per second")));
-    // The first `burst` frames pass; then up to `burst` refusals in a row are answered
-    // (more if the bucket refilled meanwhile), and the next one closes the connection.
-    assert!(slow_down >= burst, "only {slow_down} inputs were refused before the close");
-
-    // The well-behaved member in the same world plays on.
-    send(&mut good, &say(1, "still here")).await;
-    let (tick, outcome, _) = result_of(&mut good, 1).await;
-    assert_eq!(outcome, InputOutcome::Ok);
-    let ticks = deltas(&mut good, 3).await;
-    assert!(increasing(&ticks) && ticks[0] >= tick, "{ticks:?} after the result at tick {tick}");
-
-    let text = s.metrics().await;
-    assert_eq!(metric(&text, r#"gaia_gameserver_inputs_total{result="rate_limited"}"#), f64::from(slow_down));
-    assert_eq!(metric(&text, r#"gaia_gameserver_closes_total{reason="rate_limited"}"#), 1.0);
-    // Every input the world applied was answered before the close (the good member's one
-    // too); those it had not applied yet were dropped with the flooder.
-    assert_eq!(metric(&text, r#"gaia_gameserver_inputs_total{result="ok"}"#), f64::from(applied) + 1.0, "{text}");
-    s.stop().await;
-}
-
-// ---------------------------------------------------------------------------------------
-// Idle clients.
-
-#[tokio::test]
-async fn a_silent_member_is_closed_and_a_pinging_one_is_not() {
-    let idle = Duration::from_millis(300);
-    let s = Server::town(Config { idle_timeout: idle, ..Default::default() }).await;
-    let (mut pinger, _, _, _) = join_town(&s.url, "w1", "pinger").await;
-    let sent_join = Instant::now();
-    let (mut silent, _, _, _) = join_town(&s.url, "w1", "silent").await;
-
-    // The silent member reads (deltas keep coming) but never sends: closed after `idle`.
-    let silent = tokio::spawn(async move {
-        let close = closed::<Snapshot, Change>(&mut silent).await;
-        (close, sent_join.elapsed())
-    });
-
-    // The pinger sends a Ping every 100 ms for more than three idle timeouts.
-    let mut pongs = 0;
-    let mut ticker = tokio::time::interval(Duration::from_millis(100));
-    let until = tokio::time::Instant::now() + idle * 4;
-    let mut nonce = 0;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            _ = ticker.tick() => {
-                nonce += 1;
-                send(&mut pinger, &ClientMsg::<Action>::Ping { nonce }).await;
-            }
-            msg = recv::<Snapshot, Change>(&mut pinger) => match msg {
-                Ok(ServerMsg::Pong { .. }) => pongs += 1,
-                Ok(_) => {}
-                Err(close) => panic!("the pinging member was closed: {close:?}"),
-            },
-        }
-    }
-    assert!(pongs >= 10, "{pongs} pongs");
-
-    let ((code, reason), after) = silent.await.unwrap();
-    assert_eq!((code, reason.as_str()), (close::IDLE, "nothing received for 300ms"));
-    assert!(after >= idle && after < idle * 4, "closed after {after:?}");
-
-    // Still open and answering.
-    send(&mut pinger, &ClientMsg::<Action>::Ping { nonce: 999 }).await;
-    loop {
-        match recv::<Snapshot, Change>(&mut pinger).await {
-            Ok(ServerMsg::Pong { nonce: 999 }) => break,
-            Ok(_) => {}
-            Err(close) => panic!("the pinging member was closed: {close:?}"),
-        }
-    }
-    assert_eq!(s.metric(r#"gaia_gameserver_closes_total{reason="idle"}"#).await, 1.0);
-    s.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,68 +375,6 @@ async fn a_drain_answers_inputs_already_sent_then_says_going_away() {
     assert_eq!(close, (close::GOING_AWAY, "server shutting down".into()));
     tokio::time::timeout(Duration::from_secs(5), s.done).await.unwrap().unwrap().unwrap();
     assert!(connect_async(&s.url).await.is_err(), "still accepting connections after the drain");
-}
-
-// ---------------------------------------------------------------------------------------
-// Bad frames on a joined socket.
-
-#[tokio::test]
-async fn bad_frames_on_a_joined_socket_close_it_with_their_own_code() {
-    let s = Server::town(Config::default()).await;
-    let (mut watcher, _, _, _) = join_town(&s.url, "w1", "watcher").await;
-
-    let mut wrong_version = encode_client(&ClientMsg::<Action>::Ping { nonce: 1 });
-    wrong_version[0] = (PROTOCOL_VERSION + 1) as u8;
-    let mut truncated = encode_client(&say(1, "hello"));
-    truncated.truncate(truncated.len() - 3);
-    let join_again = encode_client(&ClientMsg::<Action>::Join { token: token("w1", "p5") });
-    let cases: [(Message, u16, &str); 7] = [
-        (
-            Message::Binary(vec![1, 200].into()),
-            close::MALFORMED,
-            "malformed frame: unknown message kind 200 for ClientMsg",
-        ),
-        (
-            Message::Binary(wrong_version.into()),
-            close::VERSION,
-            "protocol version 2 is not supported (server speaks 1)",
-        ),
-        (Message::Binary(truncated.into()), close::MALFORMED, "malformed frame: frame ends 3 bytes early"),
-        (Message::text("{\"say\":\"hi\"}"), close::MALFORMED, "text frames are not spoken on gaia.v1.bincode"),
-        (
-            Message::Binary(vec![1; 5000].into()),
-            close::FRAME_TOO_LARGE,
-            "frame of 5000 bytes exceeds the limit of 4096 bytes",
-        ),
-        (
-            Message::Binary(vec![1; 100_000].into()),
-            close::FRAME_TOO_LARGE,
-            "frame of 100000 bytes exceeds the limit of 4096 bytes",
-        ),
-        (Message::Binary(join_again.into()), close::ALREADY_JOINED, "already joined world w1"),
-    ];
-    for (i, (frame, code, reason)) in cases.into_iter().enumerate() {
-        let (mut ws, _, _, _) = join_town(&s.url, "w1", &format!("p{i}")).await;
-        ws.send(frame).await.unwrap();
-        assert_eq!(closed::<Snapshot, Change>(&mut ws).await, (code, reason.to_string()), "case {i}");
-    }
-
-    // The world and the server carry on; every bad connection is gone.
-    send(&mut watcher, &say(1, "all quiet")).await;
-    assert_eq!(result_of(&mut watcher, 1).await.1, InputOutcome::Ok);
-    assert!(increasing(&deltas(&mut watcher, 2).await));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while s.metric("gaia_gameserver_connections").await != 1.0 {
-        assert!(Instant::now() < deadline, "closed connections still counted as open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let text = s.metrics().await;
-    let closes = |reason: &str| metric(&text, &format!("gaia_gameserver_closes_total{{reason=\"{reason}\"}}"));
-    assert_eq!(closes("malformed"), 3.0, "{text}");
-    assert_eq!(closes("version"), 1.0, "{text}");
-    assert_eq!(closes("too_large"), 2.0, "{text}");
-    assert_eq!(closes("already_joined"), 1.0, "{text}");
-    s.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
