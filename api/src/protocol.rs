@@ -256,6 +256,28 @@ impl Encoding {
         }
     }
 
+    /// Encodes `msg` at the end of `buf` and splits it off: frames encoded one after
+    /// another into one buffer share its allocation, so a world answering many members
+    /// allocates once per buffer, not once per frame.
+    pub fn encode_server_into<V: Encode + Serialize, C: Encode + Serialize>(
+        self,
+        msg: &ServerMsg<V, C>,
+        buf: &mut bytes::BytesMut,
+    ) -> bytes::Bytes {
+        use bytes::BufMut;
+        let mut writer = buf.writer();
+        // Writing into memory cannot fail, as for `encode_server`.
+        let _ = match self {
+            Self::Bincode => {
+                bincode::encode_into_std_write((PROTOCOL_VERSION, msg), &mut writer, bincode::config::standard())
+                    .map(drop)
+                    .map_err(|_| ())
+            }
+            Self::Json => serde_json::to_writer(&mut writer, msg).map_err(|_| ()),
+        };
+        buf.split().freeze()
+    }
+
     pub fn encode_client<A: Encode + Serialize>(self, msg: &ClientMsg<A>) -> Vec<u8> {
         match self {
             Self::Bincode => encode(msg),
@@ -311,6 +333,24 @@ mod tests {
 
     use super::*;
     use crate::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
+
+    #[test]
+    fn frames_encoded_into_one_buffer_are_the_frames_encoded_alone() {
+        let mut buf = bytes::BytesMut::with_capacity(16);
+        for encoding in Encoding::ALL {
+            let frames: Vec<_> = (0..40u32)
+                .map(|seq| {
+                    let outcome =
+                        if seq % 3 == 0 { InputOutcome::Rejected { reason: "no".into() } } else { InputOutcome::Ok };
+                    let msg: ServerMsg = ServerMsg::InputResult { seq, tick: u64::from(seq) * 7, outcome };
+                    (encoding.encode_server_into(&msg, &mut buf), encoding.encode_server(&msg))
+                })
+                .collect();
+            for (into, alone) in frames {
+                assert_eq!(&into[..], &alone[..]);
+            }
+        }
+    }
 
     #[test]
     fn wrong_version_is_named() {

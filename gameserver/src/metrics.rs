@@ -2,7 +2,6 @@
 
 use std::sync::atomic::AtomicU64;
 
-use gaia_api::protocol::InputOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,15 +135,12 @@ impl Metrics {
         }
     }
 
-    pub fn count_input(&self, outcome: &InputOutcome) {
-        self.count_input_result(match outcome {
-            InputOutcome::Ok => "ok",
-            InputOutcome::Rejected { .. } => "rejected",
-        });
+    pub fn count_input_result(&self, result: &'static str) {
+        self.count_inputs(result, 1);
     }
 
-    pub fn count_input_result(&self, result: &'static str) {
-        self.inputs.get_or_create(&ResultLabels { result }).inc();
+    pub fn count_inputs(&self, result: &'static str, n: u64) {
+        self.inputs.get_or_create(&ResultLabels { result }).inc_by(n);
     }
 
     pub fn count_migration(&self, result: &'static str) {

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use gaia_api::protocol::{Encoding, InputOutcome, ServerMsg, close};
 use gaia_api::token::{ResumeClaims, unix_ms};
 use tokio::sync::mpsc;
@@ -41,6 +41,8 @@ const RESUME_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// At most this many results are kept per member for a resume (see
 /// [`ResumeConfig::keep_results`]): more than 30 s at the default input rate limit (20/s).
 const RECENT_RESULTS_MAX: usize = 1024;
+/// Bytes a world's result buffer takes at a time: a few hundred results.
+const RESULTS_BUFFER: usize = 4096;
 
 /// A member as its world sees it.
 pub(super) struct Member {
@@ -105,6 +107,40 @@ pub(super) struct Fanout<C> {
     pub(super) epoch: u64,
     /// The last lines said, for Welcomes and Resyncs.
     pub(super) said: RecentLines,
+    /// Where input results are encoded, one after another: they share its allocations.
+    results: BytesMut,
+    /// What this tick sent, for the server's metrics.
+    tally: Tally,
+}
+
+/// Frames sent and inputs answered, counted per tick and added to the server's metrics
+/// once per tick: every world's task adding to the shared counters once per frame would
+/// cost an atomic add, on a cache line all threads write, per member per frame.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    frames: u64,
+    bytes: u64,
+    fell_behind: u64,
+    ok: u64,
+    rejected: u64,
+}
+
+impl Tally {
+    fn record(&mut self, metrics: &Metrics) {
+        let Tally { frames, bytes, fell_behind, ok, rejected } = std::mem::take(self);
+        for (counter, n) in
+            [(&metrics.frames_sent, frames), (&metrics.bytes_sent, bytes), (&metrics.fell_behind, fell_behind)]
+        {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        for (result, n) in [("ok", ok), ("rejected", rejected)] {
+            if n > 0 {
+                metrics.count_inputs(result, n);
+            }
+        }
+    }
 }
 
 impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
@@ -127,6 +163,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 .map_or(0, |r| (r.keep_results.as_secs_f64() / tick).ceil() as u64),
             epoch: 0,
             said: RecentLines::new(config.recent_messages),
+            results: BytesMut::with_capacity(RESULTS_BUFFER),
+            tally: Tally::default(),
         }
     }
 
@@ -292,10 +330,13 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             }
         }
         for (member, seq, outcome) in out.results {
-            metrics.count_input(&outcome);
+            match outcome {
+                InputOutcome::Ok => self.tally.ok += 1,
+                InputOutcome::Rejected { .. } => self.tally.rejected += 1,
+            }
             let Some(m) = self.members.get_mut(&member) else { continue };
             let result: ServerMsg<(), ()> = ServerMsg::InputResult { seq, tick, outcome };
-            let frame = Bytes::from(m.encoding.encode_server(&result));
+            let frame = m.encoding.encode_server_into(&result, &mut self.results);
             if self.keep_results_ticks > 0 {
                 while m.recent.front().is_some_and(|(_, at, _)| at + self.keep_results_ticks < tick)
                     || m.recent.len() >= RECENT_RESULTS_MAX
@@ -305,7 +346,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 m.recent.push_back((seq, tick, frame.clone()));
             }
             match m.standing {
-                Standing::Live => deliver(m, frame, Some(seq), tick, metrics),
+                Standing::Live => deliver(m, frame, Some(seq), tick, &mut self.tally),
                 Standing::Welcoming { .. } | Standing::Behind { .. } | Standing::Away { .. } => {
                     m.farewell.held.push((seq, frame));
                 }
@@ -314,6 +355,8 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
         self.changes.extend(out.changes);
         if tick.is_multiple_of(self.send_every) {
             self.flush(world_id, engine, tick, metrics);
+        } else {
+            self.tally.record(metrics);
         }
     }
 
@@ -342,7 +385,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                 Standing::Live => {
                     let frame =
                         deltas[m.encoding.index()].get_or_insert_with(|| Bytes::from(m.encoding.encode_server(&delta)));
-                    deliver(m, frame.clone(), None, tick, metrics);
+                    deliver(m, frame.clone(), None, tick, &mut self.tally);
                 }
                 Standing::Away { until } => {
                     if until <= now {
@@ -361,9 +404,9 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                     let welcome: ServerMsg<&W::View, ()> =
                         ServerMsg::Welcome { world_id: world_id.to_string(), you, tick, snapshot, resume, messages };
                     m.standing = Standing::Live;
-                    deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), None, tick, metrics);
+                    deliver(m, Bytes::from(m.encoding.encode_server(&welcome)), None, tick, &mut self.tally);
                     for (seq, frame) in std::mem::take(&mut m.farewell.held) {
-                        deliver(m, frame, Some(seq), tick, metrics);
+                        deliver(m, frame, Some(seq), tick, &mut self.tally);
                     }
                 }
                 Standing::Behind { since } => {
@@ -381,9 +424,9 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
                             .clone();
                         m.standing = Standing::Live;
                         metrics.resyncs.inc();
-                        deliver(m, frame, None, tick, metrics);
+                        deliver(m, frame, None, tick, &mut self.tally);
                         for (seq, frame) in std::mem::take(&mut m.farewell.held) {
-                            deliver(m, frame, Some(seq), tick, metrics);
+                            deliver(m, frame, Some(seq), tick, &mut self.tally);
                         }
                     }
                 }
@@ -400,6 +443,7 @@ impl<C: bincode::Encode + serde::Serialize> Fanout<C> {
             self.members.remove(&id);
             self.dropped.push(id);
         }
+        self.tally.record(metrics);
     }
 }
 
@@ -412,16 +456,16 @@ pub(super) fn retract_inputs<A>(member: MemberId, pending: &mut Vec<Event<A>>) {
 /// Queues `frame` for `m`. When its queue is full, marks it behind and, if the frame
 /// is the result of input `result_of`, holds it for after the resync; a delta or snapshot
 /// is covered by the resync itself.
-pub(super) fn deliver(m: &mut Member, frame: Bytes, result_of: Option<u32>, tick: u64, metrics: &Metrics) {
+pub(super) fn deliver(m: &mut Member, frame: Bytes, result_of: Option<u32>, tick: u64, tally: &mut Tally) {
     let len = frame.len() as u64;
     match m.out.try_send(Outbound::Frame(frame)) {
         Ok(()) => {
-            metrics.frames_sent.inc();
-            metrics.bytes_sent.inc_by(len);
+            tally.frames += 1;
+            tally.bytes += len;
         }
         Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => {
             if !matches!(m.standing, Standing::Behind { .. }) {
-                metrics.fell_behind.inc();
+                tally.fell_behind += 1;
                 m.standing = Standing::Behind { since: tick };
             }
             if let Some(seq) = result_of {
