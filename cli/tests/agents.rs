@@ -16,22 +16,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{Fleet, REGION, pid_of};
-use futures_util::{SinkExt, StreamExt};
 use gaia_api::activity::MessagePage;
 use gaia_api::allocation::AllocationResponse;
 use gaia_api::fleet::FleetConfig;
-use gaia_api::protocol::{decode_server, encode_client};
-use gaia_api::town::{Action, Change, ClientMsg, ServerMsg};
+use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_checkpoint::{MAX_K, MemoryStore, SqlStore};
 use gaia_ops::fake::{Calls, FakeConfig};
+use gaia_testkit::ws::{self, Ws, send};
 use nix::sys::signal::{Signal, kill};
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// How long the servers may stay silent.
+const SILENCE: Duration = Duration::from_secs(10);
 
 const FLEET: &str = "agents";
 
@@ -116,23 +113,15 @@ async fn allocate(fleet: &Fleet, body: serde_json::Value) -> AllocationResponse 
 }
 
 async fn join(alloc: &AllocationResponse) -> (Ws, u32) {
-    let (mut ws, _) = connect_async(&alloc.address).await.unwrap();
-    ws.send(Message::Binary(encode_client(&ClientMsg::Join { token: alloc.join_token.clone() }).into())).await.unwrap();
-    loop {
-        if let ServerMsg::Welcome { you, .. } = recv(&mut ws).await {
-            return (ws, you);
-        }
-    }
+    let mut ws = ws::connect(&alloc.address).await;
+    send(&mut ws, &ClientMsg::Join { token: alloc.join_token.clone() }).await;
+    let welcome = ws::welcome::<Snapshot, Change>(&mut ws, SILENCE).await.unwrap();
+    (ws, welcome.you)
 }
 
+/// The next message; the connection must not end.
 async fn recv(ws: &mut Ws) -> ServerMsg {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("server silent for 10 s") {
-            Some(Ok(Message::Binary(b))) => return decode_server(&b).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
+    ws::recv_within(ws, SILENCE).await.unwrap_or_else(|close| panic!("connection ended: {close:?}"))
 }
 
 /// Lines said (by anyone but `you`) until `until` returns true of one, within `within`.
@@ -197,7 +186,7 @@ async fn agents_talk_remember_answer_and_their_words_outlive_a_killed_server() {
         // A named bot may be busy in a conversation: ask each in turn until one answers.
         let bot = ["ada-0", "bob-1", "cyd-2", "dot-3"][asked as usize % 4];
         let question = say(asked, &format!("{bot}, where is the well?"));
-        ws.send(Message::Binary(encode_client(&question).into())).await.unwrap();
+        send(&mut ws, &question).await;
         let heard = hear(&mut ws, you, Duration::from_secs(1)).await;
         answer = heard.into_iter().find(|t| t.contains("where is the well"));
         if answer.is_some() {
@@ -244,7 +233,7 @@ async fn agents_talk_remember_answer_and_their_words_outlive_a_killed_server() {
         sleep(Duration::from_millis(300)).await;
     };
     let (mut ws, you) = join(&again).await;
-    ws.send(Message::Binary(encode_client(&say(1, "back again, everyone")).into())).await.unwrap();
+    send(&mut ws, &say(1, "back again, everyone")).await;
     watch(&mut ws, you, Duration::from_secs(30), |_, _| true).await;
     sleep(Duration::from_secs(2)).await;
     let after = messages(&fleet, &alloc.world_id).await;

@@ -4,24 +4,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use gaia_api::allocation::AllocationResponse;
 use gaia_api::gameserver::{GameServer, GameServerState};
-use gaia_api::protocol::{InputOutcome, decode_server, encode_client};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::protocol::InputOutcome;
+use gaia_api::token::{JoinClaims, TokenKey};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_registry::{MemoryRegistry, Registry};
+use gaia_testkit::tokens::{self, SECRET};
+use gaia_testkit::ws::{self, Received, Ws, send};
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use tokio_util::sync::CancellationToken;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const SECRET: &str = "e2e-secret";
+/// How long anything may take: the servers' start, a reply to one of 50 clients.
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Fleet {
@@ -74,20 +70,8 @@ async fn allocate(http: &reqwest::Client, url: &str, body: serde_json::Value) ->
     resp.json().await.unwrap()
 }
 
-async fn recv(ws: &mut Ws) -> Result<ServerMsg, (u16, String)> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("server silent") {
-            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
-            Some(Ok(Message::Close(Some(f)))) => return Err((f.code.into(), f.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, msg: &ClientMsg) {
-    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
+async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
+    ws::recv_within(ws, WAIT).await
 }
 
 struct Bot {
@@ -98,12 +82,10 @@ struct Bot {
 }
 
 async fn join(alloc: &AllocationResponse) -> Bot {
-    let (mut ws, _) = connect_async(&alloc.address).await.unwrap();
+    let mut ws = ws::connect(&alloc.address).await;
     send(&mut ws, &ClientMsg::Join { token: alloc.join_token.clone() }).await;
-    match recv(&mut ws).await {
-        Ok(ServerMsg::Welcome { world_id, you, snapshot, .. }) => Bot { ws, world_id, you, snapshot },
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let welcome = ws::welcome::<Snapshot, Change>(&mut ws, WAIT).await.unwrap();
+    Bot { ws, world_id: welcome.world_id, you: welcome.you, snapshot: welcome.snapshot }
 }
 
 fn legal_move(snapshot: &Snapshot, you: u32) -> (i8, i8) {
@@ -193,28 +175,21 @@ async fn wrong_and_expired_tokens_are_refused_with_a_reason() {
     let fleet = fleet().await;
     let http = reqwest::Client::new();
     let alloc = allocate(&http, &fleet.url, json!({"fleet": "town", "regions": ["eu-west"]})).await;
-    let claims = |server: &str, expires_at_ms: u64| JoinClaims {
-        world_id: alloc.world_id.clone(),
-        server: server.into(),
-        player_id: "mallory".into(),
-        expires_at_ms,
-        epoch: 1,
-    };
-    let later = unix_ms(SystemTime::now()) + 60_000;
+    let claims = |server: &str| tokens::join_claims(server, &alloc.world_id, "mallory");
     let other = fleet.registry.get("gs-us").await.unwrap();
     let cases: [(&str, String, &str); 4] = [
+        (&alloc.address, TokenKey::new("not-the-secret").sign(&claims("gs-eu")), "join token signature does not match"),
         (
             &alloc.address,
-            TokenKey::new("not-the-secret").sign(&claims("gs-eu", later)),
-            "join token signature does not match",
+            tokens::key().sign(&JoinClaims { expires_at_ms: 1, ..claims("gs-eu") }),
+            "join token has expired",
         ),
-        (&alloc.address, TokenKey::new(SECRET).sign(&claims("gs-eu", 1)), "join token has expired"),
         // A valid token for gs-eu, presented to gs-us.
         (other.address.as_deref().unwrap(), alloc.join_token.clone(), "join token is for another server"),
         (&alloc.address, format!("{}x", alloc.join_token), "join token signature does not match"),
     ];
     for (address, token, reason) in cases {
-        let (mut ws, _) = connect_async(address).await.unwrap();
+        let mut ws = ws::connect(address).await;
         send(&mut ws, &ClientMsg::Join { token }).await;
         assert_eq!(recv(&mut ws).await.unwrap_err(), (gaia_api::protocol::close::BAD_TOKEN, reason.to_string()));
     }
@@ -241,7 +216,7 @@ async fn a_spectator_watches_a_world_and_is_not_counted_as_a_player() {
     assert_eq!(resp.status(), 200);
     let seat: gaia_api::allocation::SpectateResponse = resp.json().await.unwrap();
     assert_eq!((seat.server.as_str(), seat.address.as_str()), (alloc.server.as_str(), alloc.address.as_str()));
-    let (mut eve, _) = connect_async(&seat.address).await.unwrap();
+    let mut eve = ws::connect(&seat.address).await;
     send(&mut eve, &ClientMsg::Join { token: seat.token }).await;
     let snapshot = match recv(&mut eve).await {
         Ok(ServerMsg::Welcome { you: 0, snapshot, .. }) => snapshot,

@@ -22,35 +22,32 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::SinkExt;
 use gaia_api::activity::WorldMessage;
-use gaia_api::protocol::{InputOutcome, close, encode_client};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::protocol::{InputOutcome, close};
+use gaia_api::token::JoinClaims;
 use gaia_api::town::{Action, Change, ClientMsg, Entity, EntityKind, ServerMsg, Snapshot};
 use gaia_checkpoint::{Checkpoint, SqlStore, Store, Written};
+use gaia_gameserver::Config;
 use gaia_gameserver::engine::Engine;
 use gaia_gameserver::town::{Town, TownConfig};
 use gaia_gameserver::world::{World, seed_of};
-use gaia_gameserver::{Config, Stop};
 use gaia_testkit::files::TempFile;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Closed, Received, Ws, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::connect_async;
-use tokio_tungstenite::tungstenite::Message;
 
-use common::{Received, Ws};
+use common::Server;
 
 /// The next message of the reference world, or the close frame as an Err.
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
-    common::recv(ws).await
+    ws::recv(ws).await
 }
 
-const SECRET: &str = "s3cret";
 const WORLD: &str = "w-durable";
 /// Short, so a test sees a few checkpoints a second.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -97,77 +94,18 @@ fn durable(db: &Db) -> Config {
 // ---------------------------------------------------------------------------------------
 // A server and its clients.
 
-struct Server {
-    name: &'static str,
-    addr: SocketAddr,
-    url: String,
-    stop: Stop,
-    done: tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>,
-}
-
 impl Server {
-    /// The reference world (with its bots, which keep it changing) as server `name`.
-    async fn start(name: &'static str, config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Stop::default();
-        let config = Config { name: name.into(), join_secret: SECRET.into(), ..config };
-        let done = tokio::spawn(gaia_gameserver::run(config, listener, stop.clone()));
-        Self { name, addr, url: gaia_gameserver::address(addr, None), stop, done }
-    }
-
-    /// What the allocator would sign for `player` in `world` at `epoch`.
-    fn token(&self, world: &str, player: &str, epoch: u64) -> String {
-        TokenKey::new(SECRET).sign(&JoinClaims {
-            world_id: world.into(),
-            server: self.name.into(),
-            player_id: player.into(),
-            expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-            epoch,
-        })
-    }
-
-    /// Joins `world` with a token of `epoch`: the client after its Welcome, or the close.
-    async fn join(&self, world: &str, player: &str, epoch: u64) -> Result<Client, (u16, String)> {
-        let (mut ws, _) = connect_async(&self.url).await.unwrap();
-        let join = ClientMsg::Join { token: self.token(world, player, epoch) };
-        ws.send(Message::Binary(encode_client(&join).into())).await.unwrap();
-        match recv(&mut ws).await? {
-            ServerMsg::Welcome { world_id, you, tick, mut snapshot, messages, .. } => {
-                assert_eq!(world_id, world);
-                let entities = std::mem::take(&mut snapshot.entities).into_iter().map(|e| (e.id, e)).collect();
-                Ok(Client { ws, you, seq: 0, view: View { tick, map: snapshot, entities }, said: messages })
-            }
-            other => panic!("expected Welcome, got {other:?}"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.addr)).await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    /// One sample of `/metrics`, e.g. `gaia_gameserver_worlds_restored_total`; 0 when the
-    /// series does not exist yet.
-    async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().unwrap())
-    }
-
-    /// Waits for the server to exit (it was told to stop); it must exit cleanly.
-    async fn exited(self) {
-        tokio::time::timeout(Duration::from_secs(10), self.done)
-            .await
-            .expect("server did not exit within 10 s")
-            .unwrap()
-            .unwrap();
-    }
-
-    async fn shut_down(self) {
-        self.stop.shutdown.cancel();
-        self.exited().await;
+    /// Joins `world` with a token of `epoch` (what the allocator would sign for `player`
+    /// at that epoch): the client after its Welcome, or the close.
+    async fn join(&self, world: &str, player: &str, epoch: u64) -> Result<Client, Closed> {
+        let mut ws = ws::connect(&self.url).await;
+        let token = tokens::key().sign(&JoinClaims { epoch, ..tokens::join_claims(&self.name, world, player) });
+        let welcome = ws::join::<Snapshot, Change>(&mut ws, token).await?;
+        assert_eq!(welcome.world_id, world);
+        let mut map = welcome.snapshot;
+        let entities = std::mem::take(&mut map.entities).into_iter().map(|e| (e.id, e)).collect();
+        let view = View { tick: welcome.tick, map, entities };
+        Ok(Client { ws, you: welcome.you, seq: 0, view, said: welcome.messages })
     }
 }
 
@@ -238,8 +176,7 @@ impl Client {
 
     async fn input(&mut self, action: Action) {
         self.seq += 1;
-        let msg = ClientMsg::Input { seq: self.seq, action };
-        self.ws.send(Message::Binary(encode_client(&msg).into())).await.unwrap();
+        send(&mut self.ws, &ClientMsg::Input { seq: self.seq, action }).await;
     }
 
     /// Takes `steps` legal steps, each seen in a delta before the next.
@@ -316,13 +253,13 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duratio
 /// Plays in [`WORLD`] on a server, stops it with `stop`, and joins the world on a second
 /// server on the same file: it goes on from the last tick the first server's client saw,
 /// its bots exactly where that tick had them and then moved on by the world's own rules.
-async fn world_survives(stop: impl FnOnce(&Stop)) {
+async fn world_survives(stop: impl FnOnce(&Server)) {
     let db = Db::new();
     let a = Server::start("gs-a", durable(&db)).await;
     let mut alice = a.join(WORLD, "alice", 1).await.unwrap();
     alice.walk(3).await;
     alice.deltas(5).await;
-    stop(&a.stop);
+    stop(&a);
     // The last tick runs and is sent before the goodbye.
     assert_eq!(alice.closed().await.0, close::GOING_AWAY);
     a.exited().await;
@@ -350,7 +287,7 @@ async fn world_survives(stop: impl FnOnce(&Stop)) {
     let players: Vec<&Entity> = alice.view.entities.values().filter(|e| e.kind == EntityKind::Player).collect();
     assert_eq!(players.len(), 1, "only the player who joined again: {players:?}");
     assert_eq!(b.metric("gaia_gameserver_worlds_restored_total").await, 1.0);
-    b.shut_down().await;
+    b.stop().await;
 }
 
 /// A client joining gets the conversation so far with its Welcome: from the running world,
@@ -377,31 +314,31 @@ async fn a_welcome_carries_the_last_lines_said_also_after_a_restart() {
     assert_eq!(lines(&carol.said), so_far);
     assert!(carol.said.windows(2).all(|w| (w[0].epoch, w[0].tick, w[0].seq) < (w[1].epoch, w[1].tick, w[1].seq)));
     drop((alice, bob, carol));
-    a.shut_down().await;
+    a.stop().await;
 
     // The world moves to another server: its Welcome has the lines from the log.
     let b = Server::start("gs-b", config()).await;
     let dan = b.join(WORLD, "dan", 2).await.unwrap();
     assert_eq!(lines(&dan.said), so_far);
     assert!(dan.said.iter().all(|m| m.epoch == 1), "{:?}", dan.said);
-    b.shut_down().await;
+    b.stop().await;
 
     // None kept: none sent.
     let c = Server::start("gs-c", Config { world_recent_messages: 0, ..durable(&db) }).await;
     assert!(c.join(WORLD, "eve", 3).await.unwrap().said.is_empty());
-    c.shut_down().await;
+    c.stop().await;
 }
 
 #[tokio::test]
 async fn a_world_goes_on_after_its_server_restarts() {
-    world_survives(|stop| stop.shutdown.cancel()).await;
+    world_survives(|s| s.shutdown.cancel()).await;
 }
 
 /// Without a control plane there is nowhere to move to: a drain saves every world and
 /// lets its clients go, and the server exits by itself.
 #[tokio::test]
 async fn a_drained_standalone_server_saves_its_worlds_and_exits() {
-    world_survives(|stop| stop.drain.cancel()).await;
+    world_survives(|s| s.drain.cancel()).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -433,7 +370,7 @@ async fn a_token_from_before_the_worlds_last_move_is_refused() {
     s.join(WORLD, "p6", 6).await.unwrap();
     // ...and by the running one.
     stale(s.join(WORLD, "old", 3).await.unwrap_err());
-    s.shut_down().await;
+    s.stop().await;
 }
 
 /// A checkpoint of another schema (a newer server's, say) is skipped, but it still says
@@ -456,7 +393,7 @@ async fn a_checkpoint_the_world_cannot_restore_still_holds_its_epoch_and_tick() 
     })
     .await;
     assert!(saved.tick() > 400 && saved.epoch() == 5, "{:?}", saved.header());
-    s.shut_down().await;
+    s.stop().await;
 }
 
 #[tokio::test]
@@ -481,7 +418,7 @@ async fn a_fenced_world_stops_and_its_clients_allocate_again() {
     assert_eq!(s.metric("gaia_gameserver_worlds").await, 0.0);
     // The new owner's checkpoint stands.
     assert_eq!(db.stored(WORLD).await.unwrap(), theirs);
-    s.shut_down().await;
+    s.stop().await;
     assert_eq!(db.stored(WORLD).await.unwrap(), theirs, "the old owner overwrote the new one on shutdown");
 }
 
@@ -499,7 +436,7 @@ async fn a_corrupt_checkpoint_is_skipped_and_the_world_starts_afresh() {
     assert!(alice.view.tick < 100, "not a fresh world: welcomed at tick {}", alice.view.tick);
     assert_eq!(s.metric("gaia_checkpoint_corrupt_total{tier=\"sqlite\"}").await, 1.0);
     assert_eq!(s.metric("gaia_gameserver_worlds_restored_total").await, 0.0);
-    s.shut_down().await;
+    s.stop().await;
 }
 
 #[tokio::test]
@@ -532,7 +469,7 @@ async fn readyz_names_a_failing_tier_and_its_backlog_while_worlds_tick_on() {
         db.stored(WORLD).await.filter(|c| c.tick() > before)
     })
     .await;
-    s.shut_down().await;
+    s.stop().await;
 }
 
 /// A server's stores are opened when it starts: an unreachable one is a start error.

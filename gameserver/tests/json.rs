@@ -5,29 +5,29 @@
 
 mod common;
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use gaia_api::protocol::{Encoding, close};
 use gaia_api::town::{Change, ClientMsg, ServerMsg};
 use gaia_gameserver::Config;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Closed, SILENCE, Ws, send};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{connect_async, tungstenite};
 use tokio_util::sync::DropGuard;
 
-use common::{Ws, send};
+use common::Server;
 
 const NAME: &str = "gs-json";
 
 async fn server(config: Config) -> (String, DropGuard) {
-    let (_, url, stop) = common::standalone(NAME, config).await;
-    (url, stop)
+    let s = Server::quiet(NAME, config).await;
+    (s.url, s.shutdown.drop_guard())
 }
 
 fn token(world: &str, player: &str) -> String {
-    common::join_token(NAME, world, player)
+    tokens::join(NAME, world, player)
 }
 
 /// Connects asking for `protocols`; the socket and the subprotocol the server chose.
@@ -44,16 +44,10 @@ async fn send_json(ws: &mut Ws, msg: Value) {
 }
 
 /// The next JSON message, or the close frame's (code, reason) as an Err.
-async fn recv_json(ws: &mut Ws) -> Result<Value, (u16, String)> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s") {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
-            Some(Ok(Message::Binary(_))) => panic!("a binary frame on a JSON connection"),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
-        }
+async fn recv_json(ws: &mut Ws) -> Result<Value, Closed> {
+    match ws::frame(ws, SILENCE).await? {
+        Message::Text(text) => Ok(serde_json::from_str(&text).unwrap()),
+        _ => panic!("a binary frame on a JSON connection"),
     }
 }
 
@@ -96,7 +90,7 @@ async fn a_json_member_plays_beside_a_bincode_member() {
     let (mut rust, chosen) = connect(&url, "gaia.v1.bincode").await.unwrap();
     assert_eq!(chosen.as_deref(), Some("gaia.v1.bincode"));
     send(&mut rust, &ClientMsg::Join { token: token("w1", "rs") }).await;
-    assert!(matches!(common::recv(&mut rust).await, Ok(ServerMsg::Welcome { .. })));
+    assert!(matches!(ws::recv(&mut rust).await, Ok(ServerMsg::Welcome { .. })));
 
     send_json(&mut json_ws, json!({"type": "input", "seq": 1, "action": {"type": "say", "text": "hello from json"}}))
         .await;
@@ -104,7 +98,7 @@ async fn a_json_member_plays_beside_a_bincode_member() {
     assert_eq!((result["seq"].as_u64(), &result["outcome"]), (Some(1), &json!({"type": "ok"})), "{result}");
     // The bincode member sees it.
     let heard = loop {
-        match common::recv(&mut rust).await.unwrap() {
+        match ws::recv(&mut rust).await.unwrap() {
             ServerMsg::Delta { changes, .. } => {
                 if let Some(text) = changes.into_iter().find_map(|c| match c {
                     Change::Said { id, text } if id == you => Some(text),

@@ -12,127 +12,63 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
 use futures_util::StreamExt;
 use gaia_api::protocol::{ClientMsg, InputOutcome, ServerMsg, close, decode_server};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_api::town::{Action, Change, Snapshot};
 use gaia_gameserver::Config;
 use gaia_gameserver::world::{MemberId, NewWorld, RestoreError, World};
-use tokio::net::TcpListener;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Received, Ws, recv, send};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, connect_async};
 use tokio_util::sync::CancellationToken;
 
-use common::{Received, Ws, recv, send};
+use common::{Server, metric};
 
-const SECRET: &str = "s3cret";
 const NAME: &str = "gs-limits";
 
 // ---------------------------------------------------------------------------------------
 // A server and its clients.
 
-struct Server {
-    addr: SocketAddr,
-    url: String,
-    shutdown: CancellationToken,
-    done: tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>,
-}
-
 impl Server {
-    async fn start<F>(config: Config, run: impl FnOnce(Config, TcpListener, CancellationToken) -> F) -> Self
-    where
-        F: Future<Output = Result<(), gaia_gameserver::Error>> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let config = Config { name: NAME.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
-        let done = tokio::spawn(run(config, listener, shutdown.clone()));
-        Self { addr, url: gaia_gameserver::address(addr, None), shutdown, done }
-    }
-
     /// The reference world, without bots.
     async fn town(config: Config) -> Self {
-        Self::start(config, gaia_gameserver::run).await
+        Self::quiet(NAME, config).await
     }
 
     async fn probe(config: Config, new_world: NewWorld<Probe>) -> Self {
-        Self::start(config, move |config, listener, shutdown| {
-            gaia_gameserver::run_world(config, listener, new_world, shutdown)
-        })
-        .await
+        Self::with_world(NAME, Config { bots_per_world: 0, ..config }, new_world).await
     }
-
-    async fn metrics(&self) -> String {
-        let response = reqwest::get(format!("http://{}/metrics", self.addr)).await.unwrap();
-        assert!(response.status().is_success());
-        response.text().await.unwrap()
-    }
-
-    /// One sample of `/metrics`, e.g. `gaia_gameserver_closes_total{reason="idle"}`; 0 when
-    /// the labelled series has not been created yet.
-    async fn metric(&self, series: &str) -> f64 {
-        metric(&self.metrics().await, series)
-    }
-
-    /// Waits (up to 10 s) until `series` is at least `min`.
-    async fn metric_reaches(&self, series: &str, min: f64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.metric(series).await;
-            if value >= min {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{series} is {value}, never reached {min}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.done.await.unwrap().unwrap();
-    }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 fn token(world: &str, player: &str) -> String {
-    TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: world.into(),
-        server: NAME.into(),
-        player_id: player.into(),
-        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-        epoch: 1,
-    })
+    tokens::join(NAME, world, player)
 }
 
-/// Connects and joins `world`; returns the socket, `Welcome::you` and `Welcome::tick`.
-async fn join_with<V: Decode<()>, C: Decode<()>>(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, u64, V) {
-    send(&mut ws, &ClientMsg::<()>::Join { token: token(world, player) }).await;
-    match recv::<V, C>(&mut ws).await {
-        Ok(ServerMsg::Welcome { world_id, you, tick, snapshot, .. }) => {
-            assert_eq!(world_id, world);
-            (ws, you, tick, snapshot)
-        }
-        Ok(_) => panic!("expected Welcome, got another message"),
-        Err(close) => panic!("expected Welcome, got closed with {close:?}"),
-    }
+/// Joins `world` on `ws`; returns the socket, `Welcome::you`, `Welcome::tick` and the view.
+async fn join_with<V, C>(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, u64, V)
+where
+    V: Decode<()> + std::fmt::Debug,
+    C: Decode<()> + std::fmt::Debug,
+{
+    let welcome = ws::join::<V, C>(&mut ws, token(world, player)).await.unwrap();
+    assert_eq!(welcome.world_id, world);
+    (ws, welcome.you, welcome.tick, welcome.snapshot)
 }
 
-async fn join<V: Decode<()>, C: Decode<()>>(url: &str, world: &str, player: &str) -> (Ws, u32, u64, V) {
-    let (ws, _) = connect_async(url).await.unwrap();
-    join_with::<V, C>(ws, world, player).await
+/// Connects and joins `world`, as [`join_with`] does.
+async fn join<V, C>(url: &str, world: &str, player: &str) -> (Ws, u32, u64, V)
+where
+    V: Decode<()> + std::fmt::Debug,
+    C: Decode<()> + std::fmt::Debug,
+{
+    join_with::<V, C>(ws::connect(url).await, world, player).await
 }
 
 async fn join_town(url: &str, world: &str, player: &str) -> (Ws, u32, u64, Snapshot) {

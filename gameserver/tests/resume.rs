@@ -13,37 +13,34 @@ use futures_util::SinkExt;
 use gaia_api::protocol::{InputOutcome, close, encode_client};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
-use tokio_tungstenite::connect_async;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Closed, Received, SILENCE, Ws, send};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::DropGuard;
 
-use common::{Received, Ws, send};
+use common::Server;
 
 const NAME: &str = "gs-resume";
 
 async fn server(config: Config) -> (String, DropGuard) {
-    let (_, url, stop) = common::standalone(NAME, config).await;
-    (url, stop)
+    let s = Server::quiet(NAME, config).await;
+    (s.url, s.shutdown.drop_guard())
 }
 
 fn token(world: &str, player: &str) -> String {
-    common::join_token(NAME, world, player)
+    tokens::join(NAME, world, player)
 }
 
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
-    common::recv(ws).await
+    ws::recv(ws).await
 }
 
 /// Sends `first` on a new connection; the Welcome's `you` and resume token.
-async fn welcome(url: &str, first: ClientMsg) -> Result<(Ws, u32, String), (u16, String)> {
-    let (mut ws, _) = connect_async(url).await.unwrap();
+async fn welcome(url: &str, first: ClientMsg) -> Result<(Ws, u32, String), Closed> {
+    let mut ws = ws::connect(url).await;
     send(&mut ws, &first).await;
-    loop {
-        match recv(&mut ws).await? {
-            ServerMsg::Welcome { you, resume, .. } => return Ok((ws, you, resume)),
-            _ => continue,
-        }
-    }
+    let welcome = ws::welcome::<Snapshot, Change>(&mut ws, SILENCE).await?;
+    Ok((ws, welcome.you, welcome.resume))
 }
 
 fn say(seq: u32) -> ClientMsg {

@@ -16,6 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use gaia_api::protocol::{InputOutcome, MAX_CLIENT_FRAME, PROTOCOL_VERSION, close, encode_client};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Received, Ws, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,27 +25,20 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, client_async, connect_async};
 
-use common::{Received, Ws, send};
+use common::Server;
 
 const NAME: &str = "gs-rules";
 
-struct Server {
-    addr: SocketAddr,
-    url: String,
-    _stop: tokio_util::sync::DropGuard,
-}
-
 async fn server(config: Config) -> Server {
-    let (addr, url, _stop) = common::standalone(NAME, config).await;
-    Server { addr, url, _stop }
+    Server::quiet(NAME, config).await
 }
 
 fn token(world: &str, player: &str) -> String {
-    common::join_token(NAME, world, player)
+    tokens::join(NAME, world, player)
 }
 
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
-    common::recv(ws).await
+    ws::recv(ws).await
 }
 
 /// Connects from `from` (any 127.x address works on loopback).
@@ -55,15 +50,12 @@ async fn connect_from(s: &Server, from: [u8; 4]) -> Result<Ws, tokio_tungstenite
 }
 
 async fn join_on(mut ws: Ws, world: &str, player: &str) -> (Ws, u32, Snapshot) {
-    send(&mut ws, &ClientMsg::Join { token: token(world, player) }).await;
-    match recv(&mut ws).await {
-        Ok(ServerMsg::Welcome { you, snapshot, .. }) => (ws, you, snapshot),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let welcome = ws::join::<Snapshot, Change>(&mut ws, token(world, player)).await.unwrap();
+    (ws, welcome.you, welcome.snapshot)
 }
 
 async fn join(s: &Server, world: &str, player: &str) -> (Ws, u32, Snapshot) {
-    join_on(connect_async(&s.url).await.unwrap().0, world, player).await
+    join_on(ws::connect(&s.url).await, world, player).await
 }
 
 fn say(seq: u32, text: &str) -> ClientMsg {

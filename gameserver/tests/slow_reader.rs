@@ -7,22 +7,24 @@
 //! (`VmRSS`). This file holds that one test alone: other tests running on parallel
 //! threads would disturb the measurement.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
 use futures_util::{SinkExt, StreamExt};
 use gaia_api::protocol::{ClientMsg, ServerMsg, close, decode_server, encode_client};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
 use gaia_gameserver::Config;
 use gaia_gameserver::world::{MemberId, RestoreError, World};
-use tokio::net::TcpStream;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::Ws;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "s3cret";
+use common::Server;
+
 const NAME: &str = "gs-slow";
 /// Change per tick. At 100 Hz an unbounded queue would grow by 25 MiB/s.
 const NOISE: usize = 256 * 1024;
@@ -92,46 +94,28 @@ fn rss() -> u64 {
 
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
+    common::metric(&text, series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_is_dropped_and_memory_stays_bounded() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let url = gaia_gameserver::address(addr, None);
     let config = Config {
-        name: NAME.into(),
-        join_secret: SECRET.into(),
         tick_hz: 100,
         delta_hz: 100,
         client_queue: 4,
         max_behind: Duration::from_secs(1),
         ..Default::default()
     };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(gaia_gameserver::run_world(
-        config,
-        listener,
-        Arc::new(|_: &str| Noisy::default()),
-        shutdown.clone(),
-    ));
+    let Server { addr, url, shutdown, done: server, .. } =
+        Server::with_world(NAME, config, Arc::new(|_: &str| Noisy::default())).await;
 
     // A small receive buffer: the kernel holds little of what the client does not read.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let stream = socket.connect(addr).await.unwrap();
-    let (mut ws, _): (WebSocketStream<MaybeTlsStream<TcpStream>>, _) =
+    let (mut ws, _): (Ws, _) =
         tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)).await.unwrap();
-    let token = TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: "w".into(),
-        server: NAME.into(),
-        player_id: "sloth".into(),
-        expires_at_ms: unix_ms(SystemTime::now()) + 60_000,
-        epoch: 1,
-    });
+    let token = tokens::join(NAME, "w", "sloth");
     ws.send(Message::Binary(encode_client(&ClientMsg::<Nothing>::Join { token }).into())).await.unwrap();
 
     // Keep up for half a second, so the world and the allocator are warm.

@@ -7,41 +7,37 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gaia_api::protocol::{InputOutcome, SPECTATORS_CANNOT_ACT, close};
-use gaia_api::token::{SpectateClaims, TokenKey, unix_ms};
+use gaia_api::token::TokenKey;
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
-use tokio_tungstenite::connect_async;
+use gaia_testkit::tokens::{self, SECRET};
+use gaia_testkit::ws::{self, Closed, Received, Ws, send};
 
-use common::{Received, SECRET, Ws, join_token, send, standalone};
+use common::Server;
 
 const NAME: &str = "gs-spectate";
 
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
-    common::recv(ws).await
+    ws::recv(ws).await
 }
 
 fn spectate_token(key: &str, server: &str, world: &str) -> String {
-    let expires_at_ms = unix_ms(SystemTime::now()) + 60_000;
-    TokenKey::new(key).sign_spectate(&SpectateClaims { world_id: world.into(), server: server.into(), expires_at_ms })
+    TokenKey::new(key).sign_spectate(&tokens::spectate_claims(server, world))
 }
 
 /// Connects and sends `Join{token}`: the Welcome (world id, you, snapshot, resume token),
 /// or the close.
-async fn enter(url: &str, token: String) -> Result<(Ws, u32, Snapshot, String), (u16, String)> {
-    let (mut ws, _) = connect_async(url).await.unwrap();
-    send(&mut ws, &ClientMsg::Join { token }).await;
-    match recv(&mut ws).await {
-        Ok(ServerMsg::Welcome { you, snapshot, resume, .. }) => Ok((ws, you, snapshot, resume)),
-        Ok(other) => panic!("expected Welcome, got {other:?}"),
-        Err(close) => Err(close),
-    }
+async fn enter(url: &str, token: String) -> Result<(Ws, u32, Snapshot, String), Closed> {
+    let mut ws = ws::connect(url).await;
+    let welcome = ws::join::<Snapshot, Change>(&mut ws, token).await?;
+    Ok((ws, welcome.you, welcome.snapshot, welcome.resume))
 }
 
 async fn play(url: &str, world: &str, player: &str) -> (Ws, u32, Snapshot) {
-    let (ws, you, snapshot, _) = enter(url, join_token(NAME, world, player)).await.unwrap();
+    let (ws, you, snapshot, _) = enter(url, tokens::join(NAME, world, player)).await.unwrap();
     (ws, you, snapshot)
 }
 
@@ -53,11 +49,7 @@ async fn watch(url: &str, world: &str) -> (Ws, Snapshot) {
 }
 
 async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        if let Err(close) = recv(ws).await {
-            return close;
-        }
-    }
+    ws::closed::<Snapshot, Change>(ws).await
 }
 
 /// Messages until `until` says stop, with a deadline.
@@ -78,13 +70,6 @@ async fn recv_until(ws: &mut Ws, mut until: impl FnMut(&ServerMsg) -> bool) -> V
     seen
 }
 
-async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 fn step(snapshot: &Snapshot, you: u32) -> (i8, i8) {
     let me = snapshot.entities.iter().find(|e| e.id == you).unwrap();
     snapshot.open_steps(me.x.into(), me.y.into())[0]
@@ -97,20 +82,20 @@ fn step(snapshot: &Snapshot, you: u32) -> (i8, i8) {
 #[tokio::test]
 async fn a_spectator_watches_but_cannot_act_and_is_no_player() {
     let config = Config { player_capacity: 1, world_player_capacity: 1, ..Config::default() };
-    let (addr, url, _server) = standalone(NAME, config).await;
-    let (mut alice, a, _) = play(&url, "w", "alice").await;
+    let s = Server::quiet(NAME, config).await;
+    let (mut alice, a, _) = play(&s.url, "w", "alice").await;
 
-    let (mut eve, snapshot) = watch(&url, "w").await;
+    let (mut eve, snapshot) = watch(&s.url, "w").await;
     let ids: Vec<u32> = snapshot.entities.iter().map(|e| e.id).collect();
     assert_eq!(ids, [a], "the spectator sees the world as it is, and is not in it");
-    assert_eq!(metric(addr, "gaia_gameserver_spectators").await, 1.0);
+    assert_eq!(s.metric("gaia_gameserver_spectators").await, 1.0);
 
     // Refused at once (tick 0), by the connection.
     send(&mut eve, &ClientMsg::Input { seq: 1, action: Action::Say { text: "let me in".into() } }).await;
     let seen = recv_until(&mut eve, |m| matches!(m, ServerMsg::InputResult { .. })).await;
     let rejected = InputOutcome::Rejected { reason: SPECTATORS_CANNOT_ACT.into() };
     assert_eq!(seen.last(), Some(&ServerMsg::InputResult { seq: 1, tick: 0, outcome: rejected }));
-    assert_eq!(metric(addr, r#"gaia_gameserver_inputs_total{result="spectator"}"#).await, 1.0);
+    assert_eq!(s.metric(r#"gaia_gameserver_inputs_total{result="spectator"}"#).await, 1.0);
 
     // Alice moves; the spectator sees it, and Alice saw no one join nor anyone say a word.
     let (dx, dy) = step(&snapshot, a);
@@ -129,11 +114,11 @@ async fn a_spectator_watches_but_cannot_act_and_is_no_player() {
 
     // The server's one player slot is Alice's, not the spectator's; when she leaves, Bob
     // takes it and the world's one place.
-    let (code, _) = enter(&url, join_token(NAME, "w", "bob")).await.err().unwrap();
+    let (code, _) = enter(&s.url, tokens::join(NAME, "w", "bob")).await.err().unwrap();
     assert_eq!(code, close::SERVER_FULL);
     alice.close(None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_bob, b, snapshot) = play(&url, "w", "bob").await;
+    let (_bob, b, snapshot) = play(&s.url, "w", "bob").await;
     let ids: Vec<u32> = snapshot.entities.iter().map(|e| e.id).collect();
     assert_eq!(ids, [b]);
     let joined = |m: &ServerMsg| match m {
@@ -150,18 +135,18 @@ async fn a_spectator_watches_but_cannot_act_and_is_no_player() {
 #[tokio::test]
 async fn spectators_watch_only_running_worlds_and_do_not_keep_them_alive() {
     let config = Config { empty_world_grace: Duration::from_millis(300), ..Config::default() };
-    let (addr, url, _server) = standalone(NAME, config).await;
-    let (code, reason) = enter(&url, spectate_token(SECRET, NAME, "nowhere")).await.err().unwrap();
+    let s = Server::quiet(NAME, config).await;
+    let (code, reason) = enter(&s.url, spectate_token(SECRET, NAME, "nowhere")).await.err().unwrap();
     assert_eq!(code, close::WORLD_UNAVAILABLE, "{reason}");
-    assert_eq!(metric(addr, "gaia_gameserver_worlds").await, 0.0, "watching does not start a world");
+    assert_eq!(s.metric("gaia_gameserver_worlds").await, 0.0, "watching does not start a world");
 
-    let (mut alice, ..) = play(&url, "w", "alice").await;
-    let (mut eve, _) = watch(&url, "w").await;
+    let (mut alice, ..) = play(&s.url, "w", "alice").await;
+    let (mut eve, _) = watch(&s.url, "w").await;
     alice.close(None).await.unwrap();
     let (code, _) = tokio::time::timeout(Duration::from_secs(5), closed(&mut eve)).await.unwrap();
     assert_eq!(code, close::GOING_AWAY);
-    assert_eq!(metric(addr, "gaia_gameserver_worlds").await, 0.0);
-    assert_eq!(metric(addr, "gaia_gameserver_spectators").await, 0.0);
+    assert_eq!(s.metric("gaia_gameserver_worlds").await, 0.0);
+    assert_eq!(s.metric("gaia_gameserver_spectators").await, 0.0);
 }
 
 /// A world takes `world_spectator_capacity` spectators; tokens of another kind, key or
@@ -169,14 +154,14 @@ async fn spectators_watch_only_running_worlds_and_do_not_keep_them_alive() {
 #[tokio::test]
 async fn spectators_are_capped_per_world_and_their_tokens_checked() {
     let config = Config { world_spectator_capacity: 1, ..Config::default() };
-    let (_addr, url, _server) = standalone(NAME, config).await;
-    let (_alice, ..) = play(&url, "w", "alice").await;
-    let (_eve, _) = watch(&url, "w").await;
-    let (code, reason) = enter(&url, spectate_token(SECRET, NAME, "w")).await.err().unwrap();
+    let s = Server::quiet(NAME, config).await;
+    let (_alice, ..) = play(&s.url, "w", "alice").await;
+    let (_eve, _) = watch(&s.url, "w").await;
+    let (code, reason) = enter(&s.url, spectate_token(SECRET, NAME, "w")).await.err().unwrap();
     assert_eq!((code, reason.as_str()), (close::WORLD_FULL, "world has its maximum of 1 spectators"));
 
-    let (code, reason) = enter(&url, spectate_token("not-the-secret", NAME, "w")).await.err().unwrap();
+    let (code, reason) = enter(&s.url, spectate_token("not-the-secret", NAME, "w")).await.err().unwrap();
     assert_eq!((code, reason.as_str()), (close::BAD_TOKEN, "join token signature does not match"));
-    let (code, reason) = enter(&url, spectate_token(SECRET, "gs-other", "w")).await.err().unwrap();
+    let (code, reason) = enter(&s.url, spectate_token(SECRET, "gs-other", "w")).await.err().unwrap();
     assert_eq!((code, reason.as_str()), (close::BAD_TOKEN, "join token is for another server"));
 }

@@ -7,66 +7,41 @@ mod common;
 use std::time::SystemTime;
 
 use gaia_api::protocol::{InputOutcome, close};
-use gaia_api::token::{JoinClaims, TokenKey, unix_ms};
+use gaia_api::token::{JoinClaims, unix_ms};
 use gaia_api::town::{Action, Change, ClientMsg, ServerMsg, Snapshot};
 use gaia_gameserver::Config;
+use gaia_testkit::tokens;
+use gaia_testkit::ws::{self, Received, Ws, send};
 use tokio_tungstenite::connect_async;
 use tokio_util::sync::CancellationToken;
 
-use common::{Received, Ws, send};
+use common::Server;
 
 /// The next message of the reference world, or the close frame as an Err.
 async fn recv(ws: &mut Ws) -> Received<Snapshot, Change> {
-    common::recv(ws).await
-}
-
-const SECRET: &str = "s3cret";
-
-struct Server {
-    url: String,
-    shutdown: CancellationToken,
-    done: tokio::task::JoinHandle<Result<(), gaia_gameserver::Error>>,
+    ws::recv(ws).await
 }
 
 async fn server(config: Config) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = gaia_gameserver::address(listener.local_addr().unwrap(), None);
-    let shutdown = CancellationToken::new();
-    let config = Config { name: "gs-1".into(), join_secret: SECRET.into(), ..config };
-    let done = tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
-    Server { url, shutdown, done }
+    Server::start("gs-1", config).await
 }
 
 fn token(world: &str, player: &str, server: &str, ttl_ms: i64) -> String {
     let now = unix_ms(SystemTime::now()) as i64;
-    TokenKey::new(SECRET).sign(&JoinClaims {
-        world_id: world.into(),
-        server: server.into(),
-        player_id: player.into(),
-        expires_at_ms: (now + ttl_ms).max(0) as u64,
-        epoch: 1,
-    })
+    let expires_at_ms = (now + ttl_ms).max(0) as u64;
+    tokens::key().sign(&JoinClaims { expires_at_ms, ..tokens::join_claims(server, world, player) })
 }
 
 async fn join(url: &str, world: &str, player: &str) -> (Ws, u32, Snapshot) {
-    let (mut ws, _) = connect_async(url).await.unwrap();
-    send(&mut ws, &ClientMsg::Join { token: token(world, player, "gs-1", 30_000) }).await;
-    match recv(&mut ws).await {
-        Ok(ServerMsg::Welcome { world_id, you, snapshot, .. }) => {
-            assert_eq!(world_id, world);
-            (ws, you, snapshot)
-        }
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let mut ws = ws::connect(url).await;
+    let welcome = ws::join::<Snapshot, Change>(&mut ws, token(world, player, "gs-1", 30_000)).await.unwrap();
+    assert_eq!(welcome.world_id, world);
+    (ws, welcome.you, welcome.snapshot)
 }
 
 /// Reads until a close frame arrives; returns its code and reason.
 async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        if let Err(close) = recv(ws).await {
-            return close;
-        }
-    }
+    ws::closed::<Snapshot, Change>(ws).await
 }
 
 /// A legal one-step move from the entity's position in `snapshot`.

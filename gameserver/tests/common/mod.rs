@@ -1,62 +1,123 @@
-//! What the WebSocket tests share: sending a client message, receiving a server one.
+//! What the game server's tests share: a [`Server`] running in the test's process on an
+//! ephemeral port, and what it serves besides its clients (`/metrics`, `/readyz`).
+//! Its clients' tokens and protocol are `gaia_testkit`'s (`tokens`, `ws`), which the tests
+//! of other crates use too; starting a server is here, as `gaia_testkit` cannot depend on
+//! this crate (see its crate doc).
 #![allow(dead_code)] // each test file uses its own share of them
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use bincode::{Decode, Encode};
-use futures_util::{SinkExt, StreamExt};
-use gaia_api::protocol::{ClientMsg, ServerMsg, decode_server, encode_client};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use gaia_gameserver::world::{NewWorld, World};
+use gaia_gameserver::{Config, Error, Stop};
+use gaia_testkit::tokens;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A server message, or the close frame's (code, reason) as an Err.
-pub type Received<V, C> = Result<ServerMsg<V, C>, (u16, String)>;
-
-pub async fn send<A: Encode>(ws: &mut Ws, msg: &ClientMsg<A>) {
-    ws.send(Message::Binary(encode_client(msg).into())).await.unwrap();
+/// A standalone game server (no control plane) on an ephemeral port, with the join
+/// secret [`tokens::SECRET`]. It runs until told to stop (`shutdown`, or `drain`) or until
+/// the test ends.
+pub struct Server {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Its WebSocket URL.
+    pub url: String,
+    pub shutdown: CancellationToken,
+    pub drain: CancellationToken,
+    /// What `run` returned.
+    pub done: JoinHandle<Result<(), Error>>,
 }
 
-/// The next server message, or the close frame's (code, reason) as an Err.
-pub async fn recv<V: Decode<()>, C: Decode<()>>(ws: &mut Ws) -> Received<V, C> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("server silent for 5 s");
-        match msg {
-            Some(Ok(Message::Binary(b))) => return Ok(decode_server(&b).unwrap()),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((frame.code.into(), frame.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Err((0, "closed without a frame".into())),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err((0, e.to_string())),
+impl Server {
+    /// The reference world, as `config` has it (bots and all), as server `name`.
+    pub async fn start(name: &str, config: Config) -> Self {
+        Self::spawn(name, config, gaia_gameserver::run).await
+    }
+
+    /// The reference world without bots: nothing moves but what the test's clients do.
+    pub async fn quiet(name: &str, config: Config) -> Self {
+        Self::start(name, Config { bots_per_world: 0, ..config }).await
+    }
+
+    /// Worlds of `new_world` instead of the reference world.
+    pub async fn with_world<W: World>(name: &str, config: Config, new_world: NewWorld<W>) -> Self {
+        Self::spawn(name, config, move |config, listener, stop| {
+            gaia_gameserver::run_world(config, listener, new_world, stop)
+        })
+        .await
+    }
+
+    async fn spawn<F>(name: &str, config: Config, run: impl FnOnce(Config, TcpListener, Stop) -> F) -> Self
+    where
+        F: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, drain) = (CancellationToken::new(), CancellationToken::new());
+        let config = Config { name: name.into(), join_secret: tokens::SECRET.into(), ..config };
+        let stop = Stop { shutdown: shutdown.clone(), drain: drain.clone() };
+        let done = tokio::spawn(run(config, listener, stop));
+        Self { name: name.into(), addr, url: gaia_gameserver::address(addr, None), shutdown, drain, done }
+    }
+
+    /// A join token for `player` in `world` on this server.
+    pub fn token(&self, world: &str, player: &str) -> String {
+        tokens::join(&self.name, world, player)
+    }
+
+    /// GETs `path`: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.addr)).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// One sample of `/metrics`, e.g. `gaia_gameserver_closes_total{reason="idle"}`; 0 when
+    /// the series does not exist yet.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
+    }
+
+    /// Waits (up to 10 s) until `series` is at least `min`.
+    pub async fn metric_reaches(&self, series: &str, min: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(series).await;
+            if value >= min {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {value}, never reached {min}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits (up to 10 s) for the server to exit, as it was told to; it must exit cleanly.
+    pub async fn exited(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.done)
+            .await
+            .expect("server did not exit within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Shuts the server down; it must exit cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.exited().await;
     }
 }
 
-/// The join secret of [`standalone`] servers.
-pub const SECRET: &str = "s3cret";
-
-/// A standalone game server (no control plane) named `name`, on an ephemeral port, with
-/// no bots: its address, its WebSocket URL, and the guard that stops it when dropped.
-pub async fn standalone(
-    name: &str,
-    config: gaia_gameserver::Config,
-) -> (std::net::SocketAddr, String, tokio_util::sync::DropGuard) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let config = gaia_gameserver::Config { name: name.into(), join_secret: SECRET.into(), bots_per_world: 0, ..config };
-    tokio::spawn(gaia_gameserver::run(config, listener, shutdown.clone()));
-    (addr, gaia_gameserver::address(addr, None), shutdown.drop_guard())
-}
-
-/// A join token for `player` in `world` on server `server`, valid for a minute.
-pub fn join_token(server: &str, world: &str, player: &str) -> String {
-    gaia_api::token::TokenKey::new(SECRET).sign(&gaia_api::token::JoinClaims {
-        world_id: world.into(),
-        server: server.into(),
-        player_id: player.into(),
-        expires_at_ms: gaia_api::token::unix_ms(std::time::SystemTime::now()) + 60_000,
-        epoch: 1,
-    })
+/// One sample of the `/metrics` text `text`; 0 when the series does not exist yet.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
