@@ -33,9 +33,9 @@ mod kubernetes;
 mod simulate;
 use auth::{ApiAuthArgs, SdkTokenArgs, TlsArgs};
 
-/// mimalloc returns freed memory to the OS more readily than glibc's allocator with its
-/// per-thread arenas: measured, it keeps a game server's memory per connection lower
-/// (docs/benchmarks.md).
+/// jemalloc: against glibc's allocator it saved CPU at a little more memory per
+/// connection, and against mimalloc it used less memory for the same CPU (measured,
+/// docs/benchmarks.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
