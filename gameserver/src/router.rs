@@ -73,8 +73,10 @@ async fn ws<W: World>(
     let tasks = s.tasks.clone();
     upgrade
         // Client frames are small: small buffers keep connections cheap (tungstenite's
-        // default read buffer is 128 KiB per connection).
-        .read_buffer_size(4 * 1024)
+        // default read buffer is 128 KiB per connection). tungstenite also zeroes the
+        // read buffer's free space before each read: at 4 KiB that memset was 3% of a
+        // loaded server's CPU (perf, docs/benchmarks.md). A larger frame grows it.
+        .read_buffer_size(1024)
         .write_buffer_size(4 * 1024)
         // The protocol's limit, enforced by the WebSocket layer before a frame is read.
         .max_message_size(MAX_CLIENT_FRAME)
