@@ -160,7 +160,7 @@ pub(crate) async fn measure(
     let mut baseline = Baseline {
         server: config.server.clone(),
         connections: config.connections,
-        connected,
+        connected: 0,
         steady,
         interrupted: shutdown.is_cancelled(),
         inputs_expected: input_period.is_some_and(|period| steady >= period),
@@ -184,6 +184,7 @@ pub(crate) async fn measure(
             }
         }
         let Some(stats) = outcome.stats else { continue };
+        baseline.connected += 1;
         baseline.inputs_sent += stats.sent;
         baseline.replies += stats.ok;
         baseline.replies_missing += stats.missing;

@@ -55,6 +55,10 @@ pub(crate) async fn run(
         _ = phases.stop.cancelled() => return Outcome::default(),
         connected = tokio::time::timeout(CONNECT_TIMEOUT, connect) => connected,
     };
+    // Counted before `settled` goes: the phase reads the count once every client settled.
+    if let Ok(Ok(_)) = &connected {
+        phases.progress.bot_joined();
+    }
     drop((permit, settled));
     let mut ws = match connected {
         Ok(Ok((ws, _))) => ws,
@@ -66,7 +70,6 @@ pub(crate) async fn run(
             };
         }
     };
-    phases.progress.bot_joined();
     let mut client = Client::default();
     let error = client.play(&mut ws, &phases, input_period).await.err();
     if error.is_none() {
