@@ -334,17 +334,18 @@ impl Report {
 
     /// The figures [`Ratios`] compares: CPU per frame summed over the game servers (the
     /// processes with connections), memory per connection over all their connections.
-    /// No CPU figure when the servers measured do not hold every joined bot (a server
-    /// that did not answer its scrape): the frames would be some other servers' too.
+    /// No CPU figure unless as many servers were measured as the bots were placed on (a
+    /// server that did not answer its scrape): the frames would be some other's too.
     pub fn figures(&self) -> Figures {
         let servers = || self.processes.iter().filter(|p| p.connections.is_some());
         let cpu_seconds: f64 = servers().map(|p| p.cpu_seconds).sum();
-        let measured: u64 = servers().filter_map(|p| p.connections).sum();
+        let used: usize = self.regions_used.values().map(|r| r.servers).sum();
+        let measured = servers().count();
         let grown: Vec<(f64, u64)> =
             servers().filter_map(|p| Some((p.bytes_per_connection?, p.connections?))).filter(|&(_, n)| n > 0).collect();
         let connections: u64 = grown.iter().map(|&(_, n)| n).sum();
         Figures {
-            cpu_us_per_frame: (self.steady_frames > 0 && measured > 0 && measured >= self.joined)
+            cpu_us_per_frame: (self.steady_frames > 0 && measured > 0 && measured >= used)
                 .then(|| cpu_seconds * 1e6 / self.steady_frames as f64),
             tick_p99_us: p99(&self.tick_latency),
             input_p99_us: p99(&self.input_latency),
