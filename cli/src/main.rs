@@ -4,7 +4,10 @@
 //!   fleet YAML; game servers run as child processes of it (`gaia gameserver`).
 //! - `gaia gameserver`: one game server, configured by `GAIA_*` variables.
 //! - `gaia loadgen`: matchmaker + bots against an allocator, or against an embedded
-//!   fleet it starts itself; exits non-zero unless the run was clean.
+//!   fleet it starts itself; exits non-zero unless the run was clean. With `--baseline`
+//!   it first measures a raw tokio-tungstenite server (the hidden `gaia raw-server`,
+//!   started as a child process) under the same load, and reports Gaia's figures as
+//!   ratios to it.
 //! - `gaia sdk-token`: prints a game server's SDK token, for a server started by hand.
 //! - `gaia allocator`: the allocator and SDK API alone (services mode), over an in-memory
 //!   registry or a Redis one shared by several allocator processes.
@@ -74,6 +77,10 @@ enum Command {
     /// Kubernetes: write the CRDs (Fleet, FleetAutoscaler, GameServer) and their
     /// kustomization, generated from the Rust types.
     Crdgen(kubernetes::CrdgenArgs),
+    /// The raw tokio-tungstenite broadcast server `gaia loadgen --baseline` measures
+    /// Gaia against; prints the address it listens on.
+    #[command(hide = true)]
+    RawServer(gaia_loadgen::baseline::ServerConfig),
 }
 
 #[derive(clap::Args)]
@@ -205,6 +212,20 @@ struct LoadgenArgs {
     /// so the run measures the servers, not a queue in front of the model.
     #[arg(long, default_value_t = 1024)]
     model_concurrency: usize,
+    /// First measure a raw tokio-tungstenite broadcast server (a child process) under the
+    /// same load: --bots connections in groups of --world-size, a frame to each group 10
+    /// times a second, --input-rate inputs per connection per second each answered at
+    /// once. The report adds its latencies, CPU and memory, and Gaia's figures as ratios
+    /// to them (docs/architecture.md, The raw baseline).
+    #[arg(long, conflicts_with = "refill")]
+    baseline: bool,
+    /// Bytes of the raw server's frames (with --baseline): about the size of a Gaia Delta
+    /// in the 10,000-bot run (380 B per bot per second).
+    #[arg(long, default_value_t = 38, requires = "baseline")]
+    baseline_frame_bytes: usize,
+    /// The raw steady phase (with --baseline); --duration when unset.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "baseline")]
+    baseline_duration: Option<Duration>,
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -354,6 +375,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Controller(args) => kubernetes::controller(args, shutdown).await?,
         Command::FleetAutoscaler(args) => kubernetes::fleet_autoscaler(args, shutdown).await?,
         Command::Crdgen(args) => kubernetes::crdgen(&args)?,
+        Command::RawServer(config) => {
+            exit_with_parent()?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            // The first line on stdout is how the process that started us finds us.
+            println!("{}", listener.local_addr()?);
+            gaia_loadgen::baseline::server::run(config, listener, shutdown).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -400,6 +430,26 @@ fn exit_with_parent() -> anyhow::Result<()> {
 }
 
 async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    // The raw stack first, before the fleet exists, so the two do not share the machine.
+    let baseline = if args.baseline {
+        let config = gaia_loadgen::baseline::Config {
+            command: vec![std::env::current_exe().context("finding this program")?.into(), "raw-server".into()],
+            server: gaia_loadgen::baseline::ServerConfig {
+                group_size: args.world_size,
+                frame_bytes: args.baseline_frame_bytes,
+                ..Default::default()
+            },
+            connections: args.bots,
+            duration: args.baseline_duration.unwrap_or(args.duration),
+            input_rate_hz: args.input_rate,
+            connect_concurrency: args.concurrency,
+            progress_every: Some(Duration::from_secs(1)),
+        };
+        tracing::info!(connections = config.connections, "measuring the raw baseline");
+        Some(gaia_loadgen::baseline::run(config, shutdown.clone()).await?)
+    } else {
+        None
+    };
     let mut config = gaia_loadgen::Config {
         fleet: args.fleet,
         regions: args.regions,
@@ -464,7 +514,8 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         fleet.await.context("embedded fleet")?.context("embedded fleet")?;
     }
     let passed = match report? {
-        Outcome::Bots(report) => {
+        Outcome::Bots(mut report) => {
+            report.baseline = baseline;
             println!("{report}");
             report.is_clean()
         }

@@ -85,7 +85,8 @@ pub(crate) struct BotState {
     /// Accepted, waiting for our `Moved` in a Delta. Only the sum of the steps matters
     /// for where we will be, so their order does not.
     awaiting_move: VecDeque<(i8, i8)>,
-    /// Set in the steady phase: tick-to-client latency is recorded then.
+    /// Set in the steady phase (until the bots stop): tick-to-client latency and the
+    /// frames received are recorded then.
     pub(crate) measuring: bool,
     stats: PlayStats,
     errors: Vec<(ErrorKind, String)>,
@@ -216,6 +217,7 @@ impl BotState {
 
     /// Takes in one message from the server after the Welcome.
     pub(crate) fn on_message(&mut self, msg: ServerMsg, now: Instant) -> Flow {
+        self.stats.steady_frames += u64::from(self.measuring);
         match msg {
             ServerMsg::Delta { tick, changes, server_us } => {
                 self.stats.deltas += 1;
@@ -862,7 +864,11 @@ async fn run_inputs(phases: &Phases, ws: &mut Socket, state: &mut BotState, inpu
         }
         tokio::select! {
             biased;
-            _ = &mut stop => return Exit::Stopped,
+            _ = &mut stop => {
+                // What arrives while draining came after the servers' CPU was sampled.
+                state.measuring = false;
+                return Exit::Stopped;
+            }
             inbound = next_inbound(ws) => {
                 if let Some(exit) = handle(state, inbound, &phases.progress) {
                     return exit;

@@ -14,8 +14,11 @@
 //! [`Report::recoveries`]).
 //!
 //! Start with [`run`]; [`wait_ready`] waits for the fleet to have servers to allocate.
+//! [`baseline`] measures a raw tokio-tungstenite server under the same load, to report
+//! the run's figures as ratios to it.
 
 pub mod allocations;
+pub mod baseline;
 mod bot;
 mod matchmaker;
 mod progress;
@@ -39,8 +42,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::matchmaker::{Matchmaker, chain};
 use crate::progress::Progress;
+pub use crate::report::{
+    Baseline, ErrorKind, ErrorTally, Figures, Migration, Ratios, Recovery, RegionUse, Report, Resumption,
+};
 use crate::report::{BotOutcome, Collector, Placement};
-pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report, Resumption};
 pub use crate::resources::ProcessUse;
 
 /// How often [`wait_ready`] looks at the fleet.

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::report::MAX_LATENCY_US;
 
 pub(crate) struct Progress {
+    /// What the line starts with.
+    name: &'static str,
     bots: usize,
     started: Instant,
     /// Bots that got their Welcome.
@@ -24,12 +26,18 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(bots: usize) -> anyhow::Result<Self> {
+        Self::named("loadgen", bots)
+    }
+
+    /// The progress of another phase than the bots' (the raw baseline's connections).
+    pub(crate) fn named(name: &'static str, bots: usize) -> anyhow::Result<Self> {
         Ok(Self {
+            name,
             bots,
             started: Instant::now(),
             joined: AtomicUsize::new(0),
             inputs_ok: AtomicU64::new(0),
-            input_latency: Mutex::new(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?),
+            input_latency: Mutex::new(crate::report::latency_histogram()?),
         })
     }
 
@@ -57,7 +65,8 @@ impl Progress {
         };
         let p99 = p99.map_or_else(|| "-".to_string(), |us| format!("{:.1} ms", us as f64 / 1000.0));
         format!(
-            "loadgen {:>4}s  bots joined {}/{}  inputs ok {}  input->result p99 {p99}",
+            "{} {:>4}s  bots joined {}/{}  inputs ok {}  input->result p99 {p99}",
+            self.name,
             self.started.elapsed().as_secs(),
             self.joined(),
             self.bots,

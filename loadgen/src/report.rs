@@ -10,6 +10,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use crate::baseline::Compared;
+pub use crate::baseline::{Baseline, Figures, Ratios};
+
 /// Example messages kept per error kind.
 const EXAMPLES: usize = 3;
 /// Latencies above an hour are recorded as an hour.
@@ -100,6 +103,9 @@ pub(crate) struct PlayStats {
     /// (the error that ended the connection, if any, accounts for them).
     pub moves_forgotten: u64,
     pub deltas: u64,
+    /// Frames of every kind received in the steady phase: what the servers' CPU over
+    /// that phase delivered.
+    pub steady_frames: u64,
     pub own_moves_seen: u64,
     pub input_latency_us: Vec<u64>,
     /// From each Delta's `server_us` to its arrival, steady phase only.
@@ -262,6 +268,8 @@ pub struct Report {
     /// Resync snapshots: a bot fell behind and missed deltas.
     pub resyncs: u64,
     pub deltas: u64,
+    /// Frames of every kind the bots received in the steady phase.
+    pub steady_frames: u64,
     /// Deltas per connected bot per second.
     pub deltas_per_bot_s: f64,
     /// The encoding the bots spoke.
@@ -294,6 +302,8 @@ pub struct Report {
     pub errors: BTreeMap<ErrorKind, ErrorTally>,
     /// CPU and memory over the steady phase: the load generator, then each game server.
     pub processes: Vec<crate::ProcessUse>,
+    /// The raw stack measured before the bots, when asked for (`gaia loadgen --baseline`).
+    pub baseline: Option<Baseline>,
 }
 
 impl Report {
@@ -322,6 +332,33 @@ impl Report {
         self.recoveries.iter().map(|(_, r)| r.ticks_lost()).max().unwrap_or(0)
     }
 
+    /// The figures [`Ratios`] compares: CPU per frame summed over the game servers (the
+    /// processes with connections), memory per connection over all their connections.
+    /// No CPU figure unless as many servers were measured as the bots were placed on (a
+    /// server that did not answer its scrape): the frames would be some other's too.
+    pub fn figures(&self) -> Figures {
+        let servers = || self.processes.iter().filter(|p| p.connections.is_some());
+        let cpu_seconds: f64 = servers().map(|p| p.cpu_seconds).sum();
+        let used: usize = self.regions_used.values().map(|r| r.servers).sum();
+        let measured = servers().count();
+        let grown: Vec<(f64, u64)> =
+            servers().filter_map(|p| Some((p.bytes_per_connection?, p.connections?))).filter(|&(_, n)| n > 0).collect();
+        let connections: u64 = grown.iter().map(|&(_, n)| n).sum();
+        Figures {
+            cpu_us_per_frame: (self.steady_frames > 0 && measured > 0 && measured >= used)
+                .then(|| cpu_seconds * 1e6 / self.steady_frames as f64),
+            tick_p99_us: p99(&self.tick_latency),
+            input_p99_us: p99(&self.input_latency),
+            bytes_per_connection: (connections > 0)
+                .then(|| grown.iter().map(|&(bytes, n)| bytes * n as f64).sum::<f64>() / connections as f64),
+        }
+    }
+
+    /// This run over the raw baseline measured in it, if there is one.
+    pub fn vs_baseline(&self) -> Option<Ratios> {
+        Some(Ratios::of(&self.figures(), &self.baseline.as_ref()?.figures()))
+    }
+
     /// Why the run is not clean; empty when it is.
     pub fn problems(&self) -> Vec<String> {
         let bots = self.bots as u64;
@@ -345,15 +382,29 @@ impl Report {
         if self.bots_with_all_own_moves < bots {
             problems.push(format!("{}/{bots} bots saw all their own moves", self.bots_with_all_own_moves));
         }
+        if let Some(baseline) = &self.baseline {
+            problems.extend(baseline.problems().into_iter().map(|p| format!("baseline: {p}")));
+        }
         problems
     }
 }
 
-fn ms(us: u64) -> f64 {
+pub(crate) fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-struct Latency<'a>(&'a Histogram<u64>);
+/// A histogram for latencies in microseconds, from 1 µs to [`MAX_LATENCY_US`].
+pub(crate) fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?)
+}
+
+/// The 99th percentile, if there are samples.
+pub(crate) fn p99(h: &Histogram<u64>) -> Option<u64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99))
+}
+
+/// A latency histogram's quantiles, in milliseconds.
+pub(crate) struct Latency<'a>(pub &'a Histogram<u64>);
 
 impl fmt::Display for Latency<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -466,6 +517,10 @@ impl fmt::Display for Report {
         for process in &self.processes {
             writeln!(f, "process       {process}")?;
         }
+        if let Some(baseline) = &self.baseline {
+            write!(f, "{baseline}")?;
+            writeln!(f, "vs baseline   {}", Compared(&self.figures(), &baseline.figures()))?;
+        }
         if self.errors.is_empty() {
             writeln!(f, "errors        none")?;
         } else {
@@ -508,18 +563,19 @@ impl Collector {
             allocations_failed: 0,
             allocation_retries: 0,
             allocations_per_s: 0.0,
-            allocation_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            allocation_latency: latency_histogram()?,
             joined: 0,
-            join_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            join_latency: latency_histogram()?,
             inputs_sent: 0,
             inputs_ok: 0,
             inputs_rejected: 0,
             inputs_missing: 0,
             inputs_unapplied: 0,
-            input_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
-            tick_latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            input_latency: latency_histogram()?,
+            tick_latency: latency_histogram()?,
             resyncs: 0,
             deltas: 0,
+            steady_frames: 0,
             deltas_per_bot_s: 0.0,
             encoding: gaia_api::protocol::Encoding::Bincode,
             bytes_in: 0,
@@ -537,6 +593,7 @@ impl Collector {
             regions_used: BTreeMap::new(),
             errors: BTreeMap::new(),
             processes: Vec::new(),
+            baseline: None,
         };
         Ok(Self { report, alloc_first: None, alloc_last: None, connected_s: 0.0, used: BTreeMap::new() })
     }
@@ -572,6 +629,7 @@ impl Collector {
             r.inputs_missing += play.missing;
             r.inputs_unapplied += play.unapplied;
             r.deltas += play.deltas;
+            r.steady_frames += play.steady_frames;
             r.own_moves_seen += play.own_moves_seen;
             r.bots_with_deltas += u64::from(play.deltas > 0);
             r.bots_with_inputs += u64::from(play.ok > 0);
@@ -645,6 +703,7 @@ mod tests {
             unapplied: 0,
             moves_forgotten: 0,
             deltas: 10,
+            steady_frames: 11,
             own_moves_seen: 10,
             input_latency_us: vec![45_000; 10],
             tick_latency_us: vec![2_000; 10],
@@ -814,5 +873,115 @@ result        FAIL: 5 errors; 0/5 bots joined; 0/5 bots received deltas; 0/5 bot
             ),
             "{text}"
         );
+    }
+
+    fn process(name: &str, cpu_seconds: f64, connections: Option<u64>, kib_per_connection: f64) -> crate::ProcessUse {
+        crate::ProcessUse {
+            name: name.into(),
+            cpu_percent: cpu_seconds * 100.0,
+            cpu_seconds,
+            rss_bytes: 64 << 20,
+            connections,
+            bytes_per_connection: connections.map(|_| kib_per_connection * 1024.0),
+            tick_p99: None,
+            operations: None,
+        }
+    }
+
+    fn baseline(frames: u64, server_cpu_seconds: f64, tick_us: u64, input_us: u64) -> Baseline {
+        let mut tick_latency = latency_histogram().unwrap();
+        tick_latency.record(tick_us).unwrap();
+        let mut input_latency = latency_histogram().unwrap();
+        input_latency.record(input_us).unwrap();
+        Baseline {
+            server: crate::baseline::ServerConfig::default(),
+            connections: 2,
+            connected: 2,
+            steady: Duration::from_secs(1),
+            interrupted: false,
+            inputs_expected: true,
+            inputs_sent: 2,
+            replies: 2,
+            replies_missing: 0,
+            input_latency,
+            tick_latency,
+            frames,
+            connections_with_frames: 2,
+            server_use: Some(process("raw-server", server_cpu_seconds, Some(2), 11.5)),
+            loadgen_use: Some(process("loadgen", 0.25, None, 0.0)),
+            errors: ErrorTally::default(),
+        }
+    }
+
+    #[test]
+    fn ratios_divide_each_figure_by_the_raw_ones_and_need_both() {
+        let gaia = Figures {
+            cpu_us_per_frame: Some(3.0),
+            tick_p99_us: Some(16_000),
+            input_p99_us: Some(60_000),
+            bytes_per_connection: Some(20_480.0),
+        };
+        let raw = Figures {
+            cpu_us_per_frame: Some(4.0),
+            tick_p99_us: Some(4_000),
+            input_p99_us: None,
+            bytes_per_connection: Some(0.0),
+        };
+        let ratios = Ratios::of(&gaia, &raw);
+        assert_eq!(
+            ratios,
+            Ratios { cpu_per_frame: Some(0.75), tick_p99: Some(4.0), input_p99: None, memory_per_connection: None }
+        );
+    }
+
+    #[test]
+    fn a_baseline_adds_its_lines_and_gaias_figures_over_its_own() {
+        let t0 = Instant::now();
+        let mut r = report(vec![joined_bot(0, 0, "eu-west", t0), joined_bot(1, 1, "us-east", t0)], 2);
+        assert_eq!(r.vs_baseline(), None);
+        // The loadgen's CPU is no server's; 1.1 ms of server CPU over 22 frames (11 per
+        // bot) is 50 µs a frame; (20 KiB + 3 x 24 KiB) over 4 connections is 23 KiB.
+        r.processes = vec![
+            process("loadgen", 5.0, None, 0.0),
+            process("town-eu", 0.0005, Some(1), 20.0),
+            process("town-us", 0.0006, Some(3), 24.0),
+        ];
+        let gaia = r.figures();
+        assert!((gaia.cpu_us_per_frame.unwrap() - 50.0).abs() < 1e-9, "{gaia:?}");
+        assert_eq!(gaia.bytes_per_connection, Some(23.0 * 1024.0));
+        assert_eq!((gaia.tick_p99_us, gaia.input_p99_us), (Some(2_000), Some(r.input_latency.value_at_quantile(0.99))));
+
+        // The raw server: 0.2 ms over 8 frames is 25 µs a frame, 11.5 KiB per connection.
+        r.baseline = Some(baseline(8, 0.0002, 1_000, 45_000));
+        let ratios = r.vs_baseline().unwrap();
+        assert!((ratios.cpu_per_frame.unwrap() - 2.0).abs() < 1e-9, "{ratios:?}");
+        assert_eq!(
+            (ratios.tick_p99, ratios.input_p99, ratios.memory_per_connection),
+            (Some(2.0), Some(1.0), Some(2.0))
+        );
+        assert!(r.is_clean(), "{r}");
+        let text = r.to_string();
+        let expected = "\
+process       town-us cpu 0% rss 64.0 MiB, 3 connections, 24.0 KiB per connection
+baseline      raw tokio-tungstenite: 2/2 connections, groups of 30, a 38 B frame at 10 Hz, a 5 B reply per input; 1.0 s steady
+baseline      inputs 2 sent, 2 replied, 0 missing; input->result ms p50 45.0 p90 45.0 p99 45.0 max 45.0
+baseline      frames 8 received in the steady phase (4.0 per connection per s); tick->client ms p50 1.0 p90 1.0 p99 1.0 max 1.0
+baseline      process raw-server cpu 0% rss 64.0 MiB, 2 connections, 11.5 KiB per connection
+baseline      process loadgen cpu 25% rss 64.0 MiB
+vs baseline   Gaia / raw: server CPU per delivered frame 50.00 / 25.00 µs = 2.00x; tick->client p99 2.00 / 1.00 ms = 2.00x; \
+input->result p99 45.02 / 45.02 ms = 1.00x; memory per connection 23.00 / 11.50 KiB = 2.00x
+errors        none
+";
+        assert!(text.contains(expected), "{text}");
+
+        let mut broken = baseline(8, 0.0002, 1_000, 45_000);
+        (broken.replies, broken.replies_missing) = (1, 1);
+        r.baseline = Some(broken);
+        assert_eq!(r.problems(), ["baseline: 1 replies missing"]);
+
+        // A server that was not scraped: its CPU is unknown, so no CPU figure at all.
+        r.processes.pop();
+        assert_eq!(r.figures().cpu_us_per_frame, None);
+        assert_eq!(r.figures().bytes_per_connection, Some(20.0 * 1024.0));
     }
 }

@@ -1,4 +1,5 @@
-//! What the run cost: CPU and memory of the load generator and of each game server.
+//! What the run cost: CPU and memory of the load generator and of each game server
+//! (and of the raw baseline's server, read off `/proc`, [`of_process`]).
 //!
 //! Game servers publish their CPU seconds, resident memory and connection count on
 //! `/metrics` (`gaia_gameserver_process_cpu_seconds`, `..._process_resident_bytes`,
@@ -130,6 +131,8 @@ pub struct ProcessUse {
     pub name: String,
     /// Steady phase, in percent of one core.
     pub cpu_percent: f64,
+    /// CPU time over the steady phase, every thread, user and system.
+    pub cpu_seconds: f64,
     pub rss_bytes: u64,
     /// Connections at the end of the steady phase (game servers).
     pub connections: Option<u64>,
@@ -151,15 +154,7 @@ pub(crate) fn usage(
     steady: Duration,
 ) -> Vec<ProcessUse> {
     let secs = steady.as_secs_f64().max(1e-3);
-    let mut out = vec![ProcessUse {
-        name: "loadgen".into(),
-        cpu_percent: (loadgen.1.cpu_seconds - loadgen.0.cpu_seconds) / secs * 100.0,
-        rss_bytes: loadgen.1.rss_bytes.unwrap_or(0),
-        connections: None,
-        bytes_per_connection: None,
-        tick_p99: None,
-        operations: None,
-    }];
+    let mut out = vec![process_use("loadgen", (loadgen.0, loadgen.0, loadgen.1), None, steady)];
     for (name, last) in end {
         let Some(first) = start.get(name) else { continue };
         let per_connection = before
@@ -169,6 +164,7 @@ pub(crate) fn usage(
         out.push(ProcessUse {
             name: name.clone(),
             cpu_percent: (last.cpu_seconds - first.cpu_seconds) / secs * 100.0,
+            cpu_seconds: last.cpu_seconds - first.cpu_seconds,
             rss_bytes: last.rss_bytes,
             connections: Some(last.connections),
             bytes_per_connection: per_connection,
@@ -181,6 +177,59 @@ pub(crate) fn usage(
         });
     }
     out
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times: `USER_HZ`, which Linux
+/// fixes at 100 for user space (what `sysconf(_SC_CLK_TCK)` answers).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, every thread) from the text of `/proc/<pid>/stat`.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime); the state, field 3, is the first after the name.
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / USER_HZ)
+}
+
+/// `VmRSS` from the text of `/proc/<pid>/status`, which the kernel gives in kB.
+fn status_rss_bytes(status: &str) -> Option<u64> {
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim();
+    Some(kb.parse::<u64>().ok()? * 1024)
+}
+
+/// Another process's CPU time and resident memory so far, as [`gaia_api::process::usage`]
+/// gives this one's; `None` when `/proc` does not have it (it exited, or no Linux).
+pub(crate) fn of_process(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Usage { cpu_seconds: stat_cpu_seconds(&stat)?, rss_bytes: status_rss_bytes(&status) })
+}
+
+/// A process sampled before its clients connected, when the steady phase started and
+/// when it ended, as one line: CPU over the steady phase, memory growth per connection.
+pub(crate) fn process_use(
+    name: &str,
+    (before, start, end): (Usage, Usage, Usage),
+    connections: Option<u64>,
+    steady: Duration,
+) -> ProcessUse {
+    let cpu_seconds = end.cpu_seconds - start.cpu_seconds;
+    let rss_bytes = end.rss_bytes.unwrap_or(0);
+    let bytes_per_connection = match (connections, before.rss_bytes) {
+        (Some(n), Some(before)) if n > 0 => Some(rss_bytes.saturating_sub(before) as f64 / n as f64),
+        _ => None,
+    };
+    ProcessUse {
+        name: name.into(),
+        cpu_percent: cpu_seconds / steady.as_secs_f64().max(1e-3) * 100.0,
+        cpu_seconds,
+        rss_bytes,
+        connections,
+        bytes_per_connection,
+        tick_p99: None,
+        operations: None,
+    }
 }
 
 impl fmt::Display for ProcessUse {
@@ -292,5 +341,30 @@ mod tests {
         assert_eq!(got[1].cpu_percent, 50.0);
         assert_eq!(got[1].bytes_per_connection, Some(20.0 * 1024.0));
         assert_eq!(got[1].to_string(), "gs cpu 50% rss 30.0 MiB, 1024 connections, 20.0 KiB per connection");
+    }
+
+    #[test]
+    fn another_process_is_read_off_proc() {
+        // A command name with a space and a parenthesis; utime 250 and stime 50 ticks.
+        let stat = "4242 (gaia (raw) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 3 0 100 1 2";
+        assert_eq!(stat_cpu_seconds(stat), Some(3.0));
+        assert_eq!(stat_cpu_seconds("4242 (gaia) S 1"), None);
+        assert_eq!(status_rss_bytes("Name:\tgaia\nVmRSS:\t  12345 kB\nThreads: 3\n"), Some(12_345 * 1024));
+        assert_eq!(status_rss_bytes("Name:\tgaia\n"), None);
+        if cfg!(target_os = "linux") {
+            let me = of_process(std::process::id()).unwrap();
+            assert!(me.cpu_seconds >= 0.0 && me.rss_bytes.is_some_and(|b| b > 0), "{me:?}");
+        }
+        assert_eq!(of_process(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_process_line_is_its_steady_cpu_and_its_growth_per_connection() {
+        let at = |cpu, mib: u64| Usage { cpu_seconds: cpu, rss_bytes: Some(mib << 20) };
+        let raw =
+            process_use("raw-server", (at(0.5, 10), at(1.0, 50), at(4.0, 50)), Some(1024), Duration::from_secs(10));
+        assert_eq!((raw.cpu_seconds, raw.cpu_percent), (3.0, 30.0));
+        assert_eq!(raw.bytes_per_connection, Some(40.0 * 1024.0));
+        assert_eq!(raw.to_string(), "raw-server cpu 30% rss 50.0 MiB, 1024 connections, 40.0 KiB per connection");
     }
 }
