@@ -14,14 +14,18 @@
 //! [`Report::recoveries`]).
 //!
 //! Start with [`run`]; [`wait_ready`] waits for the fleet to have servers to allocate.
+//! [`Summary`] is a report as data (`--report-json`), and [`curve`] turns the summaries of
+//! runs at several bot counts into a table and a plot.
 
 pub mod allocations;
 mod bot;
+pub mod curve;
 mod matchmaker;
 mod progress;
 pub mod refill;
 mod report;
 mod resources;
+mod summary;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -42,6 +46,7 @@ use crate::progress::Progress;
 use crate::report::{BotOutcome, Collector, Placement};
 pub use crate::report::{ErrorKind, ErrorTally, Migration, Recovery, RegionUse, Report, Resumption};
 pub use crate::resources::ProcessUse;
+pub use crate::summary::{Percentiles, ProcessSummary, Summary};
 
 /// How often [`wait_ready`] looks at the fleet.
 const READY_POLL: Duration = Duration::from_millis(200);
