@@ -5,6 +5,8 @@
 //! - `gaia gameserver`: one game server, configured by `GAIA_*` variables.
 //! - `gaia loadgen`: matchmaker + bots against an allocator, or against an embedded
 //!   fleet it starts itself; exits non-zero unless the run was clean.
+//! - `gaia loadgen-curve`: the capacity curve, one `gaia loadgen` child process per bot
+//!   count, as a table and a plot (docs/benchmarks.md).
 //! - `gaia sdk-token`: prints a game server's SDK token, for a server started by hand.
 //! - `gaia allocator`: the allocator and SDK API alone (services mode), over an in-memory
 //!   registry or a Redis one shared by several allocator processes.
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 mod allocator;
 mod auth;
+mod curve;
 mod fake_llm;
 mod kubernetes;
 mod simulate;
@@ -54,6 +57,9 @@ enum Command {
     Gameserver(Box<GameserverArgs>),
     /// Allocate worlds and drive bots in them, then print a report.
     Loadgen(LoadgenArgs),
+    /// Run `gaia loadgen` once per bot count, each in a process of its own, and write the
+    /// capacity curve: a markdown table and an SVG plot.
+    LoadgenCurve(curve::CurveArgs),
     /// Print the SDK token (GAIA_SDK_TOKEN) of a game server, for one started by hand.
     SdkToken(SdkTokenArgs),
     /// Run the allocator and SDK API alone (services mode), over an in-memory or a shared
@@ -205,6 +211,9 @@ struct LoadgenArgs {
     /// so the run measures the servers, not a queue in front of the model.
     #[arg(long, default_value_t = 1024)]
     model_concurrency: usize,
+    /// Also write the run's figures as JSON to FILE (what `gaia loadgen-curve` reads).
+    #[arg(long, value_name = "FILE", conflicts_with = "refill")]
+    report_json: Option<PathBuf>,
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -331,6 +340,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             gaia_gameserver::run(args.config, listener, stop).await?;
         }
         Command::Loadgen(args) => return loadgen(args, shutdown).await,
+        Command::LoadgenCurve(args) => return curve::run(args, shutdown).await,
         Command::SdkToken(args) => println!("{}", auth::sdk_token(&args)?),
         Command::FakeLlm(args) => fake_llm::run(args, shutdown).await?,
         Command::Allocator(args) => allocator::run(args, shutdown).await?,
@@ -466,6 +476,9 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
     let passed = match report? {
         Outcome::Bots(report) => {
             println!("{report}");
+            if let Some(path) = &args.report_json {
+                gaia_loadgen::Summary::from(&*report).write_json(path)?;
+            }
             report.is_clean()
         }
         Outcome::Refill(report) => {
