@@ -186,6 +186,7 @@ mod tests {
             rss_bytes: 100 << 20,
             connections: Some(bots as u64 / 2),
             kib_per_connection: Some(20.5),
+            tick_p99_ms: Some(0.05),
         };
         Summary {
             bots,
@@ -202,6 +203,7 @@ mod tests {
                     rss_bytes: 250 << 20,
                     connections: None,
                     kib_per_connection: None,
+                    tick_p99_ms: None,
                 },
                 server("town-eu-west-1", 35.0),
                 server("town-us-east-1", 34.0),

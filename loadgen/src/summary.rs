@@ -1,7 +1,7 @@
 //! A run's figures as data: [`Summary`] is what `gaia loadgen --report-json FILE` writes
 //! and what the capacity curve ([`crate::curve`]) reads back, one per step. It is built
-//! from a [`Report`] and computes nothing the report does not already hold but the
-//! latency percentiles, which it reads off the report's histograms.
+//! from a [`Report`]: the latency percentiles are read off the report's histograms, the
+//! rest is copied; what the curve shows per bot is derived here, in one place.
 
 use std::path::Path;
 
@@ -45,6 +45,8 @@ pub struct ProcessSummary {
     pub connections: Option<u64>,
     /// Game servers: resident memory growth since before the bots, per connection.
     pub kib_per_connection: Option<f64>,
+    /// Game servers: 99% of the steady phase's ticks took at most this (a bucket bound).
+    pub tick_p99_ms: Option<f64>,
 }
 
 impl ProcessSummary {
@@ -61,6 +63,7 @@ impl From<&ProcessUse> for ProcessSummary {
             rss_bytes: p.rss_bytes,
             connections: p.connections,
             kib_per_connection: p.bytes_per_connection.map(|b| b / 1024.0),
+            tick_p99_ms: p.tick_p99.map(|d| d.as_secs_f64() * 1e3),
         }
     }
 }
@@ -167,7 +170,7 @@ mod tests {
             rss_bytes: rss_mib << 20,
             connections,
             bytes_per_connection: kib.map(|k| k * 1024.0),
-            tick_p99: None,
+            tick_p99: connections.map(|_| Duration::from_micros(500)),
             operations: None,
         }
     }
@@ -213,6 +216,7 @@ mod tests {
         assert!(!summary.passed());
         assert_eq!(summary.problems[0], "1 errors");
         assert_eq!(summary.processes[1].kib_per_connection, Some(20.0));
+        assert_eq!((summary.processes[0].tick_p99_ms, summary.processes[1].tick_p99_ms), (None, Some(0.5)));
         assert_eq!(summary.loadgen().map(|p| p.cpu_percent), Some(61.0));
         assert_eq!(summary.server_kib_per_bot(), Some(20.0));
         assert_eq!(summary.loadgen_kib_per_bot(), Some(125.0 * 1024.0));
