@@ -8,6 +8,8 @@
 //!   it first measures a raw tokio-tungstenite server (the hidden `gaia raw-server`,
 //!   started as a child process) under the same load, and reports Gaia's figures as
 //!   ratios to it.
+//! - `gaia loadgen-curve`: the capacity curve, one `gaia loadgen` child process per bot
+//!   count, as a table and a plot (docs/benchmarks.md).
 //! - `gaia sdk-token`: prints a game server's SDK token, for a server started by hand.
 //! - `gaia allocator`: the allocator and SDK API alone (services mode), over an in-memory
 //!   registry or a Redis one shared by several allocator processes.
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 mod allocator;
 mod auth;
+mod curve;
 mod fake_llm;
 mod kubernetes;
 mod simulate;
@@ -56,7 +59,10 @@ enum Command {
     /// Run one game server (the controller starts these).
     Gameserver(Box<GameserverArgs>),
     /// Allocate worlds and drive bots in them, then print a report.
-    Loadgen(LoadgenArgs),
+    Loadgen(Box<LoadgenArgs>),
+    /// Run `gaia loadgen` once per bot count, each in a process of its own, and write the
+    /// capacity curve: a markdown table and an SVG plot.
+    LoadgenCurve(curve::CurveArgs),
     /// Print the SDK token (GAIA_SDK_TOKEN) of a game server, for one started by hand.
     SdkToken(SdkTokenArgs),
     /// Run the allocator and SDK API alone (services mode), over an in-memory or a shared
@@ -226,6 +232,9 @@ struct LoadgenArgs {
     /// The raw steady phase (with --baseline); --duration when unset.
     #[arg(long, value_parser = humantime::parse_duration, requires = "baseline")]
     baseline_duration: Option<Duration>,
+    /// Also write the run's figures as JSON to FILE (what `gaia loadgen-curve` reads).
+    #[arg(long, value_name = "FILE", conflicts_with = "refill")]
+    report_json: Option<PathBuf>,
     /// The matchmaker sends the first --allocator-token; the embedded fleet takes them all.
     #[command(flatten)]
     auth: ApiAuthArgs,
@@ -351,7 +360,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 gaia_gameserver::bind(args.config.listen).with_context(|| format!("binding {}", args.config.listen))?;
             gaia_gameserver::run(args.config, listener, stop).await?;
         }
-        Command::Loadgen(args) => return loadgen(args, shutdown).await,
+        Command::Loadgen(args) => return loadgen(*args, shutdown).await,
+        Command::LoadgenCurve(args) => return curve::run(args, shutdown).await,
         Command::SdkToken(args) => println!("{}", auth::sdk_token(&args)?),
         Command::FakeLlm(args) => fake_llm::run(args, shutdown).await?,
         Command::Allocator(args) => allocator::run(args, shutdown).await?,
@@ -517,6 +527,9 @@ async fn loadgen(args: LoadgenArgs, shutdown: CancellationToken) -> anyhow::Resu
         Outcome::Bots(mut report) => {
             report.baseline = baseline;
             println!("{report}");
+            if let Some(path) = &args.report_json {
+                gaia_loadgen::Summary::from(&*report).write_json(path)?;
+            }
             report.is_clean()
         }
         Outcome::Refill(report) => {

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The commands the project promises: the README's two commands are the ones `.ci/run`
-//! runs (so neither can break unseen), and `gaia crdgen` writes the committed CRDs.
+//! runs (so neither can break unseen), `gaia crdgen` writes the committed CRDs, and
+//! `gaia loadgen-curve` writes its table and plot.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -145,4 +146,35 @@ fn crdgen_writes_the_committed_crds() {
         );
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Two tiny runs, each its own `gaia loadgen` process: the driver passes its flags on,
+/// reads back each run's figures, and leaves no data dir behind.
+#[test]
+fn loadgen_curve_writes_a_table_and_a_plot() {
+    let out = std::env::temp_dir().join(format!("gaia-curve-{}", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gaia"))
+        .args(["loadgen-curve", "--bots", "10,20", "--duration", "2s", "--config"])
+        .arg(repo().join("examples/fleet.yaml"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--", "--world-size", "10"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let table = std::fs::read_to_string(out.join("curve.md")).unwrap_or_default();
+    let svg = std::fs::read_to_string(out.join("curve.svg")).unwrap_or_default();
+    let report = std::fs::read_to_string(out.join("bots-20.txt")).unwrap_or_default();
+    let data_left = out.join("data-10").exists() || out.join("data-20").exists();
+    std::fs::remove_dir_all(&out).unwrap();
+    assert!(status.success(), "gaia loadgen-curve: {status}\n{table}\n{report}");
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].starts_with("| 10 | 1 |") && rows[1].starts_with("| 20 | 2 |"), "{table}");
+    assert!(rows.iter().all(|r| r.ends_with("| PASS |")), "{table}");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert!(report.starts_with("gaia loadgen: 20 bots, 2 worlds"), "{report}");
+    assert!(!data_left, "a run's data dir was left behind");
 }

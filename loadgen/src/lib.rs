@@ -16,15 +16,19 @@
 //! Start with [`run`]; [`wait_ready`] waits for the fleet to have servers to allocate.
 //! [`baseline`] measures a raw tokio-tungstenite server under the same load, to report
 //! the run's figures as ratios to it.
+//! [`Summary`] is a report as data (`--report-json`), and [`curve`] turns the summaries of
+//! runs at several bot counts into a table and a plot.
 
 pub mod allocations;
 pub mod baseline;
 mod bot;
+pub mod curve;
 mod matchmaker;
 mod progress;
 pub mod refill;
 mod report;
 mod resources;
+mod summary;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -47,6 +51,7 @@ pub use crate::report::{
 };
 use crate::report::{BotOutcome, Collector, Placement};
 pub use crate::resources::ProcessUse;
+pub use crate::summary::{Percentiles, ProcessSummary, Summary};
 
 /// How often [`wait_ready`] looks at the fleet.
 const READY_POLL: Duration = Duration::from_millis(200);

@@ -66,7 +66,7 @@ impl ServerConfig {
 pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: CancellationToken) {
     // The same buffers as Gaia's game server: tungstenite's default read buffer is
     // 128 KiB per connection, which would make this baseline a memory hog.
-    let ws_config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(4 * 1024);
+    let ws_config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(4 * 1024);
     // The group being filled: its channel and how many joined it.
     let mut filling: Option<(broadcast::Sender<Bytes>, usize)> = None;
     loop {
