@@ -365,7 +365,7 @@ async fn goodbye<W: World, T: Transport>(
             match next {
                 Outbound::Frame(frame) => socket.feed(frame).await?,
                 Outbound::Close(c) => {
-                    closing.get_or_insert(c);
+                    closing.get_or_insert(*c);
                 }
             }
         }
@@ -436,7 +436,7 @@ async fn play<W: World, T: Transport>(
             frame = frames.recv() => {
                 let frame = match frame {
                     Some(Outbound::Frame(frame)) => frame,
-                    Some(Outbound::Close(closing)) => return End::LetGo(Some(closing)),
+                    Some(Outbound::Close(closing)) => return End::LetGo(Some(*closing)),
                     None => return End::LetGo(None),
                 };
                 // Everything already queued goes out in one write (up to a close, which
@@ -449,7 +449,7 @@ async fn play<W: World, T: Transport>(
                         match next {
                             Outbound::Frame(frame) => socket.feed(frame).await?,
                             Outbound::Close(c) => {
-                                closing = Some(c);
+                                closing = Some(*c);
                                 break;
                             }
                         }

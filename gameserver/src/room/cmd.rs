@@ -27,13 +27,16 @@ pub enum JoinError {
     Unavailable(String),
 }
 
-/// What a world sends a member's connection.
+/// What a world sends a member's connection. As small as a frame (32 bytes: the rare
+/// close is boxed), as every member's queue holds blocks of them.
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Bytes),
     /// Write what came before, then close with this.
-    Close(Closing),
+    Close(Box<Closing>),
 }
+
+const _: () = assert!(std::mem::size_of::<Outbound>() == std::mem::size_of::<Bytes>());
 
 /// What the control plane must hear about worlds; sent in order by one task.
 #[derive(Debug, Clone, PartialEq, Eq)]

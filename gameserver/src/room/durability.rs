@@ -204,7 +204,7 @@ impl<W: World> Rooms<W> {
             });
             let msg: ServerMsg<(), ()> = ServerMsg::Migrate { address: destination.address.clone(), token };
             if member.out.try_send(Outbound::Frame(Bytes::from(member.encoding.encode_server(&msg)))).is_ok() {
-                let _ = member.out.try_send(Outbound::Close(goodbye.clone()));
+                let _ = member.out.try_send(Outbound::Close(Box::new(goodbye.clone())));
             }
         }
         tracing::info!(world = %world_id, to = %destination.server, tick, members = fanout.members.len(), took = ?started.elapsed(), "world moved");
