@@ -59,7 +59,7 @@ pub fn table(steps: &[Summary]) -> String {
             if servers.is_empty() { "-".into() } else { servers.join(" / ") },
             or_dash(loadgen_kbot, |c| format!("{c:.1}%")),
             or_dash(servers_kbot, |c| format!("{c:.1}%")),
-            or_dash(s.server_kib_per_bot(), |k| format!("{k:.1}")),
+            or_dash(s.server_kib_per_bot, |k| format!("{k:.1}")),
             or_dash(s.loadgen_kib_per_bot(), |k| format!("{k:.1}")),
             result.replace('|', "\\|"),
         );
@@ -208,6 +208,7 @@ mod tests {
                 server("town-eu-west-1", 35.0),
                 server("town-us-east-1", 34.0),
             ],
+            server_kib_per_bot: Some(20.5),
             errors: 0,
             problems,
         }
@@ -244,6 +245,7 @@ mod tests {
         empty.tick_ms = None;
         empty.input_ms = None;
         empty.processes.clear();
+        empty.server_kib_per_bot = None;
         let table = table(&[empty]);
         assert!(table.ends_with("| 100 | 4 | - | - | 10.0 | - | - | - + - | - / - | PASS |\n"), "{table}");
     }

@@ -85,6 +85,9 @@ pub struct Summary {
     /// The load generator (with the embedded control plane, when it ran one), then each
     /// game server.
     pub processes: Vec<ProcessSummary>,
+    /// The game servers' memory growth per connection, over all of them (the report's
+    /// [`Figures`](crate::Figures)); `None` when no server reported one.
+    pub server_kib_per_bot: Option<f64>,
     pub errors: u64,
     /// Why the run did not pass ([`Report::problems`]); empty when it did.
     pub problems: Vec<String>,
@@ -101,6 +104,7 @@ impl From<&Report> for Summary {
             tick_ms: Percentiles::of(&r.tick_latency),
             input_ms: Percentiles::of(&r.input_latency),
             processes: r.processes.iter().map(ProcessSummary::from).collect(),
+            server_kib_per_bot: r.figures().bytes_per_connection.map(|b| b / 1024.0),
             errors: r.error_count(),
             problems: r.problems(),
         }
@@ -118,16 +122,6 @@ impl Summary {
 
     pub fn servers(&self) -> impl Iterator<Item = &ProcessSummary> {
         self.processes.iter().filter(|p| !p.is_loadgen())
-    }
-
-    /// The game servers' memory growth per connection, over all of them; `None` when no
-    /// server reported one.
-    pub fn server_kib_per_bot(&self) -> Option<f64> {
-        let (kib, connections) = self
-            .servers()
-            .filter_map(|p| Some((p.kib_per_connection? * p.connections? as f64, p.connections?)))
-            .fold((0.0, 0), |(kib, n), (k, c)| (kib + k, n + c));
-        (connections > 0).then(|| kib / connections as f64)
     }
 
     /// The load generator's resident memory over the bots (it includes the embedded
@@ -219,7 +213,7 @@ mod tests {
         assert_eq!(summary.processes[1].kib_per_connection, Some(20.0));
         assert_eq!((summary.processes[0].tick_p99_ms, summary.processes[1].tick_p99_ms), (None, Some(0.5)));
         assert_eq!(summary.loadgen().map(|p| p.cpu_percent), Some(61.0));
-        assert_eq!(summary.server_kib_per_bot(), Some(20.0));
+        assert_eq!(summary.server_kib_per_bot, Some(20.0));
         assert_eq!(summary.loadgen_kib_per_bot(), Some(125.0 * 1024.0));
         assert_eq!(summary.cpu_per_kbot(), (Some(30_500.0), Some(17_500.0)));
     }
@@ -229,7 +223,7 @@ mod tests {
         let report = Collector::new(1, 1, vec![]).unwrap().finish(Duration::ZERO, true, None);
         let summary = Summary::from(&report);
         assert_eq!((summary.tick_ms, summary.input_ms), (None, None));
-        assert_eq!(summary.server_kib_per_bot(), None);
+        assert_eq!(summary.server_kib_per_bot, None);
         assert_eq!(summary.loadgen_kib_per_bot(), None);
     }
 
